@@ -1,0 +1,3 @@
+from rlhf_lab.cli import main
+
+main()

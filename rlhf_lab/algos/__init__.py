@@ -1,0 +1,1 @@
+"""Policy-optimisation algorithms (Lightning modules) and what they share."""

@@ -1,0 +1,104 @@
+"""Command line: ``python -m rlhf_lab [overrides]`` runs an experiment; ``python -m rlhf_lab plugins`` lists plugins."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import warnings
+
+log = logging.getLogger("rlhf_lab")
+
+
+def print_plugins() -> None:
+    """Every plugin, where it came from, and the components it provides."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from rlhf_lab.plugin_manager import get_plugin_manager
+
+    pm = get_plugin_manager()
+    table = Table(title="rlhf_lab plugins")
+    for column in ("plugin", "distribution", "kind", "component", "schema"):
+        table.add_column(column)
+    components = pm.registry.all()
+    for name, plugin in sorted(pm.list_name_plugin(), key=lambda item: item[0]):
+        provided = [c for c in components if c.plugin == name]
+        dist = provided[0].distribution if provided else "rlhf_lab (built-in)"
+        for dist_plugin, info in pm.list_plugin_distinfo():
+            if dist_plugin is plugin:
+                dist = f"{info.project_name} {info.version}"
+        if not provided:
+            table.add_row(name, dist, "-", "(hooks only)", "-")
+        for c in provided:
+            table.add_row(name, dist, c.kind, c.name, f"{c.schema.__module__}.{c.schema.__qualname__}")
+    Console().print(table)
+
+
+def summary_table(metrics: dict, algo: str):
+    """SFT and the optimised policy side by side, as the evaluation measured them."""
+    from rich.table import Table
+
+    table = Table(title=f"held-out evaluation: sft vs {algo}")
+    table.add_column("metric")
+    table.add_column("sft", justify="right")
+    table.add_column(algo, justify="right")
+    for figure in ("gold_reward", "proxy_reward", "kl", "response_length", "eos_rate", "perplexity"):
+        row = [metrics.get(f"eval/{name}/{figure}") for name in ("sft", algo)]
+        if any(v is not None for v in row):
+            table.add_row(figure, *("-" if v is None else f"{v:.3f}" for v in row))
+    for figure in ("win_rate", "proxy_win_rate"):
+        value = metrics.get(f"eval/{algo}/{figure}")
+        if value is not None:
+            table.add_row(f"{figure} vs sft", "", f"{value:.3f}")
+    if "reward/accuracy" in metrics:
+        table.add_row("reward-model held-out accuracy", "", f"{metrics['reward/accuracy']:.3f}")
+    return table
+
+
+def _quiet_libraries() -> None:
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*is smaller than the logging interval.*")
+    # Checkpoints of on-policy stages are taken after the update of the step; that is what we want.
+    warnings.filterwarnings("ignore", message=".*ModelCheckpoint with manual optimization.*")
+
+
+def hydra_entry() -> None:
+    """The ``@hydra.main`` app (built after plugins have registered their config schemas)."""
+    import hydra
+
+    from rlhf_lab.config import register_engine_schemas
+    from rlhf_lab.plugin_manager import get_plugin_manager
+
+    get_plugin_manager()
+    register_engine_schemas()
+
+    @hydra.main(version_base="1.3", config_path="pkg://rlhf_lab.conf", config_name="config")
+    def app(cfg) -> float:
+        from rich.console import Console
+
+        from rlhf_lab.errors import RlhfLabError
+        from rlhf_lab.pipeline import run
+
+        _quiet_libraries()
+        try:
+            metrics = run(cfg)
+        except RlhfLabError as exc:
+            log.error("%s", exc)
+            print(f"rlhf_lab: error: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
+        Console().print(summary_table(metrics, cfg.algo.name))
+        # A sweeper optimises the returned figure.
+        return metrics.get(f"eval/{cfg.algo.name}/gold_reward", metrics.get(f"eval/{cfg.algo.name}/proxy_reward", 0.0))
+
+    app()
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "plugins":
+        print_plugins()
+        return
+    hydra_entry()

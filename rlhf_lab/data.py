@@ -1,0 +1,76 @@
+"""Tokenising prompts and responses into padded batches.
+
+Every batch uses one layout: prompts left-padded to a common length P, responses right-padded after
+them, so the response of every row starts at column P and the logits at columns P-1 .. L-2 predict it.
+Position ids skip the left padding.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from rlhf_lab.ops.sequence import position_ids_from_mask
+
+RESPONSE_SEPARATOR = " "
+"""Text placed between a prompt and its response."""
+
+
+def encode_prompt(tokenizer, prompt: str) -> list[int]:
+    return tokenizer(prompt, add_special_tokens=False)["input_ids"]
+
+
+def encode_response(tokenizer, response: str) -> list[int]:
+    """Response tokens followed by EOS."""
+    return tokenizer(RESPONSE_SEPARATOR + response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+
+
+def decode_response(tokenizer, response_ids: list[int]) -> str:
+    return tokenizer.decode(response_ids, skip_special_tokens=True).strip()
+
+
+def pad_left(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, mask) with every sequence right-aligned."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        if seq:
+            ids[row, width - len(seq):] = torch.tensor(seq)
+            mask[row, width - len(seq):] = 1
+    return ids, mask
+
+
+def pad_right(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, mask) with every sequence left-aligned."""
+    width = max(1, max(len(s) for s in sequences))
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        if seq:
+            ids[row, : len(seq)] = torch.tensor(seq)
+            mask[row, : len(seq)] = 1
+    return ids, mask
+
+
+def join(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, response_ids: torch.Tensor, response_mask: torch.Tensor) -> dict:
+    """Concatenate padded prompts and responses into one batch dict (see the module docstring)."""
+    attention_mask = torch.cat([prompt_mask, response_mask], dim=1)
+    return {
+        "input_ids": torch.cat([prompt_ids, response_ids], dim=1),
+        "attention_mask": attention_mask,
+        "position_ids": position_ids_from_mask(attention_mask),
+        "prompt_len": prompt_ids.shape[1],
+    }
+
+
+def collate_pairs(prompts: list[list[int]], responses: list[list[int]], pad_id: int) -> dict:
+    """Batch of (prompt, response) token lists in the shared layout."""
+    return join(*pad_left(prompts, pad_id), *pad_right(responses, pad_id))
+
+
+def response_logits(model, batch: dict, temperature: float = 1.0) -> torch.Tensor:
+    """Logits (B, R, V) that predict each response token, divided by ``temperature``."""
+    p = batch["prompt_len"]
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], position_ids=batch["position_ids"])
+    logits = out.logits[:, p - 1 : -1]
+    return logits / temperature if temperature not in (0, 1) else logits

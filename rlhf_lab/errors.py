@@ -1,0 +1,33 @@
+"""Errors that end a run with one clear message and a non-zero exit status."""
+
+from __future__ import annotations
+
+import math
+
+
+class RlhfLabError(Exception):
+    """An error the user can act on; the CLI prints its message alone (no traceback) and exits 2."""
+
+
+class UnknownComponentError(RlhfLabError, KeyError):
+    """A component name that no plugin registered."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+class NonFiniteLossError(RlhfLabError):
+    """A training loss became NaN or infinite."""
+
+
+class DataError(RlhfLabError):
+    """Malformed input data; the message names the file and line."""
+
+
+def check_finite(loss, stage: str, step: int, checkpoint_dir=None, what: str = "loss") -> None:
+    """Raise :class:`NonFiniteLossError` naming ``stage``, ``step`` and the checkpoint kept."""
+    value = float(loss.detach()) if hasattr(loss, "detach") else float(loss)
+    if math.isfinite(value):
+        return
+    where = f"; the last good checkpoint is kept in {checkpoint_dir}" if checkpoint_dir else ""
+    raise NonFiniteLossError(f"stage '{stage}', step {step}: {what} is {value}{where}")

@@ -1,0 +1,1 @@
+"""Feedback sources: who turns (prompt, candidate responses) into preference records."""

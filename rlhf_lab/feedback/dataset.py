@@ -1,0 +1,52 @@
+"""Offline feedback: preference records read from JSONL files (format in :mod:`rlhf_lab.feedback.records`)."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Optional
+
+from rlhf_lab import hookimpl
+from rlhf_lab.errors import RlhfLabError
+from rlhf_lab.feedback.records import PreferenceRecord, read_jsonl
+
+
+@dataclass
+class DatasetFeedbackConfig:
+    """Schema of ``feedback=dataset``."""
+
+    name: str = "dataset"
+    path: Optional[str] = None
+    """JSONL file of preference records (required)."""
+    heldout_path: Optional[str] = None
+    """Held-out records for reward-model accuracy; null: the last ``heldout_fraction`` of ``path``."""
+    heldout_fraction: float = 0.1
+
+
+class DatasetFeedback:
+    """Returns the records in ``path``; the candidates sampled by the pipeline are not used."""
+
+    needs_candidates = False
+
+    def __init__(self, cfg: DatasetFeedbackConfig, task) -> None:
+        if not cfg.path:
+            raise RlhfLabError("feedback=dataset needs feedback.path=<file.jsonl>")
+        self.cfg = cfg
+
+    def collect(self, prompts, candidates, kind: str, seed: int, split: str = "train") -> list[PreferenceRecord]:
+        """The ``split`` ("train" or "heldout") records, checked to carry ``kind`` feedback."""
+        records = read_jsonl(self.cfg.path)
+        field = "ranking" if kind == "ranking" else "scores"
+        missing = [i for i, r in enumerate(records) if getattr(r, field) is None]
+        if missing:
+            raise RlhfLabError(f"{self.cfg.path}: record {missing[0] + 1} has no '{field}', which this reward model trains on")
+        if self.cfg.heldout_path:
+            return records if split == "train" else read_jsonl(self.cfg.heldout_path)
+        random.Random(seed).shuffle(records)
+        n_held = max(1, int(len(records) * self.cfg.heldout_fraction))
+        return records[n_held:] if split == "train" else records[:n_held]
+
+
+@hookimpl
+def rlhf_lab_register_feedback_sources(register):
+    register("dataset", DatasetFeedback, DatasetFeedbackConfig)

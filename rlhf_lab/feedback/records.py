@@ -1,0 +1,89 @@
+"""Preference records and their JSONL form.
+
+One record per line::
+
+    {"prompt": "...", "responses": ["...", "..."], "ranking": [1, 0], "annotator": "a0", "meta": {}}
+
+``ranking`` lists response indices from best to worst (a pairwise choice is a ranking of two);
+``scores`` holds one rating per response instead. At least one of the two is required.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from rlhf_lab.errors import DataError
+
+
+@dataclass
+class PreferenceRecord:
+    """Feedback on the candidate responses to one prompt."""
+
+    prompt: str
+    responses: list[str]
+    ranking: Optional[list[int]] = None
+    scores: Optional[list[float]] = None
+    annotator: str = "unknown"
+    meta: dict = field(default_factory=dict)
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` describing the first inconsistency."""
+        if not isinstance(self.prompt, str) or not isinstance(self.responses, list) or not all(isinstance(r, str) for r in self.responses):
+            raise ValueError("'prompt' must be a string and 'responses' a list of strings")
+        if len(self.responses) < 2 and self.scores is None:
+            raise ValueError("a ranking needs at least 2 responses")
+        if self.ranking is None and self.scores is None:
+            raise ValueError("needs 'ranking' or 'scores'")
+        if self.ranking is not None and sorted(self.ranking) != list(range(len(self.responses))):
+            raise ValueError(f"'ranking' {self.ranking} is not a permutation of 0..{len(self.responses) - 1}")
+        if self.scores is not None and len(self.scores) != len(self.responses):
+            raise ValueError(f"{len(self.scores)} scores for {len(self.responses)} responses")
+
+    def preference_pairs(self) -> list[tuple[int, int]]:
+        """All (better, worse) index pairs: K-choose-2 from a ranking, or from distinct scores."""
+        if self.ranking is not None:
+            r = self.ranking
+            return [(r[i], r[j]) for i in range(len(r)) for j in range(i + 1, len(r))]
+        s = self.scores
+        return [(i, j) if s[i] > s[j] else (j, i) for i in range(len(s)) for j in range(i + 1, len(s)) if s[i] != s[j]]
+
+
+def write_jsonl(records: list[PreferenceRecord], path: Path) -> None:
+    """Write atomically: a crash mid-write leaves any previous file intact."""
+    path = Path(path)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with tmp.open("w") as fh:
+        for record in records:
+            fh.write(json.dumps(asdict(record)) + "\n")
+    os.replace(tmp, path)
+
+
+def read_jsonl(path: Path) -> list[PreferenceRecord]:
+    """Read records; a malformed line raises :class:`DataError` naming the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: preference file not found")
+    records = []
+    with path.open() as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                raw = json.loads(line)
+                if not isinstance(raw, dict):
+                    raise ValueError("expected a JSON object")
+                unknown = set(raw) - {f for f in PreferenceRecord.__dataclass_fields__}
+                if unknown:
+                    raise ValueError(f"unknown field(s) {sorted(unknown)}")
+                record = PreferenceRecord(**raw)
+                record.validate()
+            except (ValueError, TypeError) as exc:
+                raise DataError(f"{path}:{lineno}: malformed preference record: {exc}") from None
+            records.append(record)
+    if not records:
+        raise DataError(f"{path}: no preference records")
+    return records

@@ -1,0 +1,109 @@
+"""The rlhf_lab plugin API: every hook a plugin may implement.
+
+A plugin is a module (or object) with functions marked ``@rlhf_lab.hookimpl`` whose names match the
+specs below. Built-in components are plugins too (:data:`rlhf_lab.plugin_manager.BUILTIN_PLUGINS`);
+third parties declare an entry point in group ``rlhf_lab``::
+
+    [project.entry-points.rlhf_lab]
+    my_plugin = "my_package.plugin"
+
+Hooks are always called with keyword arguments. An implementation may accept fewer arguments than
+its spec names, so specs can grow without breaking plugins.
+
+Phases:
+
+1. Registration (once, when the plugin manager is built, before Hydra composes the config):
+   the ``rlhf_lab_register_*`` hooks receive a ``register(name, factory, schema)`` callable.
+   ``schema`` is a dataclass: it becomes the config group option ``<group>=<name>`` in Hydra's
+   ConfigStore (groups ``task``, ``feedback``, ``reward``, ``algo``), so ``algo.lr=abc`` or an
+   unknown key fails before any work. The schema must have a ``name`` field defaulting to ``name``.
+2. Run (once per stage that trains): ``rlhf_lab_callbacks`` and ``rlhf_lab_loggers`` add to the
+   Lightning ``Trainer`` of that stage.
+3. End of run: ``rlhf_lab_run_finished`` sees the final metrics.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("rlhf_lab")
+
+Register = Callable[[str, Callable[..., Any], type], None]
+
+
+# --- registration ---------------------------------------------------------------------------------
+
+
+@hookspec
+def rlhf_lab_register_tasks(register: Register) -> None:
+    """Register tasks: where prompts, demonstrations and (optionally) a gold utility come from.
+
+    :param register: ``register(name, factory, schema)``; ``factory(cfg, seed) -> rlhf_lab.tasks.base.Task``
+        where ``cfg`` is an instance of ``schema`` built from ``cfg.task``.
+    """
+
+
+@hookspec
+def rlhf_lab_register_feedback_sources(register: Register) -> None:
+    """Register feedback sources: who labels candidate responses (datasets, simulated annotators, judges).
+
+    :param register: ``register(name, factory, schema)``; ``factory(cfg, task) -> FeedbackSource``,
+        an object with ``collect(prompts, candidates, kind, seed, split) -> list[PreferenceRecord]``
+        (see :mod:`rlhf_lab.feedback.records`). ``kind`` is ``"ranking"`` or ``"rating"``, whichever the
+        reward model trains on; ``split`` is ``"train"`` or ``"heldout"``. If the source's attribute
+        ``needs_candidates`` is true, the pipeline first samples ``responses_per_prompt`` candidates per
+        prompt from the SFT policy, ``rounds`` times per training prompt; otherwise both lists are empty.
+    """
+
+
+@hookspec
+def rlhf_lab_register_reward_models(register: Register) -> None:
+    """Register reward-model objectives (pairwise Bradley-Terry, pointwise regression, ...).
+
+    :param register: ``register(name, factory, schema)``; ``factory(cfg) -> RewardObjective``
+        (see :class:`rlhf_lab.rewards.base.RewardObjective`).
+    """
+
+
+@hookspec
+def rlhf_lab_register_algorithms(register: Register) -> None:
+    """Register policy-optimisation algorithms.
+
+    :param register: ``register(name, factory, schema)``; ``factory(cfg, context)`` returns a
+        ``LightningModule`` with a ``policy`` attribute (the Hugging Face model to save). The factory
+        (usually the module class) has a boolean attribute ``requires_reward_model``.
+    """
+
+
+# --- run ------------------------------------------------------------------------------------------
+
+
+@hookspec
+def rlhf_lab_callbacks(cfg: Any, stage: str) -> list:
+    """Extra Lightning callbacks for the ``Trainer`` of ``stage`` (``"sft"``, ``"reward"``, ``"policy"``).
+
+    Called once per trained stage; the results of all plugins are concatenated.
+
+    :param cfg: the whole run config (an ``omegaconf.DictConfig``).
+    :returns: a list of ``lightning.pytorch.Callback``.
+    """
+
+
+@hookspec
+def rlhf_lab_loggers(cfg: Any, stage: str, run_dir: Path) -> list:
+    """Extra Lightning loggers for the ``Trainer`` of ``stage``, beside the one ``cfg.logger`` selects.
+
+    :param run_dir: the Hydra run directory of this job.
+    :returns: a list of ``lightning.pytorch.loggers.Logger``.
+    """
+
+
+@hookspec
+def rlhf_lab_run_finished(cfg: Any, metrics: dict, run_dir: Path) -> None:
+    """Called after evaluation, once ``metrics.json`` is written. Return values are ignored.
+
+    :param metrics: the final figures, the same as ``metrics.json`` holds.
+    """

@@ -1,0 +1,1 @@
+"""Loading Hugging Face models and the scalar-head (reward / value) model."""

@@ -1,0 +1,67 @@
+"""Backbone + scalar head: a value per token, and a sequence score at the last non-padding token.
+
+Used for reward models and PPO critics. The wrapped model is a Hugging Face
+``AutoModelForSequenceClassification`` with one label, so a saved reward model loads with plain
+transformers; its ``score`` head is applied at every position instead of only the last.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from rlhf_lab.ops.sequence import last_token_index
+
+NORMALISER_FILE = "reward_normaliser.json"
+
+
+@dataclass
+class RewardNormaliser:
+    """Affine map that gives the SFT policy's samples mean 0 and std 1 under the reward model."""
+
+    mean: float = 0.0
+    std: float = 1.0
+
+    def __call__(self, scores: torch.Tensor) -> torch.Tensor:
+        return (scores - self.mean) / self.std
+
+    @classmethod
+    def fit(cls, scores: torch.Tensor) -> "RewardNormaliser":
+        return cls(mean=float(scores.mean()), std=float(scores.std().clamp(min=1e-6)))
+
+    def save(self, directory: Path) -> None:
+        (Path(directory) / NORMALISER_FILE).write_text(json.dumps(asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, directory: Path) -> "RewardNormaliser":
+        path = Path(directory) / NORMALISER_FILE
+        return cls(**json.loads(path.read_text())) if path.is_file() else cls()
+
+
+class ValueModel(nn.Module):
+    """Per-token scalar values from a sequence-classification model's backbone and head."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        head = getattr(model, "score", None) or getattr(model, "classifier", None)
+        if head is None:
+            raise TypeError(f"{type(model).__name__} has no `score` or `classifier` head")
+        self.head = head
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+        """Values (B, L), one per position."""
+        hidden = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).last_hidden_state
+        return self.head(hidden).squeeze(-1).float()
+
+    def sequence_scores(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+        """Scores (B,): the value at the last non-padding token of each row."""
+        values = self(input_ids, attention_mask, position_ids)
+        return values.gather(1, last_token_index(attention_mask).unsqueeze(1)).squeeze(1)
+
+    def save_pretrained(self, directory: Path) -> None:
+        self.model.save_pretrained(directory)

@@ -1,0 +1,40 @@
+"""Token-level helpers: log-probs of chosen tokens, entropy, positions, last valid token."""
+
+from __future__ import annotations
+
+import torch
+
+
+def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """Log-probability of each token in ``tokens`` (B, T) under ``logits`` (B, T, V)."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return torch.gather(logp, -1, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy of the categorical distribution at each position: (B, T, V) -> (B, T)."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return -(logp.exp() * logp).sum(-1)
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions that skip left padding: the first real token is position 0."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Index of the last position with mask 1 in each row (left or right padding)."""
+    length = attention_mask.shape[-1]
+    return length - 1 - attention_mask.long().flip(-1).argmax(-1)
+
+
+def truncate_after_eos(tokens: torch.Tensor, eos_token_id: int, pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Cut each response after its first EOS (kept) and pad the rest.
+
+    :returns: ``(tokens, mask, has_eos)``: padded tokens, (B, T) mask of kept tokens, (B,) bool.
+    """
+    is_eos = tokens == eos_token_id
+    # eos positions strictly before t: cumulative count shifted right by one.
+    seen_before = torch.cumsum(is_eos.long(), -1) - is_eos.long()
+    mask = (seen_before == 0).long()
+    return torch.where(mask.bool(), tokens, torch.full_like(tokens, pad_token_id)), mask, is_eos.any(-1)

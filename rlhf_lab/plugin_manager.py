@@ -1,0 +1,148 @@
+"""Builds the plugin manager and the registry of components the plugins provide."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import os
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, Callable
+
+import pluggy
+
+from rlhf_lab import hookspecs
+from rlhf_lab.errors import RlhfLabError, UnknownComponentError
+
+BUILTIN_PLUGINS = (
+    "rlhf_lab.tasks.toy",
+    "rlhf_lab.feedback.simulated",
+    "rlhf_lab.feedback.dataset",
+    "rlhf_lab.rewards.pairwise",
+    "rlhf_lab.rewards.pointwise",
+    "rlhf_lab.algos.ppo",
+)
+"""Built-in plugins, registered through the same hooks as third-party ones."""
+
+DISABLE_AUTOLOAD_ENV = "RLHF_LAB_DISABLE_PLUGIN_AUTOLOAD"
+"""Set to 1 to skip entry-point plugins (hermetic tests); built-ins still load."""
+
+ENTRY_POINT_GROUP = "rlhf_lab"
+
+# Component kind -> (registration hook, Hydra config group).
+KINDS = {
+    "task": "rlhf_lab_register_tasks",
+    "feedback": "rlhf_lab_register_feedback_sources",
+    "reward": "rlhf_lab_register_reward_models",
+    "algo": "rlhf_lab_register_algorithms",
+}
+
+
+@dataclass(frozen=True)
+class Component:
+    """One registered component: its factory, config schema and the plugin that provided it."""
+
+    kind: str
+    name: str
+    factory: Callable[..., Any]
+    schema: type
+    plugin: str
+    distribution: str
+
+
+class Registry:
+    """Components by kind and name, filled by the registration hooks."""
+
+    def __init__(self) -> None:
+        self._components: dict[str, dict[str, Component]] = {kind: {} for kind in KINDS}
+
+    def add(self, component: Component) -> None:
+        existing = self._components[component.kind].get(component.name)
+        if existing is not None:
+            raise RlhfLabError(
+                f"{component.kind} '{component.name}' is registered twice: by {existing.plugin} "
+                f"({existing.distribution}) and by {component.plugin} ({component.distribution})"
+            )
+        self._components[component.kind][component.name] = component
+
+    def get(self, kind: str, name: str) -> Component:
+        """The component ``name`` of ``kind``; an unknown name lists those that exist."""
+        try:
+            return self._components[kind][name]
+        except KeyError:
+            known = "\n".join(f"  {c.name}  (plugin {c.plugin}, from {c.distribution})" for c in self.list(kind))
+            raise UnknownComponentError(f"unknown {kind} '{name}' (config key '{kind}.name'). Available:\n{known}") from None
+
+    def list(self, kind: str) -> list[Component]:
+        return sorted(self._components[kind].values(), key=lambda c: c.name)
+
+    def all(self) -> list[Component]:
+        return [c for kind in KINDS for c in self.list(kind)]
+
+
+def _distribution_names(pm: pluggy.PluginManager) -> dict[int, str]:
+    return {id(plugin): f"{dist.project_name} {dist.version}" for plugin, dist in pm.list_plugin_distinfo()}
+
+
+def _ships_yaml(group: str, name: str) -> bool:
+    """Whether conf/<group>/<name>.yaml exists: that file then extends the schema instead of replacing it."""
+    return resources.files("rlhf_lab.conf").joinpath(group, f"{name}.yaml").is_file()
+
+
+def _store_schema(group: str, name: str, schema: type) -> None:
+    from hydra.core.config_store import ConfigStore
+
+    if not dataclasses.is_dataclass(schema):
+        raise RlhfLabError(f"{group} '{name}': schema must be a dataclass, got {schema!r}")
+    names = {f.name: f for f in dataclasses.fields(schema)}
+    if "name" not in names or names["name"].default != name:
+        raise RlhfLabError(f"{group} '{name}': schema {schema.__name__} needs a field `name: str = \"{name}\"`")
+    store = ConfigStore.instance()
+    # schema/<group>/<name> is what a YAML in conf/<group>/ extends; a plugin without YAML gets the
+    # schema itself as the selectable option <group>=<name>.
+    store.store(group=f"schema/{group}", name=name, node=schema)
+    if not _ships_yaml(group, name):
+        store.store(group=group, name=name, node=schema)
+
+
+def build_plugin_manager(load_entry_points: bool | None = None) -> pluggy.PluginManager:
+    """Add the hookspecs, register the built-ins, load entry points, check, then fill the registry.
+
+    The registry is attached to the manager as ``pm.registry``.
+    """
+    pm = pluggy.PluginManager("rlhf_lab")
+    pm.add_hookspecs(hookspecs)
+    for module_name in BUILTIN_PLUGINS:
+        pm.register(importlib.import_module(module_name), name=module_name)
+    if load_entry_points is None:
+        load_entry_points = os.environ.get(DISABLE_AUTOLOAD_ENV, "") in ("", "0")
+    if load_entry_points:
+        pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
+    pm.check_pending()
+
+    dists = _distribution_names(pm)
+    registry = Registry()
+    for kind, hook_name in KINDS.items():
+        hook = getattr(pm.hook, hook_name)
+        for impl in hook.get_hookimpls():
+            plugin_name = pm.get_name(impl.plugin) or repr(impl.plugin)
+            dist = dists.get(id(impl.plugin), "rlhf_lab (built-in)")
+
+            def register(name: str, factory: Callable[..., Any], schema: type, _kind=kind, _plugin=plugin_name, _dist=dist) -> None:
+                _store_schema(_kind, name, schema)
+                registry.add(Component(_kind, name, factory, schema, _plugin, _dist))
+
+            impl.function(**{arg: register for arg in impl.argnames})
+    pm.registry = registry
+    return pm
+
+
+_PM: pluggy.PluginManager | None = None
+
+
+def get_plugin_manager() -> pluggy.PluginManager:
+    """The process-wide plugin manager, built on first use."""
+    global _PM
+    if _PM is None:
+        _PM = build_plugin_manager()
+    return _PM

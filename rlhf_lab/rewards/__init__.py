@@ -1,0 +1,1 @@
+"""Reward-model objectives: how preference records become a loss on sequence scores."""

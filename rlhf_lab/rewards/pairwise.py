@@ -1,0 +1,34 @@
+"""Pairwise Bradley-Terry reward model: every ranked pair (K-choose-2 per K-wise ranking) is one term.
+
+Each response is forwarded once and scored; the loss is ``-log sigmoid(s_better - s_worse)``
+averaged over all pairs (Ouyang et al. 2022 train on all K-choose-2 comparisons of a prompt together).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from rlhf_lab import hookimpl
+from rlhf_lab.ops.losses import bradley_terry_loss
+from rlhf_lab.rewards.base import RewardConfig, RewardObjective
+
+
+@dataclass
+class PairwiseRewardConfig(RewardConfig):
+    """Schema of ``reward=pairwise``."""
+
+    name: str = "pairwise"
+
+
+class PairwiseObjective(RewardObjective):
+    feedback_kind = "ranking"
+
+    def loss(self, scores: torch.Tensor, batch: dict) -> torch.Tensor:
+        return bradley_terry_loss(scores[batch["pair_better"]], scores[batch["pair_worse"]])
+
+
+@hookimpl
+def rlhf_lab_register_reward_models(register):
+    register("pairwise", PairwiseObjective, PairwiseRewardConfig)

@@ -1,0 +1,1 @@
+"""Trainable stages (Lightning modules) and the evaluation stage."""

@@ -1,0 +1,79 @@
+"""Reward-model training: a scalar-head model fitted to preference records by a reward objective."""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import torch
+from torch.utils.data import DataLoader
+
+from rlhf_lab.errors import check_finite
+from rlhf_lab.feedback.records import PreferenceRecord
+
+
+def record_loader(records: list[PreferenceRecord], objective, tokenizer, batch_size: int, shuffle: bool, seed: int) -> DataLoader:
+    return DataLoader(
+        records,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        collate_fn=lambda items: objective.collate(items, tokenizer),
+        generator=torch.Generator().manual_seed(seed),
+    )
+
+
+class RewardModule(pl.LightningModule):
+    """Trains a :class:`~rlhf_lab.models.value_model.ValueModel`; logs ``reward/loss`` and ``reward/accuracy``."""
+
+    def __init__(self, model, objective, lr: float, weight_decay: float, checkpoint_dir=None) -> None:
+        super().__init__()
+        self.model, self.objective = model.train(), objective
+        self.lr, self.weight_decay = lr, weight_decay
+        self.checkpoint_dir = checkpoint_dir
+        self._correct = self._total = 0
+
+    def _scores(self, batch):
+        return self.model.sequence_scores(batch["input_ids"], batch["attention_mask"], batch["position_ids"])
+
+    def training_step(self, batch, batch_idx):
+        scores = self._scores(batch)
+        loss = self.objective.loss(scores, batch)
+        check_finite(loss, "reward", self.global_step, self.checkpoint_dir)
+        correct, total = self.objective.pair_accuracy(scores.detach(), batch)
+        self.log("reward/loss", loss, prog_bar=True, batch_size=scores.shape[0])
+        if total:
+            self.log("reward/train_accuracy", correct / total, batch_size=total)
+        return loss
+
+    def on_validation_epoch_start(self) -> None:
+        self._correct = self._total = 0
+
+    def validation_step(self, batch, batch_idx):
+        correct, total = self.objective.pair_accuracy(self._scores(batch), batch)
+        self._correct += correct
+        self._total += total
+
+    def on_validation_epoch_end(self) -> None:
+        # Pair-weighted over the whole held-out set.
+        self.log("reward/accuracy", self._correct / max(self._total, 1))
+
+    def configure_optimizers(self):
+        return torch.optim.AdamW(self.model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+
+
+@torch.no_grad()
+def score_texts(model, tokenizer, prompts: list[str], responses: list[str], batch_size: int = 128) -> torch.Tensor:
+    """Raw reward-model scores of (prompt, response) texts."""
+    from rlhf_lab.data import collate_pairs, encode_prompt, encode_response
+
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    out = []
+    for start in range(0, len(prompts), batch_size):
+        batch = collate_pairs(
+            [encode_prompt(tokenizer, p) for p in prompts[start : start + batch_size]],
+            [encode_response(tokenizer, r) for r in responses[start : start + batch_size]],
+            tokenizer.pad_token_id,
+        )
+        out.append(model.sequence_scores(batch["input_ids"].to(device), batch["attention_mask"].to(device), batch["position_ids"].to(device)).cpu())
+    model.train(was_training)
+    return torch.cat(out)

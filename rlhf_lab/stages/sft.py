@@ -1,0 +1,67 @@
+"""Supervised fine-tuning: causal-LM loss on response tokens only (prompt tokens masked)."""
+
+from __future__ import annotations
+
+import math
+
+import lightning.pytorch as pl
+import torch
+from torch.utils.data import DataLoader
+
+from rlhf_lab.data import collate_pairs, encode_prompt, encode_response, response_logits
+from rlhf_lab.errors import check_finite
+from rlhf_lab.ops.masked import masked_mean
+from rlhf_lab.ops.sequence import token_logprobs
+
+
+def tokenize_demonstrations(tokenizer, pairs: list[tuple[str, str]]) -> list[tuple[list[int], list[int]]]:
+    return [(encode_prompt(tokenizer, p), encode_response(tokenizer, r)) for p, r in pairs]
+
+
+def demonstration_loader(examples, pad_id: int, batch_size: int, shuffle: bool, seed: int) -> DataLoader:
+    def collate(items):
+        return collate_pairs([p for p, _ in items], [r for _, r in items], pad_id)
+
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(examples, batch_size=batch_size, shuffle=shuffle, collate_fn=collate, generator=generator)
+
+
+def response_nll(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token negative log-likelihood of the response tokens (B, R) and their mask."""
+    p = batch["prompt_len"]
+    logp = token_logprobs(response_logits(model, batch), batch["input_ids"][:, p:])
+    return -logp, batch["attention_mask"][:, p:]
+
+
+class SFTModule(pl.LightningModule):
+    """Fine-tunes a causal LM on demonstrations; logs ``sft/loss``, ``sft/val_loss``, ``sft/val_perplexity``."""
+
+    def __init__(self, model, lr: float, weight_decay: float, checkpoint_dir=None) -> None:
+        super().__init__()
+        self.model = model.train()  # from_pretrained returns eval mode
+        self.lr, self.weight_decay = lr, weight_decay
+        self.checkpoint_dir = checkpoint_dir
+        self._val_nll, self._val_tokens = 0.0, 0
+
+    def training_step(self, batch, batch_idx):
+        nll, mask = response_nll(self.model, batch)
+        loss = masked_mean(nll, mask)
+        check_finite(loss, "sft", self.global_step, self.checkpoint_dir)
+        self.log("sft/loss", loss, prog_bar=True, batch_size=nll.shape[0])
+        return loss
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_nll, self._val_tokens = 0.0, 0
+
+    def validation_step(self, batch, batch_idx):
+        nll, mask = response_nll(self.model, batch)
+        self._val_nll += float((nll * mask).sum())
+        self._val_tokens += int(mask.sum())
+
+    def on_validation_epoch_end(self) -> None:
+        # Token-weighted over the whole held-out set, not a mean of batch means.
+        loss = self._val_nll / max(self._val_tokens, 1)
+        self.log_dict({"sft/val_loss": loss, "sft/val_perplexity": math.exp(min(loss, 50.0))})
+
+    def configure_optimizers(self):
+        return torch.optim.AdamW(self.model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
