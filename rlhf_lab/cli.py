@@ -19,7 +19,7 @@ def print_plugins() -> None:
     pm = get_plugin_manager()
     table = Table(title="rlhf_lab plugins")
     for column in ("plugin", "distribution", "kind", "component", "schema"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")  # wrap long names, never cut them to "…"
     components = pm.registry.all()
     for name, plugin in sorted(pm.list_name_plugin(), key=lambda item: item[0]):
         provided = [c for c in components if c.plugin == name]
@@ -31,7 +31,12 @@ def print_plugins() -> None:
             table.add_row(name, dist, "-", "(hooks only)", "-")
         for c in provided:
             table.add_row(name, dist, c.kind, c.name, f"{c.schema.__module__}.{c.schema.__qualname__}")
-    Console().print(table)
+    console = Console()
+    if not console.is_terminal:
+        # Piped or captured (grep, tests): Rich would squeeze the table into 80 columns and break
+        # names across lines; print every row on one line instead (the table is only as wide as it needs).
+        console = Console(width=10_000)
+    console.print(table)
 
 
 def summary_table(metrics: dict, algo: str):
@@ -98,7 +103,13 @@ def hydra_entry() -> None:
 
 
 def main() -> None:
-    if len(sys.argv) > 1 and sys.argv[1] == "plugins":
-        print_plugins()
-        return
-    hydra_entry()
+    from rlhf_lab.errors import RlhfLabError
+
+    try:
+        if len(sys.argv) > 1 and sys.argv[1] == "plugins":
+            print_plugins()
+            return
+        hydra_entry()
+    except RlhfLabError as exc:  # plugin loading and registration, before Hydra's job starts
+        print(f"rlhf_lab: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -54,7 +54,7 @@ class SFTConfig:
     """Supervised fine-tuning on the task's demonstrations (loss on response tokens only)."""
 
     lr: float = 1e-3
-    epochs: int = 3
+    epochs: int = 8
     batch_size: int = 64
     weight_decay: float = 0.0
     max_examples: Optional[int] = None

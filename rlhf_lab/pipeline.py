@@ -204,6 +204,8 @@ class Pipeline:
         from rlhf_lab.training import finish_loggers
 
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.cfg.logger.name == "wandb":
+            log.info("wandb group: %s", self.group)
         base, base_key = self.base_model()
         self.tokenizer = load_tokenizer(str(base))
         sft, sft_key, metrics = self.sft(base, base_key)

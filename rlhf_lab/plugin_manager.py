@@ -18,9 +18,8 @@ BUILTIN_PLUGINS = (
     "rlhf_lab.tasks.toy",
     "rlhf_lab.feedback.simulated",
     "rlhf_lab.feedback.dataset",
-    "rlhf_lab.rewards.pairwise",
-    "rlhf_lab.rewards.pointwise",
-    "rlhf_lab.algos.ppo",
+    "rlhf_lab.rewards",
+    "rlhf_lab.algos",
 )
 """Built-in plugins, registered through the same hooks as third-party ones."""
 
@@ -36,6 +35,22 @@ KINDS = {
     "reward": "rlhf_lab_register_reward_models",
     "algo": "rlhf_lab_register_algorithms",
 }
+
+
+def lazy_factory(target: str, **attributes: Any) -> Callable[..., Any]:
+    """A factory that imports ``"module:attribute"`` on its first call, keeping plugin import light.
+
+    ``attributes`` are set on the returned factory (e.g. ``requires_reward_model=True``).
+    """
+    module_name, attribute = target.split(":")
+
+    def factory(*args: Any, **kwargs: Any) -> Any:
+        return getattr(importlib.import_module(module_name), attribute)(*args, **kwargs)
+
+    factory.__qualname__ = factory.__name__ = f"lazy({target})"
+    for key, value in attributes.items():
+        setattr(factory, key, value)
+    return factory
 
 
 @dataclass(frozen=True)
@@ -105,6 +120,24 @@ def _store_schema(group: str, name: str, schema: type) -> None:
         store.store(group=group, name=name, node=schema)
 
 
+def _load_entry_points(pm: pluggy.PluginManager) -> None:
+    """Register every entry point in group ``rlhf_lab``; a plugin that fails to import is named."""
+    from importlib.metadata import entry_points
+
+    # Import each one first to name the culprit; pluggy's loader then registers them (from the
+    # import cache) and records their distributions for list_plugin_distinfo().
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            ep.load()
+        except Exception as exc:
+            dist = f"{ep.dist.name} {ep.dist.version}" if ep.dist else "unknown distribution"
+            raise RlhfLabError(
+                f"plugin '{ep.name}' ({dist}, entry point {ep.value}) failed to load: {type(exc).__name__}: {exc}. "
+                f"Set {DISABLE_AUTOLOAD_ENV}=1 to run without entry-point plugins."
+            ) from exc
+    pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
+
+
 def build_plugin_manager(load_entry_points: bool | None = None) -> pluggy.PluginManager:
     """Add the hookspecs, register the built-ins, load entry points, check, then fill the registry.
 
@@ -117,8 +150,11 @@ def build_plugin_manager(load_entry_points: bool | None = None) -> pluggy.Plugin
     if load_entry_points is None:
         load_entry_points = os.environ.get(DISABLE_AUTOLOAD_ENV, "") in ("", "0")
     if load_entry_points:
-        pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
-    pm.check_pending()
+        _load_entry_points(pm)
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        raise RlhfLabError(f"plugin '{exc.plugin_name}' implements an unknown hook: {exc}") from None
 
     dists = _distribution_names(pm)
     registry = Registry()

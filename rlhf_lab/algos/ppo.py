@@ -15,18 +15,16 @@ docs/algorithms/ppo.md for the numbered list. One training step of this module i
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Optional
+from dataclasses import dataclass
 
 import lightning.pytorch as pl
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Sampler
 
-from rlhf_lab import hookimpl
 from rlhf_lab.algos.context import AlgoContext
 from rlhf_lab.algos.kl_control import build_kl_controller
-from rlhf_lab.config import SamplingConfig
+from rlhf_lab.algos.ppo_config import PPOConfig
 from rlhf_lab.data import encode_prompt, join, pad_left, response_logits
 from rlhf_lab.errors import check_finite
 from rlhf_lab.ops.advantages import gae
@@ -35,66 +33,6 @@ from rlhf_lab.ops.losses import clipped_value_loss, explained_variance, ppo_poli
 from rlhf_lab.ops.masked import masked_mean, masked_whiten
 from rlhf_lab.ops.sequence import entropy_from_logits, token_logprobs
 from rlhf_lab.rollout import generate
-
-
-@dataclass
-class PPOConfig:
-    """Schema of ``algo=ppo``. Defaults suit the toy task; the paper value is given where it differs."""
-
-    name: str = "ppo"
-    lr: float = 3e-4
-    """Adam learning rate of the policy (Ouyang et al.: ~9.65e-6 for 1.3B models)."""
-    critic_lr: Optional[float] = None
-    """Learning rate of the critic; null: same as ``lr``."""
-    total_episodes: int = 12800
-    """Prompts processed in total; iterations = total_episodes // rollout_batch_size."""
-    rollout_batch_size: int = 64
-    """Prompts per rollout (one PPO iteration)."""
-    minibatch_size: int = 16
-    """Sequences per gradient step."""
-    ppo_epochs: int = 4
-    """Passes over each rollout batch (Huang et al.: 4)."""
-    clip_range: float = 0.2
-    """Policy ratio clip epsilon (Schulman et al. 2017: 0.2)."""
-    value_clip_range: float = 0.2
-    """Value clip around the rollout's values (Huang et al.: 0.2)."""
-    vf_coef: float = 0.1
-    """Weight of the value loss (Huang et al.: 0.1)."""
-    ent_coef: float = 0.0
-    """Entropy bonus weight (0 in most RLHF setups)."""
-    gamma: float = 1.0
-    """Discount (1.0 for RLHF: the episode is one response)."""
-    lam: float = 0.95
-    """GAE lambda (Huang et al.: 0.95)."""
-    whiten_advantages: bool = True
-    max_grad_norm: float = 1.0
-    kl_coef: float = 0.05
-    """Initial coefficient of the per-token KL penalty (Ziegler et al.: 0.05 with adaptive control)."""
-    kl_controller: str = "fixed"
-    """fixed or adaptive (Ziegler et al. 2019)."""
-    target_kl: float = 6.0
-    """Adaptive controller: target KL per response, in nats."""
-    kl_horizon: int = 10000
-    """Adaptive controller: horizon in episodes."""
-    missing_eos_penalty: Optional[float] = 1.0
-    """Subtracted from the normalised score of a response that has no EOS; null: no penalty."""
-    critic_init: str = "reward"
-    """Initialise the critic from the reward model (Huang et al.) or from the policy."""
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)
-
-    def __post_init__(self) -> None:
-        if self.rollout_batch_size % self.minibatch_size:
-            raise ValueError(f"algo.rollout_batch_size ({self.rollout_batch_size}) must be a multiple of algo.minibatch_size ({self.minibatch_size})")
-        if self.total_episodes < self.rollout_batch_size:
-            raise ValueError(f"algo.total_episodes ({self.total_episodes}) must be at least algo.rollout_batch_size ({self.rollout_batch_size})")
-        if self.kl_controller not in ("fixed", "adaptive"):
-            raise ValueError(f"algo.kl_controller must be 'fixed' or 'adaptive', got '{self.kl_controller}'")
-        if self.critic_init not in ("reward", "policy"):
-            raise ValueError(f"algo.critic_init must be 'reward' or 'policy', got '{self.critic_init}'")
-        if self.lr <= 0 or self.ppo_epochs < 1 or self.clip_range <= 0:
-            raise ValueError("algo needs lr > 0, ppo_epochs >= 1 and clip_range > 0")
-        if self.sampling.temperature == 0:
-            raise ValueError("algo.sampling.temperature must be > 0: PPO needs a stochastic policy")
 
 
 @dataclass
@@ -292,8 +230,3 @@ class PPOModule(pl.LightningModule):
         self.kl_ctl.update(float(seq_kl), self.cfg.rollout_batch_size)
         self.log_dict(stats, batch_size=mask.shape[0])
         self.log("reward", stats["rollout/proxy_reward"], prog_bar=True, logger=False, batch_size=mask.shape[0])
-
-
-@hookimpl
-def rlhf_lab_register_algorithms(register):
-    register("ppo", PPOModule, PPOConfig)

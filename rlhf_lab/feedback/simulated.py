@@ -27,7 +27,7 @@ class SimulatedFeedbackConfig:
     """Mean rationality temperature: smaller is less noisy. Annotators spread over [beta/2, 3*beta/2]."""
     responses_per_prompt: int = 4
     """K: candidates sampled from the SFT policy per prompt (a ranking gives K-choose-2 pairs)."""
-    rounds: int = 2
+    rounds: int = 6
     """Times each training prompt is sent for labelling (fresh candidates each time)."""
 
     def __post_init__(self) -> None:

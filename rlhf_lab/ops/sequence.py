@@ -14,7 +14,9 @@ def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
 def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     """Entropy of the categorical distribution at each position: (B, T, V) -> (B, T)."""
     logp = torch.log_softmax(logits.float(), dim=-1)
-    return -(logp.exp() * logp).sum(-1)
+    # p * log p is 0 where p is 0 (filtered logits are -inf): avoid 0 * -inf = nan.
+    plogp = torch.where(torch.isneginf(logp), torch.zeros_like(logp), logp.exp() * logp)
+    return -plogp.sum(-1)
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:

@@ -2,30 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 from rlhf_lab.data import collate_pairs, encode_prompt, encode_response
 from rlhf_lab.feedback.records import PreferenceRecord
-
-
-@dataclass
-class RewardConfig:
-    """Fields shared by reward-model schemas."""
-
-    name: str = ""
-    lr: float = 1e-3
-    epochs: int = 4
-    batch_size: int = 32
-    """Preference records per batch (each response in a record is forwarded once)."""
-    weight_decay: float = 0.0
-    init_from_sft: bool = True
-    """Start the backbone from the SFT policy (Ouyang et al. 2022) instead of the base model."""
-
-    def __post_init__(self) -> None:
-        if self.lr <= 0 or self.epochs < 1 or self.batch_size < 1:
-            raise ValueError(f"reward needs lr > 0, epochs >= 1, batch_size >= 1; got lr={self.lr}, epochs={self.epochs}, batch_size={self.batch_size}")
+from rlhf_lab.rewards.configs import RewardConfig
 
 
 class RewardObjective:

@@ -6,20 +6,10 @@ averaged over all pairs (Ouyang et al. 2022 train on all K-choose-2 comparisons 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
-from rlhf_lab import hookimpl
 from rlhf_lab.ops.losses import bradley_terry_loss
-from rlhf_lab.rewards.base import RewardConfig, RewardObjective
-
-
-@dataclass
-class PairwiseRewardConfig(RewardConfig):
-    """Schema of ``reward=pairwise``."""
-
-    name: str = "pairwise"
+from rlhf_lab.rewards.base import RewardObjective
 
 
 class PairwiseObjective(RewardObjective):
@@ -27,8 +17,3 @@ class PairwiseObjective(RewardObjective):
 
     def loss(self, scores: torch.Tensor, batch: dict) -> torch.Tensor:
         return bradley_terry_loss(scores[batch["pair_better"]], scores[batch["pair_worse"]])
-
-
-@hookimpl
-def rlhf_lab_register_reward_models(register):
-    register("pairwise", PairwiseObjective, PairwiseRewardConfig)

@@ -1,0 +1,37 @@
+"""Schemas of the reward-model components (``reward=pairwise``, ``reward=pointwise``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class RewardConfig:
+    """Fields shared by reward-model schemas."""
+
+    name: str = ""
+    lr: float = 1e-3
+    epochs: int = 12
+    batch_size: int = 32
+    """Preference records per batch (each response in a record is forwarded once)."""
+    weight_decay: float = 0.0
+    init_from_sft: bool = True
+    """Start the backbone from the SFT policy (Ouyang et al. 2022) instead of the base model."""
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0 or self.epochs < 1 or self.batch_size < 1:
+            raise ValueError(f"reward needs lr > 0, epochs >= 1, batch_size >= 1; got lr={self.lr}, epochs={self.epochs}, batch_size={self.batch_size}")
+
+
+@dataclass
+class PairwiseRewardConfig(RewardConfig):
+    """Schema of ``reward=pairwise``: Bradley-Terry on all pairs of each K-wise ranking."""
+
+    name: str = "pairwise"
+
+
+@dataclass
+class PointwiseRewardConfig(RewardConfig):
+    """Schema of ``reward=pointwise``: regression on scalar ratings."""
+
+    name: str = "pointwise"

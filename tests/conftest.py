@@ -1,0 +1,47 @@
+"""Shared fixtures: hermetic plugin loading, a tiny config, and a CLI runner."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+# Entry-point plugins installed in this environment must not change what the core tests see.
+os.environ["RLHF_LAB_DISABLE_PLUGIN_AUTOLOAD"] = "1"
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+TINY = [
+    "task.num_sft_examples=400",
+    "sft.epochs=1",
+    "feedback.rounds=1",
+    "reward.epochs=1",
+    "algo.total_episodes=64",
+    "algo.rollout_batch_size=32",
+    "algo.minibatch_size=16",
+    "algo.ppo_epochs=1",
+    "eval.samples_per_prompt=1",
+    "trainer.progress_bar=none",
+    "trainer.checkpoint_every_n_steps=2",
+]
+"""Overrides that shrink every stage to seconds while keeping the whole pipeline."""
+
+
+def run_cli(args: list[str], cwd: Path, env: dict | None = None, timeout: int = 600, python: str = sys.executable) -> subprocess.CompletedProcess:
+    """Run ``python -m rlhf_lab ARGS`` and return the completed process (text output)."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.run([python, "-m", "rlhf_lab", *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+def read_metrics(run_dir: Path) -> dict:
+    return json.loads((Path(run_dir) / "metrics.json").read_text())
+
+
+@pytest.fixture
+def tiny_run_args(tmp_path: Path) -> list[str]:
+    """TINY plus a private cache and run directory under ``tmp_path``."""
+    return [*TINY, f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}", "logger=csv"]

@@ -1,0 +1,138 @@
+"""Tiny end-to-end runs of the real CLI on the toy task, asserting real outcomes."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import pytest
+
+from conftest import TINY, read_metrics, run_cli
+
+EVAL_FIGURES = ("gold_reward", "proxy_reward", "kl", "response_length", "perplexity")
+
+
+def test_tiny_pipeline_writes_metrics_models_and_checkpoints(tmp_path, tiny_run_args):
+    result = run_cli(tiny_run_args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dir = tmp_path / "run"
+    metrics = read_metrics(run_dir)
+    for policy in ("sft", "ppo"):
+        for figure in EVAL_FIGURES:
+            assert math.isfinite(metrics[f"eval/{policy}/{figure}"]), (policy, figure)
+    # The SFT policy is the reference: its KL to itself is exactly 0, the PPO policy's is not.
+    assert metrics["eval/sft/kl"] == pytest.approx(0.0, abs=1e-5)
+    assert metrics["eval/ppo/kl"] != pytest.approx(0.0, abs=1e-6)
+    assert 0.0 <= metrics["eval/ppo/win_rate"] <= 1.0
+    assert 0.0 <= metrics["reward/accuracy"] <= 1.0
+    # The summary table prints the same figures as metrics.json.
+    assert f"{metrics['eval/ppo/gold_reward']:.3f}" in result.stdout
+    assert "win_rate vs sft" in result.stdout
+
+    # The final policy and the reward model load with plain transformers.
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+    AutoModelForCausalLM.from_pretrained(run_dir / "policy")
+    AutoTokenizer.from_pretrained(run_dir / "policy")
+    reward_dirs = list((tmp_path / "cache" / "reward").iterdir())
+    assert len(reward_dirs) == 1
+    AutoModelForSequenceClassification.from_pretrained(reward_dirs[0])
+    normaliser = json.loads((reward_dirs[0] / "reward_normaliser.json").read_text())
+    assert normaliser["std"] > 0
+    # Checkpoints live in the run directory; samples are kept for inspection.
+    for stage in ("sft", "reward", "policy"):
+        assert (run_dir / "checkpoints" / stage / "last.ckpt").is_file(), stage
+    samples = [json.loads(line) for line in (run_dir / "samples.jsonl").open()]
+    assert len(samples) == 57  # held-out prompts x eval.samples_per_prompt
+    gold = sum(s["ppo_gold"] for s in samples) / len(samples)
+    assert gold == pytest.approx(metrics["eval/ppo/gold_reward"])
+
+
+def test_pointwise_reward_runs(tmp_path, tiny_run_args):
+    result = run_cli([*tiny_run_args, "reward=pointwise"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = read_metrics(tmp_path / "run")
+    assert 0.0 <= metrics["reward/accuracy"] <= 1.0
+    records = [json.loads(line) for line in next((tmp_path / "cache" / "feedback").iterdir()).joinpath("train.jsonl").open()]
+    assert records[0]["scores"] is not None and records[0]["ranking"] is None
+
+
+def test_multirun_reuses_upstream_stages_and_shares_a_wandb_group(tmp_path):
+    sweep = tmp_path / "sweep"
+    args = ["-m", "algo.lr=1e-5,3e-5", *TINY, f"cache_dir={tmp_path / 'cache'}", f"hydra.sweep.dir={sweep}", "logger=wandb", "logger.mode=offline"]
+    result = run_cli(args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    first, second = (sweep / "0" / "cli.log").read_text(), (sweep / "1" / "cli.log").read_text()
+    for stage in ("sft", "feedback", "reward"):
+        assert re.search(rf"{stage}: no cached artifact", first), stage
+        assert re.search(rf"{stage}: reusing cached artifact", second), stage
+    # One cached artifact per upstream stage, and one group for the whole sweep.
+    for stage in ("sft", "feedback", "reward"):
+        assert len(list((tmp_path / "cache" / stage).iterdir())) == 1
+    groups = {re.search(r"wandb group: (\S+)", log).group(1) for log in (first, second)}
+    assert groups == {"sweep"}
+    assert list((sweep / "0" / "wandb").glob("offline-run-*")), "wandb ran offline in the run directory"
+    lrs = [json.loads((sweep / j / "metrics.json").read_text()) for j in ("0", "1")]
+    # Different learning rates move the policy by different amounts.
+    assert lrs[0]["eval/ppo/kl"] != pytest.approx(lrs[1]["eval/ppo/kl"], rel=1e-3)
+
+
+def test_local_hf_model_trains_through_from_pretrained(tmp_path):
+    """model.name_or_path takes any saved causal LM; here a GPT-2 of a different shape than the toy one."""
+    from rlhf_lab.tasks.toy import ToyTaskConfig, make_toy_task
+
+    model_dir = tmp_path / "my-gpt2"
+    make_toy_task(ToyTaskConfig(num_sft_examples=200, n_layer=1, n_embd=32, n_head=2), seed=3).build_base_model(model_dir)
+    args = [*TINY, f"model.name_or_path={model_dir}", f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}", "logger=csv"]
+    result = run_cli(args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    from transformers import AutoConfig
+
+    assert AutoConfig.from_pretrained(tmp_path / "run" / "policy").n_embd == 32
+    assert not (tmp_path / "cache" / "base").exists()
+
+
+def test_missing_model_path_fails_with_one_message(tmp_path):
+    result = run_cli([*TINY, "model.name_or_path=/no/such/model", f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}", "logger=csv"], cwd=tmp_path)
+    assert result.returncode == 2
+    assert "model.name_or_path: model directory '/no/such/model' does not exist" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+NAN_AFTER_TWO_UPDATES = """
+import sys, torch
+import rlhf_lab.algos.ppo as ppo
+original = ppo.PPOModule.minibatch_loss
+calls = {"n": 0}
+def poisoned(self, rollout, idx):
+    out = original(self, rollout, idx)
+    calls["n"] += 1
+    if calls["n"] > 4:
+        out["loss"] = out["loss"] * float("nan")
+    return out
+ppo.PPOModule.minibatch_loss = poisoned
+from rlhf_lab.cli import main
+sys.argv = ["rlhf_lab", *sys.argv[1:]]
+main()
+"""
+
+
+def test_nan_loss_stops_with_stage_step_and_keeps_last_checkpoint(tmp_path):
+    import subprocess
+    import sys
+
+    run_dir = tmp_path / "run"
+    args = [*TINY, "algo.total_episodes=128", f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={run_dir}", "logger=csv", "trainer.checkpoint_every_n_steps=2"]
+    result = subprocess.run([sys.executable, "-c", NAN_AFTER_TWO_UPDATES, *args], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "stage 'policy', step 4: loss is nan" in result.stderr
+    checkpoint = run_dir / "checkpoints" / "policy" / "last.ckpt"
+    assert str(checkpoint.parent) in result.stderr
+    import torch
+
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    assert state["global_step"] == 4
+    assert all(torch.isfinite(v).all() for v in state["state_dict"].values() if v.is_floating_point())
+    assert not (run_dir / "metrics.json").exists()
