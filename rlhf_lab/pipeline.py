@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import logging
+import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -37,6 +39,15 @@ def _hydra_dirs() -> tuple[Optional[Path], Optional[str]]:
     run_dir = Path(hc.runtime.output_dir)
     group = Path(hc.sweep.dir).name if hc.mode == RunMode.MULTIRUN else run_dir.name
     return run_dir, group
+
+
+@contextmanager
+def _timed(metrics: dict, stage: str):
+    """Record the wall time of ``stage`` as ``time/<stage>_seconds`` (cached stages take ~0 s)."""
+    start = time.perf_counter()
+    yield
+    metrics[f"time/{stage}_seconds"] = round(time.perf_counter() - start, 2)
+    log.info("%s: %.1f s", stage, metrics[f"time/{stage}_seconds"])
 
 
 class Pipeline:
@@ -109,7 +120,7 @@ class Pipeline:
         path, metrics, _ = self.cache.get_or_build("sft", key, build)
         return path, key, metrics
 
-    def feedback(self, sft: Path, sft_key: str, kind: str) -> tuple[Path, str]:
+    def feedback(self, sft: Path, sft_key: str, kind: str) -> tuple[Path, str, dict]:
         """Preference records for training and held-out accuracy: ``train.jsonl``, ``heldout.jsonl``."""
         from rlhf_lab.data import decode_response
         from rlhf_lab.feedback.records import write_jsonl
@@ -137,7 +148,7 @@ class Pipeline:
 
         path, metrics, _ = self.cache.get_or_build("feedback", key, build)
         log.info("feedback: %s", metrics)
-        return path, key
+        return path, key, metrics
 
     def reward_model(self, feedback: Path, feedback_key: str, init: Path, init_key: str, objective) -> tuple[Path, dict]:
         from lightning.pytorch import seed_everything
@@ -206,30 +217,42 @@ class Pipeline:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if self.cfg.logger.name == "wandb":
             log.info("wandb group: %s", self.group)
-        base, base_key = self.base_model()
-        self.tokenizer = load_tokenizer(str(base))
-        sft, sft_key, metrics = self.sft(base, base_key)
+        started = time.perf_counter()
+        timings: dict = {}
+        with _timed(timings, "base"):
+            base, base_key = self.base_model()
+            self.tokenizer = load_tokenizer(str(base))
+        with _timed(timings, "sft"):
+            sft, sft_key, metrics = self.sft(base, base_key)
         metrics = dict(metrics)
 
         reward = None
         if getattr(self.algo.factory, "requires_reward_model", False):
             objective = self.registry.get("reward", self.reward_cfg.name).factory(self.reward_cfg)
-            feedback, feedback_key = self.feedback(sft, sft_key, objective.feedback_kind)
+            with _timed(timings, "feedback"):
+                feedback, feedback_key, feedback_metrics = self.feedback(sft, sft_key, objective.feedback_kind)
+            metrics.update(feedback_metrics)
             init, init_key = (sft, sft_key) if self.reward_cfg.init_from_sft else (base, base_key)
-            reward, reward_metrics = self.reward_model(feedback, feedback_key, init, init_key, objective)
+            with _timed(timings, "reward"):
+                reward, reward_metrics = self.reward_model(feedback, feedback_key, init, init_key, objective)
             metrics.update(reward_metrics)
 
-        module, trainer = self.optimise(sft, reward)
+        with _timed(timings, "policy"):
+            module, trainer = self.optimise(sft, reward)
         algo_name = self.algo_cfg.name
         device = module.device
         reference = load_policy(str(sft), self.model_cfg.dtype).to(device)
         reward_model = load_value_model(str(reward), self.model_cfg.dtype).to(device) if reward else None
         normaliser = RewardNormaliser.load(reward) if reward else RewardNormaliser()
+        eval_start = time.perf_counter()
         eval_metrics, samples = evaluate_policies(
             {"sft": reference, algo_name: module.policy}, reference, reward_model, normaliser,
             self.tokenizer, self.task, self.eval_cfg, self.cfg.seed,
         )
         metrics.update(eval_metrics)
+        timings["time/evaluate_seconds"] = round(time.perf_counter() - eval_start, 2)
+        timings["time/total_seconds"] = round(time.perf_counter() - started, 2)
+        metrics.update(timings)
         for logger in trainer.loggers:
             logger.log_metrics(eval_metrics)
         finish_loggers(trainer)

@@ -138,15 +138,20 @@ def _load_entry_points(pm: pluggy.PluginManager) -> None:
     pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
 
 
-def build_plugin_manager(load_entry_points: bool | None = None) -> pluggy.PluginManager:
+def build_plugin_manager(load_entry_points: bool | None = None, extra_plugins: tuple = ()) -> pluggy.PluginManager:
     """Add the hookspecs, register the built-ins, load entry points, check, then fill the registry.
 
-    The registry is attached to the manager as ``pm.registry``.
+    :param load_entry_points: load plugins from entry points in group ``rlhf_lab``; None: unless
+        ``RLHF_LAB_DISABLE_PLUGIN_AUTOLOAD`` is set.
+    :param extra_plugins: plugin objects to register after the built-ins (programmatic use, tests).
+    :returns: the manager, with the filled :class:`Registry` attached as ``pm.registry``.
     """
     pm = pluggy.PluginManager("rlhf_lab")
     pm.add_hookspecs(hookspecs)
     for module_name in BUILTIN_PLUGINS:
         pm.register(importlib.import_module(module_name), name=module_name)
+    for plugin in extra_plugins:
+        pm.register(plugin)
     if load_entry_points is None:
         load_entry_points = os.environ.get(DISABLE_AUTOLOAD_ENV, "") in ("", "0")
     if load_entry_points:
@@ -154,7 +159,7 @@ def build_plugin_manager(load_entry_points: bool | None = None) -> pluggy.Plugin
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as exc:
-        raise RlhfLabError(f"plugin '{exc.plugin_name}' implements an unknown hook: {exc}") from None
+        raise RlhfLabError(f"plugin '{pm.get_name(exc.plugin)}' implements an unknown hook: {exc}") from None
 
     dists = _distribution_names(pm)
     registry = Registry()

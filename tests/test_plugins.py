@@ -1,0 +1,112 @@
+"""The plugin host: registration, schemas in the ConfigStore, and loud failures."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+
+import pytest
+from hydra.core.config_store import ConfigStore
+
+from rlhf_lab import hookimpl
+from rlhf_lab.errors import RlhfLabError
+from rlhf_lab.plugin_manager import BUILTIN_PLUGINS, build_plugin_manager
+
+
+@dataclass
+class EchoConfig:
+    name: str = "echo_test"
+    strength: float = 1.0
+
+
+class EchoPlugin:
+    """A third-party-style plugin object registering an algorithm with its own schema."""
+
+    @hookimpl
+    def rlhf_lab_register_algorithms(self, register):
+        register("echo_test", lambda cfg, context: None, EchoConfig)
+
+
+def test_builtins_register_every_default_component():
+    registry = build_plugin_manager(load_entry_points=False).registry
+    names = {(c.kind, c.name) for c in registry.all()}
+    assert {("task", "toy"), ("feedback", "simulated"), ("feedback", "dataset"), ("reward", "pairwise"), ("reward", "pointwise"), ("algo", "ppo")} <= names
+    assert {c.plugin for c in registry.all()} <= set(BUILTIN_PLUGINS)
+
+
+def test_plugin_schema_becomes_a_config_option_without_yaml():
+    pm = build_plugin_manager(load_entry_points=False, extra_plugins=(EchoPlugin(),))
+    component = pm.registry.get("algo", "echo_test")
+    assert component.schema is EchoConfig
+    repo = ConfigStore.instance().repo
+    assert "echo_test.yaml" in repo["algo"] and "echo_test.yaml" in repo["schema"]["algo"]
+    # Built-ins ship a YAML, so only the schema copy is stored for them.
+    assert "ppo.yaml" not in repo.get("algo", {}) and "ppo.yaml" in repo["schema"]["algo"]
+
+
+def test_duplicate_component_names_both_plugins():
+    class Clash:
+        @hookimpl
+        def rlhf_lab_register_algorithms(self, register):
+            from rlhf_lab.algos.ppo_config import PPOConfig
+
+            register("ppo", lambda cfg, context: None, PPOConfig)
+
+    with pytest.raises(RlhfLabError, match="algo 'ppo' is registered twice: by rlhf_lab.algos"):
+        build_plugin_manager(load_entry_points=False, extra_plugins=(Clash(),))
+
+
+def test_misspelled_hook_fails_loudly():
+    class Typo:
+        @hookimpl
+        def rlhf_lab_register_algorithm(self, register):  # missing "s"
+            pass
+
+    with pytest.raises(RlhfLabError, match="unknown hook"):
+        build_plugin_manager(load_entry_points=False, extra_plugins=(Typo(),))
+
+
+def test_schema_without_matching_name_field_is_rejected():
+    @dataclass
+    class Nameless:
+        lr: float = 1.0
+
+    class Bad:
+        @hookimpl
+        def rlhf_lab_register_algorithms(self, register):
+            register("nameless_test", lambda cfg, context: None, Nameless)
+
+    with pytest.raises(RlhfLabError, match='needs a field `name: str = "nameless_test"`'):
+        build_plugin_manager(load_entry_points=False, extra_plugins=(Bad(),))
+
+
+def test_broken_entry_point_is_named_and_exits_2(tmp_path):
+    """A distribution whose plugin module fails to import: one message naming plugin and distribution."""
+    dist = tmp_path / "broken_plugin-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-plugin\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[rlhf_lab]\nbroken = broken_plugin_mod\n")
+    (tmp_path / "broken_plugin_mod.py").write_text("raise ImportError('needs a library that is not installed')\n")
+    env = {k: v for k, v in os.environ.items() if k != "RLHF_LAB_DISABLE_PLUGIN_AUTOLOAD"}
+    env["PYTHONPATH"] = str(tmp_path)
+    result = subprocess.run([sys.executable, "-m", "rlhf_lab", "plugins"], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "plugin 'broken' (broken-plugin 0.1, entry point broken_plugin_mod) failed to load" in result.stderr
+    assert "RLHF_LAB_DISABLE_PLUGIN_AUTOLOAD=1" in result.stderr
+    hermetic = subprocess.run([sys.executable, "-m", "rlhf_lab", "plugins"], env={**env, "RLHF_LAB_DISABLE_PLUGIN_AUTOLOAD": "1"}, capture_output=True, text=True, timeout=120)
+    assert hermetic.returncode == 0 and "broken" not in hermetic.stdout
+
+
+def test_plugin_listing_names_components_and_distribution():
+    result = subprocess.run([sys.executable, "-m", "rlhf_lab", "plugins"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    for expected in ("rlhf_lab.algos", "ppo", "pairwise", "pointwise", "simulated", "toy", "rlhf_lab (built-in)", "PPOConfig"):
+        assert expected in result.stdout
+    # Listing plugins must not import torch (factories import lazily).
+    probe = subprocess.run(
+        [sys.executable, "-c", "import sys; from rlhf_lab.plugin_manager import get_plugin_manager; get_plugin_manager(); print('torch' in sys.modules)"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert probe.stdout.strip() == "False", probe.stderr
