@@ -136,3 +136,15 @@ def test_nan_loss_stops_with_stage_step_and_keeps_last_checkpoint(tmp_path):
     assert state["global_step"] == 4
     assert all(torch.isfinite(v).all() for v in state["state_dict"].values() if v.is_floating_point())
     assert not (run_dir / "metrics.json").exists()
+
+
+def test_same_seed_same_figures_other_seed_other_figures(tmp_path):
+    def figures(name: str, seed: int) -> dict:
+        args = [*TINY, f"seed={seed}", f"cache_dir={tmp_path / name / 'cache'}", f"hydra.run.dir={tmp_path / name / 'run'}", "logger=csv"]
+        result = run_cli(args, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return {k: v for k, v in read_metrics(tmp_path / name / "run").items() if not k.startswith("time/")}
+
+    first, again, other = figures("a", 0), figures("b", 0), figures("c", 1)
+    assert first == again
+    assert first != other

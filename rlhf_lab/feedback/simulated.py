@@ -7,12 +7,12 @@ Bradley-Terry: P(a > b) = sigmoid((u_a - u_b) / beta_i). A rating is ``u + beta_
 
 from __future__ import annotations
 
-import math
 import random
 from dataclasses import dataclass
 
 from rlhf_lab import hookimpl
 from rlhf_lab.errors import RlhfLabError
+from rlhf_lab.feedback.noise import gaussian_ratings, plackett_luce_ranking
 from rlhf_lab.feedback.records import PreferenceRecord
 
 
@@ -62,10 +62,9 @@ class SimulatedFeedback:
             utilities = [self.utility(prompt, r) for r in responses]
             record = PreferenceRecord(prompt=prompt, responses=list(responses), annotator=f"sim{annotator}", meta={"beta": beta})
             if kind == "ranking":
-                noisy = [u / beta - math.log(-math.log(rng.random() or 1e-12)) for u in utilities]
-                record.ranking = sorted(range(len(responses)), key=lambda k: -noisy[k])
+                record.ranking = plackett_luce_ranking(utilities, beta, rng)
             elif kind == "rating":
-                record.scores = [u + beta * rng.gauss(0.0, 1.0) for u in utilities]
+                record.scores = gaussian_ratings(utilities, beta, rng)
             else:
                 raise RlhfLabError(f"feedback=simulated cannot produce '{kind}' feedback")
             records.append(record)

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 import rlhf_lab
 from rlhf_lab.errors import RlhfLabError
+from rlhf_lab.feedback.noise import gaussian_ratings, plackett_luce_ranking
 from rlhf_lab.feedback.records import PreferenceRecord
 
 NAME = "keyword_judge"
@@ -115,10 +116,9 @@ class KeywordJudge:
             scores = [self.score(r) for r in responses]
             record = PreferenceRecord(prompt=prompt, responses=list(responses), annotator=NAME, meta={"keyword_scores": scores, "noise": noise})
             if kind == "ranking":
-                noisy = [s / noise - math.log(-math.log(rng.random() or 1e-12)) for s in scores]
-                record.ranking = sorted(range(len(responses)), key=lambda k: -noisy[k])
+                record.ranking = plackett_luce_ranking(scores, noise, rng)
             else:
-                record.scores = [s + noise * rng.gauss(0.0, 1.0) for s in scores]
+                record.scores = gaussian_ratings(scores, noise, rng)
             records.append(record)
         return records
 
