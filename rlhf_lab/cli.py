@@ -67,8 +67,6 @@ def _quiet_libraries() -> None:
     transformers.utils.logging.disable_progress_bar()
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*is smaller than the logging interval.*")
-    # Checkpoints of on-policy stages are taken after the update of the step; that is what we want.
-    warnings.filterwarnings("ignore", message=".*ModelCheckpoint with manual optimization.*")
 
 
 def hydra_entry() -> None:

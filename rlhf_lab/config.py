@@ -39,7 +39,8 @@ class SamplingConfig:
     max_new_tokens: int = 20
     """Responses longer than this are cut and count as having no EOS."""
     batch_size: int = 64
-    """Prompts per generation batch."""
+    """Sequences per generation batch (prompts x samples per prompt) outside the PPO rollout,
+    which samples its whole rollout batch at once."""
 
     def __post_init__(self) -> None:
         if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0 or self.max_new_tokens < 1:
@@ -54,11 +55,19 @@ class SFTConfig:
     """Supervised fine-tuning on the task's demonstrations (loss on response tokens only)."""
 
     lr: float = 1e-3
+    """AdamW learning rate."""
     epochs: int = 8
+    """Passes over the demonstrations."""
     batch_size: int = 64
+    """Demonstrations per gradient step."""
     weight_decay: float = 0.0
+    """AdamW weight decay."""
     max_examples: Optional[int] = None
     """Use at most this many demonstrations (null: all)."""
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0 or self.epochs < 1 or self.batch_size < 1 or (self.max_examples is not None and self.max_examples < 1):
+            raise ValueError(f"sft needs lr > 0, epochs >= 1, batch_size >= 1, max_examples >= 1 or null; got lr={self.lr}, epochs={self.epochs}, batch_size={self.batch_size}, max_examples={self.max_examples}")
 
 
 @dataclass
@@ -66,15 +75,20 @@ class TrainerConfig:
     """Arguments of every stage's Lightning ``Trainer``."""
 
     accelerator: str = "auto"
+    """cpu, gpu, auto (a GPU where there is one), ..."""
     devices: Any = "auto"
+    """Number or list of devices, or auto."""
     strategy: str = "auto"
+    """Lightning strategy: auto, ddp, fsdp, deepspeed, ..."""
     precision: str = "32-true"
     """Lightning precision, e.g. 32-true, bf16-mixed (GPU)."""
     log_every_n_steps: int = 10
+    """How often training metrics go to the logger."""
     progress_bar: str = "rich"
     """rich, tqdm or none."""
-    checkpoint_every_n_steps: int = 50
-    """Save ``last.ckpt`` in <run dir>/checkpoints/<stage> this often (optimiser steps)."""
+    checkpoint_every_n_steps: int = 20
+    """Save ``last.ckpt`` in <run dir>/checkpoints/<stage> every this many training steps (batches;
+    for PPO, rollout iterations), and at the end of every epoch."""
 
     def __post_init__(self) -> None:
         if self.progress_bar not in ("rich", "tqdm", "none"):
@@ -107,6 +121,12 @@ class EvalConfig:
     samples_per_prompt: int = 4
     """Responses sampled per held-out prompt from each policy."""
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    """How evaluation samples. KL to the reference is estimated from these samples at temperature 1,
+    so keep temperature 1 and no top-k/top-p for an unbiased KL."""
+
+    def __post_init__(self) -> None:
+        if self.samples_per_prompt < 1:
+            raise ValueError(f"eval.samples_per_prompt must be >= 1, got {self.samples_per_prompt}")
 
 
 @dataclass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 
 class RlhfLabError(Exception):
@@ -29,5 +30,8 @@ def check_finite(loss, stage: str, step: int, checkpoint_dir=None, what: str = "
     value = float(loss.detach()) if hasattr(loss, "detach") else float(loss)
     if math.isfinite(value):
         return
-    where = f"; the last good checkpoint is kept in {checkpoint_dir}" if checkpoint_dir else ""
+    where = ""
+    if checkpoint_dir is not None:
+        last = Path(checkpoint_dir) / "last.ckpt"
+        where = f"; the last good checkpoint is kept: {last}" if last.is_file() else f"; no checkpoint was written yet in {checkpoint_dir}"
     raise NonFiniteLossError(f"stage '{stage}', step {step}: {what} is {value}{where}")

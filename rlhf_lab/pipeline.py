@@ -7,6 +7,7 @@ written into the run directory.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -17,7 +18,7 @@ from typing import Optional
 from omegaconf import DictConfig, OmegaConf
 
 from rlhf_lab.cache import ArtifactCache, artifact_key
-from rlhf_lab.config import to_object
+from rlhf_lab.config import SamplingConfig, to_object
 from rlhf_lab.errors import RlhfLabError
 from rlhf_lab.plugin_manager import get_plugin_manager
 
@@ -26,6 +27,15 @@ log = logging.getLogger(__name__)
 
 def _plain(node) -> dict:
     return OmegaConf.to_container(node, resolve=True)
+
+
+def _file_digests(config: dict) -> dict:
+    """SHA-256 of every config value that names an existing file, so edited data invalidates the cache."""
+    digests = {}
+    for key, value in config.items():
+        if isinstance(value, str) and Path(value).is_file():
+            digests[key] = hashlib.sha256(Path(value).read_bytes()).hexdigest()
+    return digests
 
 
 def _hydra_dirs() -> tuple[Optional[Path], Optional[str]]:
@@ -69,6 +79,14 @@ class Pipeline:
         to_object(cfg.logger, "logger")
         self.algo = self.registry.get("algo", self.algo_cfg.name)
         self.task = self.registry.get("task", self.task_cfg.name).factory(self.task_cfg, cfg.seed)
+        # Built before any training so that their config errors stop the run before any work.
+        self.needs_reward_model = bool(getattr(self.algo.factory, "requires_reward_model", False))
+        self.feedback_source = self.objective = None
+        if self.needs_reward_model:
+            self.feedback_source = self.registry.get("feedback", self.feedback_cfg.name).factory(self.feedback_cfg, self.task)
+            self.objective = self.registry.get("reward", self.reward_cfg.name).factory(self.reward_cfg)
+        # Candidates for labelling are sampled the way the policy will sample.
+        self.candidate_sampling = getattr(self.algo_cfg, "sampling", None) or SamplingConfig()
         self.tokenizer = None
 
     def _component_cfg(self, kind: str):
@@ -126,19 +144,29 @@ class Pipeline:
         from rlhf_lab.feedback.records import write_jsonl
         from rlhf_lab.models.loading import load_policy
         from rlhf_lab.rollout import sample_responses
+        from rlhf_lab.training import inference_device
 
-        source = self.registry.get("feedback", self.feedback_cfg.name).factory(self.feedback_cfg, self.task)
-        config = {"feedback": _plain(self.cfg.feedback), "kind": kind, "task": _plain(self.cfg.task), "seed": self.cfg.seed}
+        from dataclasses import asdict
+
+        source = self.feedback_source
+        config = {
+            "feedback": _plain(self.cfg.feedback),
+            "files": _file_digests(_plain(self.cfg.feedback)),
+            "sampling": asdict(self.candidate_sampling),
+            "kind": kind,
+            "task": _plain(self.cfg.task),
+            "seed": self.cfg.seed,
+        }
         key = artifact_key("feedback", config, [sft_key])
 
         def build(out: Path) -> dict:
             counts = {}
-            policy = load_policy(str(sft), self.model_cfg.dtype) if source.needs_candidates else None
+            policy = load_policy(str(sft), self.model_cfg.dtype).to(inference_device(self.cfg)) if source.needs_candidates else None
             for split, prompts in (("train", self.task.train_prompts * getattr(source, "rounds", 1)), ("heldout", self.task.eval_prompts)):
                 candidates: list[list[str]] = []
                 if policy is not None:
                     seed = self.cfg.seed + (0 if split == "train" else 1)
-                    grouped = sample_responses(policy, self.tokenizer, prompts, self.algo_cfg.sampling, samples_per_prompt=source.responses_per_prompt, seed=seed)
+                    grouped = sample_responses(policy, self.tokenizer, prompts, self.candidate_sampling, samples_per_prompt=source.responses_per_prompt, seed=seed)
                     candidates = [[decode_response(self.tokenizer, r) for r in group] for group in grouped]
                 records = source.collect(prompts if policy is not None else [], candidates, kind=kind, seed=self.cfg.seed, split=split)
                 write_jsonl(records, out / f"{split}.jsonl")
@@ -157,7 +185,7 @@ class Pipeline:
         from rlhf_lab.models.loading import load_value_model
         from rlhf_lab.models.value_model import RewardNormaliser
         from rlhf_lab.stages.reward import RewardModule, record_loader, score_texts
-        from rlhf_lab.training import build_trainer, checkpoint_dir, finish_loggers
+        from rlhf_lab.training import build_trainer, checkpoint_dir, finish_loggers, inference_device
 
         key = artifact_key("reward", {"reward": _plain(self.cfg.reward), "dtype": self.model_cfg.dtype, "seed": self.cfg.seed}, [feedback_key, init_key])
 
@@ -174,7 +202,7 @@ class Pipeline:
             # Normalise on the SFT policy's samples: the training candidates are exactly those.
             prompts = [r.prompt for r in train for _ in r.responses]
             responses = [resp for r in train for resp in r.responses]
-            normaliser = RewardNormaliser.fit(score_texts(model, self.tokenizer, prompts, responses))
+            normaliser = RewardNormaliser.fit(score_texts(model.to(inference_device(self.cfg)), self.tokenizer, prompts, responses))
             model.save_pretrained(out)
             self.tokenizer.save_pretrained(out)
             normaliser.save(out)
@@ -227,8 +255,8 @@ class Pipeline:
         metrics = dict(metrics)
 
         reward = None
-        if getattr(self.algo.factory, "requires_reward_model", False):
-            objective = self.registry.get("reward", self.reward_cfg.name).factory(self.reward_cfg)
+        if self.needs_reward_model:
+            objective = self.objective
             with _timed(timings, "feedback"):
                 feedback, feedback_key, feedback_metrics = self.feedback(sft, sft_key, objective.feedback_kind)
             metrics.update(feedback_metrics)
@@ -240,9 +268,11 @@ class Pipeline:
         with _timed(timings, "policy"):
             module, trainer = self.optimise(sft, reward)
         algo_name = self.algo_cfg.name
-        device = module.device
+        # Lightning hands the module back on the CPU after fit; evaluate where the trainer ran.
+        device = trainer.strategy.root_device
+        module.policy.to(device)
         reference = load_policy(str(sft), self.model_cfg.dtype).to(device)
-        reward_model = load_value_model(str(reward), self.model_cfg.dtype).to(device) if reward else None
+        reward_model = load_value_model(str(reward), self.model_cfg.dtype, key=f"reward model {reward}").to(device) if reward else None
         normaliser = RewardNormaliser.load(reward) if reward else RewardNormaliser()
         eval_start = time.perf_counter()
         eval_metrics, samples = evaluate_policies(
@@ -254,7 +284,7 @@ class Pipeline:
         timings["time/total_seconds"] = round(time.perf_counter() - started, 2)
         metrics.update(timings)
         for logger in trainer.loggers:
-            logger.log_metrics(eval_metrics)
+            logger.log_metrics(eval_metrics, step=trainer.global_step)
         finish_loggers(trainer)
 
         (self.run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")

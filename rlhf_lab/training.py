@@ -1,4 +1,7 @@
-"""One ``Trainer`` recipe for every stage: accelerator, loggers, progress bar, checkpoints, plugin callbacks."""
+"""One ``Trainer`` recipe for every stage: accelerator, loggers, progress bar, checkpoints, plugin callbacks.
+
+Imported only once a run starts (it imports Lightning), never at plugin import time.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +9,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig
 
 
@@ -52,17 +56,13 @@ def build_logger(cfg: DictConfig, stage: str, run_dir: Path, group: str):
 def build_trainer(cfg: DictConfig, stage: str, run_dir: Path, group: str, **trainer_kwargs: Any):
     """A Lightning ``Trainer`` for ``stage`` built from ``cfg.trainer``; kwargs set the stage's length."""
     from lightning.pytorch import Trainer
-    from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar, TQDMProgressBar
+    from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
 
     from rlhf_lab.plugin_manager import get_plugin_manager
 
     pm = get_plugin_manager()
     t = cfg.trainer
-    callbacks = [
-        ModelCheckpoint(
-            dirpath=str(checkpoint_dir(run_dir, stage)), save_last=True, save_top_k=0, every_n_train_steps=t.checkpoint_every_n_steps
-        )
-    ]
+    callbacks = [LastCheckpoint(checkpoint_dir(run_dir, stage), t.checkpoint_every_n_steps)]
     if t.progress_bar == "rich":
         callbacks.append(RichProgressBar(leave=True))
     elif t.progress_bar == "tqdm":
@@ -92,9 +92,45 @@ def checkpoint_dir(run_dir: Path, stage: str) -> Path:
     return Path(run_dir) / "checkpoints" / stage
 
 
+class LastCheckpoint(Callback):
+    """Keeps ``<dir>/last.ckpt``: every ``every_n`` training steps (batches) and at each epoch end.
+
+    Counted in batches, not optimiser steps, so an on-policy iteration with many minibatch updates
+    counts once. Each save goes to a temporary file first, so a crash mid-write leaves the previous
+    checkpoint intact.
+    """
+
+    def __init__(self, directory: Path, every_n: int) -> None:
+        self.directory, self.every_n = Path(directory), max(1, every_n)
+
+    def save(self, trainer) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        tmp = self.directory / "last.ckpt.tmp"
+        trainer.save_checkpoint(str(tmp))
+        if trainer.is_global_zero:
+            os.replace(tmp, self.directory / "last.ckpt")
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if (batch_idx + 1) % self.every_n == 0:
+            self.save(trainer)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self.save(trainer)
+
+
+def inference_device(cfg: DictConfig):
+    """Where sampling and scoring outside a ``Trainer`` run: the first GPU if the trainer may use one."""
+    import torch
+
+    if cfg.trainer.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
 def finish_loggers(trainer) -> None:
-    """Close wandb runs so the next stage starts its own run in the same process."""
+    """Flush every logger and close wandb runs, so the next stage starts its own run in the same process."""
     for logger in trainer.loggers:
+        logger.save()
         experiment = getattr(logger, "_experiment", None)
         if experiment is not None and hasattr(experiment, "finish"):
             experiment.finish()

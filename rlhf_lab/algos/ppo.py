@@ -98,10 +98,13 @@ class PPOModule(pl.LightningModule):
         self.automatic_optimization = False
         self.cfg, self.context = cfg, context
         self.tokenizer = context.tokenizer
-        self.policy = load_policy(str(context.policy_path), context.dtype)
+        self.policy = load_policy(str(context.policy_path), context.dtype, key=f"policy {context.policy_path}")
         critic_source = context.reward_path if cfg.critic_init == "reward" else context.policy_path
-        self.critic = load_value_model(str(critic_source), context.dtype)
-        self.frozen = _Frozen(load_policy(str(context.policy_path), context.dtype), load_value_model(str(context.reward_path), context.dtype))
+        self.critic = load_value_model(str(critic_source), context.dtype, key=f"critic initialisation {critic_source}")
+        self.frozen = _Frozen(
+            load_policy(str(context.policy_path), context.dtype, key=f"policy {context.policy_path}"),
+            load_value_model(str(context.reward_path), context.dtype, key=f"reward model {context.reward_path}"),
+        )
         for model in (self.policy, self.critic, self.frozen.reference, self.frozen.reward):
             disable_dropout(model)
         self.policy.train()
@@ -134,7 +137,7 @@ class PPOModule(pl.LightningModule):
         return torch.optim.Adam(
             [
                 {"params": self.policy.parameters(), "lr": cfg.lr},
-                {"params": self.critic.parameters(), "lr": cfg.critic_lr or cfg.lr},
+                {"params": self.critic.parameters(), "lr": cfg.lr if cfg.critic_lr is None else cfg.critic_lr},
             ],
             eps=1e-5,
         )

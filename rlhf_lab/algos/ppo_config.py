@@ -38,7 +38,9 @@ class PPOConfig:
     lam: float = 0.95
     """GAE lambda (Huang et al.: 0.95)."""
     whiten_advantages: bool = True
+    """Normalise advantages to mean 0 / std 1 over each rollout batch (Huang et al.: on)."""
     max_grad_norm: float = 1.0
+    """Clip the global gradient norm of policy and critic together (Huang et al.: 1.0)."""
     kl_coef: float = 0.05
     """Initial coefficient of the per-token KL penalty (Ziegler et al.: 0.05 with adaptive control)."""
     kl_controller: str = "fixed"
@@ -54,6 +56,12 @@ class PPOConfig:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
 
     def __post_init__(self) -> None:
+        if self.minibatch_size < 1 or self.rollout_batch_size < 1:
+            raise ValueError(f"algo.minibatch_size and algo.rollout_batch_size must be >= 1, got {self.minibatch_size} and {self.rollout_batch_size}")
+        if self.target_kl <= 0 or self.kl_horizon < 1 or self.kl_coef < 0:
+            raise ValueError(f"algo needs target_kl > 0, kl_horizon >= 1 and kl_coef >= 0; got {self.target_kl}, {self.kl_horizon}, {self.kl_coef}")
+        if self.critic_lr is not None and self.critic_lr <= 0:
+            raise ValueError(f"algo.critic_lr must be > 0 or null, got {self.critic_lr}")
         if self.rollout_batch_size % self.minibatch_size:
             raise ValueError(f"algo.rollout_batch_size ({self.rollout_batch_size}) must be a multiple of algo.minibatch_size ({self.minibatch_size})")
         if self.total_episodes < self.rollout_batch_size:

@@ -11,10 +11,13 @@ class RewardConfig:
 
     name: str = ""
     lr: float = 1e-3
+    """AdamW learning rate of backbone and head."""
     epochs: int = 12
+    """Passes over the training records."""
     batch_size: int = 32
     """Preference records per batch (each response in a record is forwarded once)."""
     weight_decay: float = 0.0
+    """AdamW weight decay."""
     init_from_sft: bool = True
     """Start the backbone from the SFT policy (Ouyang et al. 2022) instead of the base model."""
 
