@@ -240,7 +240,7 @@ class Pipeline:
         from rlhf_lab.models.loading import load_policy, load_tokenizer, load_value_model
         from rlhf_lab.models.value_model import RewardNormaliser
         from rlhf_lab.stages.evaluate import evaluate_policies
-        from rlhf_lab.training import finish_loggers
+        from rlhf_lab.training import build_loggers, close_loggers, finish_loggers
 
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if self.cfg.logger.name == "wandb":
@@ -283,9 +283,12 @@ class Pipeline:
         timings["time/evaluate_seconds"] = round(time.perf_counter() - eval_start, 2)
         timings["time/total_seconds"] = round(time.perf_counter() - started, 2)
         metrics.update(timings)
-        for logger in trainer.loggers:
-            logger.log_metrics(eval_metrics, step=trainer.global_step)
         finish_loggers(trainer)
+        # The evaluation is a stage of its own for the loggers (csv/eval, a wandb run of job type eval).
+        eval_loggers = build_loggers(self.cfg, "eval", self.run_dir, self.group)
+        for logger in eval_loggers:
+            logger.log_metrics(eval_metrics, step=0)
+        close_loggers(eval_loggers)
 
         (self.run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
         with (self.run_dir / "samples.jsonl").open("w") as fh:

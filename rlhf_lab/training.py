@@ -53,6 +53,26 @@ def build_logger(cfg: DictConfig, stage: str, run_dir: Path, group: str):
     )
 
 
+def build_loggers(cfg: DictConfig, stage: str, run_dir: Path, group: str) -> list:
+    """The logger ``cfg.logger`` selects plus those plugins add, for one stage."""
+    from rlhf_lab.plugin_manager import get_plugin_manager
+
+    loggers = [build_logger(cfg, stage, run_dir, group)]
+    for extra in get_plugin_manager().hook.rlhf_lab_loggers(cfg=cfg, stage=stage, run_dir=run_dir):
+        loggers.extend(extra)
+    return loggers
+
+
+def close_loggers(loggers: list) -> None:
+    """Flush and finalise loggers used outside a ``Trainer``; close wandb runs."""
+    for logger in loggers:
+        logger.save()
+        logger.finalize("success")
+        experiment = getattr(logger, "_experiment", None)
+        if experiment is not None and hasattr(experiment, "finish"):
+            experiment.finish()
+
+
 def build_trainer(cfg: DictConfig, stage: str, run_dir: Path, group: str, **trainer_kwargs: Any):
     """A Lightning ``Trainer`` for ``stage`` built from ``cfg.trainer``; kwargs set the stage's length."""
     from lightning.pytorch import Trainer
@@ -69,15 +89,12 @@ def build_trainer(cfg: DictConfig, stage: str, run_dir: Path, group: str, **trai
         callbacks.append(TQDMProgressBar())
     for extra in pm.hook.rlhf_lab_callbacks(cfg=cfg, stage=stage):
         callbacks.extend(extra)
-    loggers = [build_logger(cfg, stage, run_dir, group)]
-    for extra in pm.hook.rlhf_lab_loggers(cfg=cfg, stage=stage, run_dir=run_dir):
-        loggers.extend(extra)
     return Trainer(
         accelerator=t.accelerator,
         devices=t.devices,
         strategy=t.strategy,
         precision=t.precision,
-        logger=loggers,
+        logger=build_loggers(cfg, stage, run_dir, group),
         callbacks=callbacks,
         default_root_dir=str(run_dir),
         log_every_n_steps=t.log_every_n_steps,
@@ -128,9 +145,8 @@ def inference_device(cfg: DictConfig):
 
 
 def finish_loggers(trainer) -> None:
-    """Flush every logger and close wandb runs, so the next stage starts its own run in the same process."""
+    """Close wandb runs, so the next stage starts its own run in the same process."""
     for logger in trainer.loggers:
-        logger.save()
         experiment = getattr(logger, "_experiment", None)
         if experiment is not None and hasattr(experiment, "finish"):
             experiment.finish()

@@ -27,6 +27,7 @@ TINY = [
     "eval.samples_per_prompt=1",
     "trainer.progress_bar=none",
     "trainer.checkpoint_every_n_steps=2",
+    "trainer.log_every_n_steps=1",
 ]
 """Overrides that shrink every stage to seconds while keeping the whole pipeline."""
 

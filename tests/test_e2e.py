@@ -42,8 +42,10 @@ def test_tiny_pipeline_writes_metrics_models_and_checkpoints(tmp_path, tiny_run_
     normaliser = json.loads((reward_dirs[0] / "reward_normaliser.json").read_text())
     assert normaliser["std"] > 0
     # The logger got the evaluation figures too.
-    header = (run_dir / "csv" / "policy" / "metrics.csv").read_text().splitlines()[0]
-    assert "eval/ppo/win_rate" in header and "losses/approx_kl" in header and "rollout/kl_coef" in header
+    policy_header = (run_dir / "csv" / "policy" / "metrics.csv").read_text().splitlines()[0]
+    assert "losses/approx_kl" in policy_header and "rollout/kl_coef" in policy_header
+    eval_header = (run_dir / "csv" / "eval" / "metrics.csv").read_text().splitlines()[0]
+    assert "eval/ppo/win_rate" in eval_header and "eval/sft/gold_reward" in eval_header
     # Checkpoints live in the run directory; samples are kept for inspection.
     for stage in ("sft", "reward", "policy"):
         assert (run_dir / "checkpoints" / stage / "last.ckpt").is_file(), stage
