@@ -164,11 +164,12 @@ class Pipeline:
             policy = load_policy(str(sft), self.model_cfg.dtype).to(inference_device(self.cfg)) if source.needs_candidates else None
             for split, prompts in (("train", self.task.train_prompts * getattr(source, "rounds", 1)), ("heldout", self.task.eval_prompts)):
                 candidates: list[list[str]] = []
+                # Independent draws for the two splits: held-out noise must not mirror training noise.
+                seed = self.cfg.seed + (0 if split == "train" else 1)
                 if policy is not None:
-                    seed = self.cfg.seed + (0 if split == "train" else 1)
                     grouped = sample_responses(policy, self.tokenizer, prompts, self.candidate_sampling, samples_per_prompt=source.responses_per_prompt, seed=seed)
                     candidates = [[decode_response(self.tokenizer, r) for r in group] for group in grouped]
-                records = source.collect(prompts if policy is not None else [], candidates, kind=kind, seed=self.cfg.seed, split=split)
+                records = source.collect(prompts if policy is not None else [], candidates, kind=kind, seed=seed, split=split)
                 write_jsonl(records, out / f"{split}.jsonl")
                 counts[f"feedback/{split}_records"] = len(records)
                 counts[f"feedback/{split}_pairs"] = sum(len(r.preference_pairs()) for r in records)

@@ -35,16 +35,22 @@ class DatasetFeedback:
 
     def collect(self, prompts, candidates, kind: str, seed: int, split: str = "train") -> list[PreferenceRecord]:
         """The ``split`` ("train" or "heldout") records, checked to carry ``kind`` feedback."""
-        records = read_jsonl(self.cfg.path)
+        if self.cfg.heldout_path:
+            return self._read(self.cfg.path if split == "train" else self.cfg.heldout_path, kind)
+        records = self._read(self.cfg.path, kind)
+        # The split must not depend on which split is asked for first: shuffle with a fixed seed.
+        random.Random(0).shuffle(records)
+        n_held = max(1, int(len(records) * self.cfg.heldout_fraction))
+        return records[n_held:] if split == "train" else records[:n_held]
+
+    @staticmethod
+    def _read(path: str, kind: str) -> list[PreferenceRecord]:
+        records = read_jsonl(path)
         field = "ranking" if kind == "ranking" else "scores"
         missing = [i for i, r in enumerate(records) if getattr(r, field) is None]
         if missing:
-            raise RlhfLabError(f"{self.cfg.path}: record {missing[0] + 1} has no '{field}', which this reward model trains on")
-        if self.cfg.heldout_path:
-            return records if split == "train" else read_jsonl(self.cfg.heldout_path)
-        random.Random(seed).shuffle(records)
-        n_held = max(1, int(len(records) * self.cfg.heldout_fraction))
-        return records[n_held:] if split == "train" else records[:n_held]
+            raise RlhfLabError(f"{path}: record {missing[0] + 1} has no '{field}', which this reward model trains on")
+        return records
 
 
 @hookimpl
