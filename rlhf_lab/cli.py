@@ -60,11 +60,35 @@ def summary_table(metrics: dict, algo: str):
     return table
 
 
+def verdict(metrics: dict, algo: str) -> list[str]:
+    """Plain sentences on what the run achieved, including when the optimised policy got worse."""
+    lines = []
+    gold_sft, gold = metrics.get("eval/sft/gold_reward"), metrics.get(f"eval/{algo}/gold_reward")
+    proxy_sft, proxy = metrics.get("eval/sft/proxy_reward"), metrics.get(f"eval/{algo}/proxy_reward")
+    if gold is not None and gold_sft is not None:
+        delta = gold - gold_sft
+        if delta > 0:
+            lines.append(f"{algo} improved gold reward over sft by {delta:+.3f} (win rate {metrics.get(f'eval/{algo}/win_rate', float('nan')):.3f}).")
+        else:
+            lines.append(f"{algo} did NOT improve gold reward over sft: {delta:+.3f} (win rate {metrics.get(f'eval/{algo}/win_rate', float('nan')):.3f}).")
+        if proxy is not None and proxy_sft is not None and proxy > proxy_sft and delta <= 0:
+            lines.append("Proxy reward rose while gold reward did not: the policy is exploiting the reward model (over-optimisation).")
+    elif proxy is not None and proxy_sft is not None:
+        lines.append(f"{algo} changed proxy reward by {proxy - proxy_sft:+.3f}; this task has no gold utility, so that is all the run can show.")
+    if gold is not None and metrics.get("eval/sft/response_length") and metrics.get(f"eval/{algo}/response_length"):
+        ratio = metrics[f"eval/{algo}/response_length"] / metrics["eval/sft/response_length"]
+        if ratio > 1.2:
+            lines.append(f"Responses are {ratio:.2f}x longer than sft's: part of the gain may be length (the annotators reward length).")
+    return lines
+
+
 def _quiet_libraries() -> None:
     import transformers
 
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
+    # Lightning prints its own INFO lines; without this they also reach Hydra's root handler twice.
+    logging.getLogger("lightning.pytorch").propagate = False
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*is smaller than the logging interval.*")
 
@@ -93,7 +117,10 @@ def hydra_entry() -> None:
             log.error("%s", exc)
             print(f"rlhf_lab: error: {exc}", file=sys.stderr)
             raise SystemExit(2) from None
-        Console().print(summary_table(metrics, cfg.algo.name))
+        console = Console()
+        console.print(summary_table(metrics, cfg.algo.name))
+        for line in verdict(metrics, cfg.algo.name):
+            console.print(line)
         # A sweeper optimises the returned figure.
         return metrics.get(f"eval/{cfg.algo.name}/gold_reward", metrics.get(f"eval/{cfg.algo.name}/proxy_reward", 0.0))
 

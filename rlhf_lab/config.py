@@ -82,8 +82,8 @@ class TrainerConfig:
     """Lightning strategy: auto, ddp, fsdp, deepspeed, ..."""
     precision: str = "32-true"
     """Lightning precision, e.g. 32-true, bf16-mixed (GPU)."""
-    log_every_n_steps: int = 10
-    """How often training metrics go to the logger."""
+    log_every_n_steps: int = 1
+    """How often training metrics go to the logger (every step: a PPO step is a whole iteration)."""
     progress_bar: str = "rich"
     """rich, tqdm or none."""
     checkpoint_every_n_steps: int = 20

@@ -123,7 +123,7 @@ class LastCheckpoint(Callback):
     def save(self, trainer) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         tmp = self.directory / "last.ckpt.tmp"
-        trainer.save_checkpoint(str(tmp))
+        trainer.save_checkpoint(str(tmp), weights_only=False)
         if trainer.is_global_zero:
             os.replace(tmp, self.directory / "last.ckpt")
 

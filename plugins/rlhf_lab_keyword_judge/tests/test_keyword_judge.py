@@ -200,7 +200,6 @@ def _rlhf_lab(*args: str, cwd, autoload: bool = True) -> subprocess.CompletedPro
     env.pop("HYDRA_FULL_ERROR", None)
     if not autoload:
         env[AUTOLOAD_ENV] = "1"
-    env["COLUMNS"] = "250"  # older rlhf_lab versions squeeze the plugin table into the terminal width
     return subprocess.run([sys.executable, "-m", "rlhf_lab", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
 
@@ -241,3 +240,26 @@ def test_hydra_rejects_a_badly_typed_value(tmp_path):
     out = _rlhf_lab("feedback=keyword_judge", "feedback.noise=abc", "--cfg", "job", cwd=tmp_path)
     assert out.returncode != 0
     assert "feedback.noise" in out.stderr + out.stdout
+
+
+@requires_install
+def test_whole_pipeline_trains_a_reward_model_on_the_judges_feedback(tmp_path):
+    """A tiny real run: the judge labels SFT candidates, the reward model learns its keyword preference."""
+    import json
+
+    tiny = [
+        "task.num_sft_examples=400", "sft.epochs=2", "reward.epochs=3", "algo.total_episodes=64",
+        "algo.rollout_batch_size=32", "algo.ppo_epochs=1", "eval.samples_per_prompt=1",
+        "trainer.progress_bar=none", "logger=csv",
+    ]
+    out = _rlhf_lab(
+        "feedback=keyword_judge", "feedback.keywords=[great,lovely]", "feedback.rounds=1", *tiny,
+        f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["feedback/train_records"] > 0
+    assert 0.0 <= metrics["reward/accuracy"] <= 1.0
+    feedback_dir = next((tmp_path / "cache" / "feedback").iterdir())
+    first = json.loads((feedback_dir / "train.jsonl").read_text().splitlines()[0])
+    assert first["annotator"] == "keyword_judge" and len(first["responses"]) == 4
