@@ -13,6 +13,8 @@ import pytest
 # Entry-point plugins installed in this environment must not change what the core tests see.
 os.environ["RLHF_LAB_DISABLE_PLUGIN_AUTOLOAD"] = "1"
 os.environ.setdefault("WANDB_MODE", "offline")
+# Nothing in the suite may reach a model hub; fail fast instead of waiting on the network.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_SILENT", "true")
 
 TINY = [

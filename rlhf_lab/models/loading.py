@@ -6,20 +6,21 @@ from pathlib import Path
 
 from rlhf_lab.errors import RlhfLabError
 
-DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
-
-
-def _check_source(name_or_path: str, key: str) -> None:
-    """Fail early with the key named when a local-looking path does not exist."""
-    looks_local = name_or_path.startswith((".", "/", "~")) or Path(name_or_path).exists() or name_or_path.count("/") > 1
-    if looks_local and not Path(name_or_path).expanduser().is_dir():
+def _resolve(name_or_path: str, key: str) -> str:
+    """A local directory, or a hub name unchanged; a path that is no directory fails here, naming ``key``."""
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return str(path)
+    if path.exists():
+        raise RlhfLabError(f"{key}: '{name_or_path}' is a file, not a model directory")
+    if name_or_path.startswith(("/", "./", "../", "~")):
         raise RlhfLabError(f"{key}: model directory '{name_or_path}' does not exist")
+    return name_or_path
 
 
 def _load(loader, name_or_path: str, key: str, **kwargs):
-    _check_source(name_or_path, key)
     try:
-        return loader.from_pretrained(str(Path(name_or_path).expanduser()) if Path(name_or_path).expanduser().is_dir() else name_or_path, **kwargs)
+        return loader.from_pretrained(_resolve(name_or_path, key), **kwargs)
     except (OSError, ValueError) as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise RlhfLabError(f"{key}: could not load '{name_or_path}': {first_line}") from None
@@ -42,7 +43,7 @@ def load_policy(name_or_path: str, dtype: str = "float32", key: str = "model.nam
     import torch
     from transformers import AutoModelForCausalLM
 
-    return _load(AutoModelForCausalLM, name_or_path, key, dtype=getattr(torch, DTYPES[dtype]))
+    return _load(AutoModelForCausalLM, name_or_path, key, dtype=getattr(torch, dtype))
 
 
 def load_value_model(name_or_path: str, dtype: str = "float32", key: str = "model.name_or_path"):
@@ -52,5 +53,5 @@ def load_value_model(name_or_path: str, dtype: str = "float32", key: str = "mode
 
     from rlhf_lab.models.value_model import ValueModel
 
-    model = _load(AutoModelForSequenceClassification, name_or_path, key, num_labels=1, dtype=getattr(torch, DTYPES[dtype]))
+    model = _load(AutoModelForSequenceClassification, name_or_path, key, num_labels=1, dtype=getattr(torch, dtype))
     return ValueModel(model)
