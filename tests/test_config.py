@@ -101,6 +101,9 @@ def test_cli_cfg_job_and_info(tmp_path: Path):
     job = run_cli(["--cfg", "job", "algo.lr=1e-5"], cwd=tmp_path)
     assert job.returncode == 0, job.stderr
     assert "lr: 1.0e-05" in job.stdout and "name: ppo" in job.stdout
+    helped = run_cli(["--help"], cwd=tmp_path)
+    assert helped.returncode == 0 and helped.stdout.startswith("rlhf_lab is powered by Hydra")
+    assert "algo: ppo" in helped.stdout and "reward: pairwise, pointwise" in helped.stdout
     info = run_cli(["--info"], cwd=tmp_path)
     assert info.returncode == 0, info.stderr
     assert "pkg://rlhf_lab.conf" in info.stdout

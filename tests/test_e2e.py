@@ -69,7 +69,7 @@ def test_multirun_reuses_upstream_stages_and_shares_a_wandb_group(tmp_path):
     args = ["-m", "algo.lr=1e-5,3e-5", *TINY, f"cache_dir={tmp_path / 'cache'}", f"hydra.sweep.dir={sweep}", "logger=wandb", "logger.mode=offline"]
     result = run_cli(args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    first, second = (sweep / "0" / "cli.log").read_text(), (sweep / "1" / "cli.log").read_text()
+    first, second = (sweep / "0" / "rlhf_lab.log").read_text(), (sweep / "1" / "rlhf_lab.log").read_text()
     for stage in ("sft", "feedback", "reward"):
         assert re.search(rf"{stage}: no cached artifact", first), stage
         assert re.search(rf"{stage}: reusing cached artifact", second), stage
