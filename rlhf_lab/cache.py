@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import shutil
+import uuid
 from pathlib import Path
 from typing import Any, Callable
 
@@ -39,23 +40,38 @@ class ArtifactCache:
     def path(self, stage: str, key: str) -> Path:
         return self.root / stage / key
 
-    def get_or_build(self, stage: str, key: str, build: Callable[[Path], dict]) -> tuple[Path, dict, bool]:
-        """Return ``(directory, metrics, was_cached)``; ``build(tmp_dir) -> metrics`` runs only on a miss."""
+    def get_or_build(self, stage: str, key: str, build: Callable[[Path], dict]) -> tuple[Path, dict]:
+        """Return ``(directory, metrics)``; ``build(tmp_dir) -> metrics`` runs only on a miss.
+
+        Another process may finish the same artifact first (two runs sharing a cache); its complete
+        artifact is then kept and this build is discarded, never the other way round.
+        """
         final = self.path(stage, key)
         if (final / COMPLETE_MARKER).is_file():
             log.info("%s: reusing cached artifact %s (key %s)", stage, final, key)
-            return final, json.loads((final / "metrics.json").read_text()), True
+            return final, json.loads((final / "metrics.json").read_text())
         log.info("%s: no cached artifact for key %s, building it", stage, key)
-        tmp = final.parent / f".{key}.tmp-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
+        tmp = final.parent / f".{key}.tmp-{uuid.uuid4().hex}"
         tmp.mkdir(parents=True)
         try:
             metrics = build(tmp)
             (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
             (tmp / COMPLETE_MARKER).write_text(key + "\n")
-            if final.exists():  # an incomplete leftover from a crashed run
-                shutil.rmtree(final)
-            os.replace(tmp, final)
+            self._publish(tmp, final)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-        return final, metrics, False
+        return final, json.loads((final / "metrics.json").read_text())
+
+    @staticmethod
+    def _publish(tmp: Path, final: Path) -> None:
+        if (final / COMPLETE_MARKER).is_file():
+            return  # someone else published first; theirs stays
+        if final.exists():  # an incomplete leftover of a crashed run: move it aside, then drop it
+            stale = final.parent / f".{final.name}.stale-{uuid.uuid4().hex}"
+            os.replace(final, stale)
+            shutil.rmtree(stale, ignore_errors=True)
+        try:
+            os.replace(tmp, final)
+        except OSError:
+            if not (final / COMPLETE_MARKER).is_file():  # lost a race to a complete artifact: fine
+                raise

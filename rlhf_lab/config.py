@@ -93,6 +93,10 @@ class TrainerConfig:
     def __post_init__(self) -> None:
         if self.progress_bar not in ("rich", "tqdm", "none"):
             raise ValueError(f"trainer.progress_bar must be rich, tqdm or none, got '{self.progress_bar}'")
+        if self.log_every_n_steps < 1 or self.checkpoint_every_n_steps < 1:
+            raise ValueError(
+                f"trainer.log_every_n_steps and trainer.checkpoint_every_n_steps must be >= 1, got {self.log_every_n_steps} and {self.checkpoint_every_n_steps}"
+            )
 
 
 @dataclass

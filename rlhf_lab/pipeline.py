@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import shutil
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,6 +23,7 @@ from rlhf_lab.cache import ArtifactCache, artifact_key
 from rlhf_lab.config import SamplingConfig, to_object
 from rlhf_lab.errors import RlhfLabError
 from rlhf_lab.plugin_manager import get_plugin_manager
+from rlhf_lab.training import build_loggers, build_trainer, check_trainer_config, checkpoint_dir, close_loggers, inference_device
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +39,12 @@ def _file_digests(config: dict) -> dict:
         if isinstance(value, str) and Path(value).is_file():
             digests[key] = hashlib.sha256(Path(value).read_bytes()).hexdigest()
     return digests
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def _hydra_dirs() -> tuple[Optional[Path], Optional[str]]:
@@ -76,6 +85,7 @@ class Pipeline:
         self.sft_cfg = to_object(cfg.sft, "sft")
         self.eval_cfg = to_object(cfg.eval, "eval")
         to_object(cfg.trainer, "trainer")
+        check_trainer_config(cfg)
         to_object(cfg.logger, "logger")
         self.algo = self.registry.get("algo", self.algo_cfg.name)
         self.task = self.registry.get("task", self.task_cfg.name).factory(self.task_cfg, cfg.seed)
@@ -94,21 +104,45 @@ class Pipeline:
         self.registry.get(kind, node.name)  # unknown name: lists what exists
         return to_object(node, kind)
 
+    def _dist(self, kind: str) -> str:
+        """The distribution (and version) providing the selected ``kind``: upgrading a plugin invalidates its artifacts."""
+        return self.registry.get(kind, self.cfg[kind].name).distribution
+
+    def _check_context_length(self, base: Path) -> None:
+        """The longest prompt plus the longest response must fit the model's positions."""
+        from transformers import AutoConfig
+
+        from rlhf_lab.data import encode_prompt
+
+        config = AutoConfig.from_pretrained(str(base))
+        limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+        if not limit:
+            return
+        longest = max(len(encode_prompt(self.tokenizer, p)) for p in self.task.train_prompts + self.task.eval_prompts)
+        for key, sampling in (("algo.sampling", self.candidate_sampling), ("eval.sampling", self.eval_cfg.sampling)):
+            if longest + sampling.max_new_tokens > limit:
+                raise RlhfLabError(
+                    f"{key}.max_new_tokens={sampling.max_new_tokens} plus the longest prompt ({longest} tokens) "
+                    f"exceeds the model's {limit} positions"
+                )
+
     # --- stages -------------------------------------------------------------------------------
 
     def base_model(self) -> tuple[Path, str]:
         """Directory of the starting model and tokenizer, and its cache key."""
         if self.model_cfg.name_or_path:
-            return Path(self.model_cfg.name_or_path), f"model:{self.model_cfg.name_or_path}"
+            from rlhf_lab.models.loading import model_fingerprint
+
+            return Path(self.model_cfg.name_or_path), f"model:{model_fingerprint(self.model_cfg.name_or_path)}"
         if self.task.build_base_model is None:
             raise RlhfLabError(f"model.name_or_path is required: task '{self.task_cfg.name}' ships no model")
-        key = artifact_key("base", {"task": _plain(self.cfg.task), "seed": self.cfg.seed}, [])
+        key = artifact_key("base", {"task": _plain(self.cfg.task), "plugin": self._dist("task"), "seed": self.cfg.seed}, [])
 
         def build(out: Path) -> dict:
             self.task.build_base_model(out)
             return {}
 
-        path, _, _ = self.cache.get_or_build("base", key, build)
+        path, _ = self.cache.get_or_build("base", key, build)
         return path, key
 
     def sft(self, base: Path, base_key: str) -> tuple[Path, str, dict]:
@@ -116,9 +150,12 @@ class Pipeline:
 
         from rlhf_lab.models.loading import load_policy
         from rlhf_lab.stages.sft import SFTModule, demonstration_loader, tokenize_demonstrations
-        from rlhf_lab.training import build_trainer, checkpoint_dir, finish_loggers
 
-        key = artifact_key("sft", {"sft": _plain(self.cfg.sft), "task": _plain(self.cfg.task), "dtype": self.model_cfg.dtype, "seed": self.cfg.seed}, [base_key])
+        config = {
+            "sft": _plain(self.cfg.sft), "task": _plain(self.cfg.task), "plugin": self._dist("task"),
+            "dtype": self.model_cfg.dtype, "precision": self.cfg.trainer.precision, "seed": self.cfg.seed,
+        }
+        key = artifact_key("sft", config, [base_key])
 
         def build(out: Path) -> dict:
             seed_everything(self.cfg.seed, verbose=False)
@@ -129,13 +166,15 @@ class Pipeline:
             val = demonstration_loader(tokenize_demonstrations(self.tokenizer, self.task.sft_eval), pad, 128, False, self.cfg.seed)
             module = SFTModule(load_policy(str(base), self.model_cfg.dtype), c.lr, c.weight_decay, checkpoint_dir(self.run_dir, "sft"))
             trainer = build_trainer(self.cfg, "sft", self.run_dir, self.group, max_epochs=c.epochs)
-            trainer.fit(module, train, val)
-            finish_loggers(trainer)
+            try:
+                trainer.fit(module, train, val)
+            finally:
+                close_loggers(trainer.loggers)
             module.model.save_pretrained(out)
             self.tokenizer.save_pretrained(out)
             return {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("sft/")}
 
-        path, metrics, _ = self.cache.get_or_build("sft", key, build)
+        path, metrics = self.cache.get_or_build("sft", key, build)
         return path, key, metrics
 
     def feedback(self, sft: Path, sft_key: str, kind: str) -> tuple[Path, str, dict]:
@@ -144,7 +183,6 @@ class Pipeline:
         from rlhf_lab.feedback.records import write_jsonl
         from rlhf_lab.models.loading import load_policy
         from rlhf_lab.rollout import sample_responses
-        from rlhf_lab.training import inference_device
 
         from dataclasses import asdict
 
@@ -154,6 +192,7 @@ class Pipeline:
             "files": _file_digests(_plain(self.cfg.feedback)),
             "sampling": asdict(self.candidate_sampling),
             "kind": kind,
+            "plugin": self._dist("feedback"),
             "task": _plain(self.cfg.task),
             "seed": self.cfg.seed,
         }
@@ -175,7 +214,7 @@ class Pipeline:
                 counts[f"feedback/{split}_pairs"] = sum(len(r.preference_pairs()) for r in records)
             return counts
 
-        path, metrics, _ = self.cache.get_or_build("feedback", key, build)
+        path, metrics = self.cache.get_or_build("feedback", key, build)
         log.info("feedback: %s", metrics)
         return path, key, metrics
 
@@ -186,9 +225,12 @@ class Pipeline:
         from rlhf_lab.models.loading import load_value_model
         from rlhf_lab.models.value_model import RewardNormaliser
         from rlhf_lab.stages.reward import RewardModule, record_loader, score_texts
-        from rlhf_lab.training import build_trainer, checkpoint_dir, finish_loggers, inference_device
 
-        key = artifact_key("reward", {"reward": _plain(self.cfg.reward), "dtype": self.model_cfg.dtype, "seed": self.cfg.seed}, [feedback_key, init_key])
+        config = {
+            "reward": _plain(self.cfg.reward), "plugin": self._dist("reward"),
+            "dtype": self.model_cfg.dtype, "precision": self.cfg.trainer.precision, "seed": self.cfg.seed,
+        }
+        key = artifact_key("reward", config, [feedback_key, init_key])
 
         def build(out: Path) -> dict:
             seed_everything(self.cfg.seed, verbose=False)
@@ -198,12 +240,16 @@ class Pipeline:
             module = RewardModule(model, objective, c.lr, c.weight_decay, checkpoint_dir(self.run_dir, "reward"))
             trainer = build_trainer(self.cfg, "reward", self.run_dir, self.group, max_epochs=c.epochs)
             val = record_loader(heldout, objective, self.tokenizer, 64, False, self.cfg.seed)
-            trainer.fit(module, record_loader(train, objective, self.tokenizer, c.batch_size, True, self.cfg.seed), val)
-            finish_loggers(trainer)
+            try:
+                trainer.fit(module, record_loader(train, objective, self.tokenizer, c.batch_size, True, self.cfg.seed), val)
+            finally:
+                close_loggers(trainer.loggers)
             # Normalise on the SFT policy's samples: the training candidates are exactly those.
             prompts = [r.prompt for r in train for _ in r.responses]
             responses = [resp for r in train for resp in r.responses]
             normaliser = RewardNormaliser.fit(score_texts(model.to(inference_device(self.cfg)), self.tokenizer, prompts, responses))
+            # Plain transformers pools at the last non-pad token: it needs the pad id in the config.
+            model.model.config.pad_token_id = self.tokenizer.pad_token_id
             model.save_pretrained(out)
             self.tokenizer.save_pretrained(out)
             normaliser.save(out)
@@ -211,7 +257,7 @@ class Pipeline:
             metrics.update({"reward/normaliser_mean": normaliser.mean, "reward/normaliser_std": normaliser.std})
             return metrics
 
-        path, metrics, _ = self.cache.get_or_build("reward", key, build)
+        path, metrics = self.cache.get_or_build("reward", key, build)
         return path, metrics
 
     def optimise(self, sft: Path, reward: Optional[Path]):
@@ -219,7 +265,6 @@ class Pipeline:
 
         from rlhf_lab.algos.context import AlgoContext
         from rlhf_lab.models.value_model import RewardNormaliser
-        from rlhf_lab.training import build_trainer, checkpoint_dir, finish_loggers
 
         seed_everything(self.cfg.seed, verbose=False)
         context = AlgoContext(
@@ -229,10 +274,17 @@ class Pipeline:
         )
         module = self.algo.factory(self.algo_cfg, context)
         trainer = build_trainer(self.cfg, "policy", self.run_dir, self.group, max_epochs=1)
-        trainer.fit(module)
-        out = self.run_dir / "policy"
-        module.policy.save_pretrained(out)
-        self.tokenizer.save_pretrained(out)
+        try:
+            trainer.fit(module)
+        finally:
+            close_loggers(trainer.loggers)
+        # Into a fresh directory, then renamed: no stale shards of an earlier run mix in.
+        out, tmp = self.run_dir / "policy", self.run_dir / ".policy.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        module.policy.save_pretrained(tmp)
+        self.tokenizer.save_pretrained(tmp)
+        shutil.rmtree(out, ignore_errors=True)
+        os.replace(tmp, out)
         return module, trainer
 
     # --- the whole run ------------------------------------------------------------------------
@@ -241,7 +293,6 @@ class Pipeline:
         from rlhf_lab.models.loading import load_policy, load_tokenizer, load_value_model
         from rlhf_lab.models.value_model import RewardNormaliser
         from rlhf_lab.stages.evaluate import evaluate_policies
-        from rlhf_lab.training import build_loggers, close_loggers, finish_loggers
 
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if self.cfg.logger.name == "wandb":
@@ -251,6 +302,7 @@ class Pipeline:
         with _timed(timings, "base"):
             base, base_key = self.base_model()
             self.tokenizer = load_tokenizer(str(base))
+            self._check_context_length(base)
         with _timed(timings, "sft"):
             sft, sft_key, metrics = self.sft(base, base_key)
         metrics = dict(metrics)
@@ -284,17 +336,14 @@ class Pipeline:
         timings["time/evaluate_seconds"] = round(time.perf_counter() - eval_start, 2)
         timings["time/total_seconds"] = round(time.perf_counter() - started, 2)
         metrics.update(timings)
-        finish_loggers(trainer)
         # The evaluation is a stage of its own for the loggers (csv/eval, a wandb run of job type eval).
         eval_loggers = build_loggers(self.cfg, "eval", self.run_dir, self.group)
         for logger in eval_loggers:
             logger.log_metrics(eval_metrics, step=0)
         close_loggers(eval_loggers)
 
-        (self.run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-        with (self.run_dir / "samples.jsonl").open("w") as fh:
-            for sample in samples:
-                fh.write(json.dumps(sample) + "\n")
+        _write_atomic(self.run_dir / "samples.jsonl", "".join(json.dumps(sample) + "\n" for sample in samples))
+        _write_atomic(self.run_dir / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True) + "\n")
         get_plugin_manager().hook.rlhf_lab_run_finished(cfg=self.cfg, metrics=metrics, run_dir=self.run_dir)
         return metrics
 

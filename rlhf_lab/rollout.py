@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from rlhf_lab.ops.sampling import sample_next_token
-from rlhf_lab.ops.sequence import truncate_after_eos
+from rlhf_lab.ops.sequence import position_ids_from_mask, truncate_after_eos
 
 
 @dataclass
@@ -38,7 +38,7 @@ def generate(
 ) -> Generation:
     """Sample up to ``max_new_tokens`` per prompt, reusing the KV cache; stops once every row has EOS."""
     attention_mask = prompt_mask.clone()
-    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    position_ids = position_ids_from_mask(attention_mask)
     input_ids, past = prompt_ids, None
     finished = torch.zeros(prompt_ids.shape[0], dtype=torch.bool, device=prompt_ids.device)
     tokens = []

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.callbacks import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, ListConfig
 
 
 def wandb_mode(configured: str | None) -> str:
@@ -64,7 +64,7 @@ def build_loggers(cfg: DictConfig, stage: str, run_dir: Path, group: str) -> lis
 
 
 def close_loggers(loggers: list) -> None:
-    """Flush and finalise loggers used outside a ``Trainer``; close wandb runs."""
+    """Flush and finalise loggers, and close wandb runs so the next stage starts its own run."""
     for logger in loggers:
         logger.save()
         logger.finalize("success")
@@ -100,6 +100,7 @@ def build_trainer(cfg: DictConfig, stage: str, run_dir: Path, group: str, **trai
         log_every_n_steps=t.log_every_n_steps,
         enable_progress_bar=t.progress_bar != "none",
         enable_model_summary=False,
+        enable_checkpointing=False,  # LastCheckpoint (above) is the only checkpoint writer
         num_sanity_val_steps=0,
         **trainer_kwargs,
     )
@@ -127,6 +128,11 @@ class LastCheckpoint(Callback):
         if trainer.is_global_zero:
             os.replace(tmp, self.directory / "last.ckpt")
 
+    def on_fit_start(self, trainer, pl_module) -> None:
+        # A reused run directory must not offer an earlier run's checkpoint as this run's last good one.
+        if trainer.is_global_zero:
+            (self.directory / "last.ckpt").unlink(missing_ok=True)
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if (batch_idx + 1) % self.every_n == 0:
             self.save(trainer)
@@ -135,18 +141,31 @@ class LastCheckpoint(Callback):
         self.save(trainer)
 
 
+def check_trainer_config(cfg: DictConfig) -> None:
+    """Build a throwaway ``Trainer`` so a bad accelerator, device or precision fails before any work."""
+    from lightning.pytorch import Trainer
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    from rlhf_lab.errors import RlhfLabError
+
+    t = cfg.trainer
+    try:
+        Trainer(
+            accelerator=t.accelerator, devices=t.devices, strategy=t.strategy, precision=t.precision,
+            logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        )
+    except (MisconfigurationException, ValueError, TypeError, RuntimeError) as exc:
+        raise RlhfLabError(f"trainer: {exc} (trainer.accelerator={t.accelerator}, trainer.devices={t.devices}, trainer.precision={t.precision})") from None
+
+
 def inference_device(cfg: DictConfig):
-    """Where sampling and scoring outside a ``Trainer`` run: the first GPU if the trainer may use one."""
+    """Where sampling and scoring outside a ``Trainer`` run: the trainer's first GPU if it may use one."""
     import torch
 
     if cfg.trainer.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
-        return torch.device("cuda")
+        devices = cfg.trainer.devices
+        index = int(devices[0]) if isinstance(devices, (list, tuple, ListConfig)) else 0
+        return torch.device("cuda", index)
     return torch.device("cpu")
 
 
-def finish_loggers(trainer) -> None:
-    """Close wandb runs, so the next stage starts its own run in the same process."""
-    for logger in trainer.loggers:
-        experiment = getattr(logger, "_experiment", None)
-        if experiment is not None and hasattr(experiment, "finish"):
-            experiment.finish()

@@ -28,8 +28,5 @@ class AdaptiveKLController:
 
 
 def build_kl_controller(kind: str, coef: float, target: float, horizon: int):
-    if kind == "fixed":
-        return FixedKLController(coef)
-    if kind == "adaptive":
-        return AdaptiveKLController(coef, target, horizon)
-    raise ValueError(f"algo.kl_controller must be 'fixed' or 'adaptive', got '{kind}'")
+    """The controller ``algo.kl_controller`` names (validated by ``PPOConfig``)."""
+    return AdaptiveKLController(coef, target, horizon) if kind == "adaptive" else FixedKLController(coef)

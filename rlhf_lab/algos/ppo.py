@@ -132,6 +132,11 @@ class PPOModule(pl.LightningModule):
         self.frozen.reward.to(self.device)
         self.generator = torch.Generator(device=self.device).manual_seed(self.context.seed)
 
+    def teardown(self, stage: str) -> None:
+        # Lightning moves only the module tree back to the CPU after fit; the frozen models follow.
+        self.frozen.reference.cpu()
+        self.frozen.reward.cpu()
+
     def configure_optimizers(self):
         cfg = self.cfg
         return torch.optim.Adam(
@@ -195,6 +200,10 @@ class PPOModule(pl.LightningModule):
             "losses/value_clipfrac": vf_clipfrac,
         }
 
+    def _grad_norm(self) -> torch.Tensor:
+        norms = [torch.linalg.vector_norm(p.grad) for p in self.parameters() if p.grad is not None]
+        return torch.linalg.vector_norm(torch.stack(norms)) if norms else torch.zeros(())
+
     def update(self, rollout: Rollout) -> dict[str, float]:
         cfg = self.cfg
         opt = self.optimizers()
@@ -208,6 +217,9 @@ class PPOModule(pl.LightningModule):
                 check_finite(out["loss"], "policy", self.global_step, self.context.checkpoint_dir)
                 opt.zero_grad()
                 self.manual_backward(out["loss"])
+                # A finite loss can still give an infinite gradient; stepping on it would poison the
+                # weights that the next checkpoint saves.
+                check_finite(self._grad_norm(), "policy", self.global_step, self.context.checkpoint_dir, what="gradient norm")
                 self.clip_gradients(opt, gradient_clip_val=cfg.max_grad_norm, gradient_clip_algorithm="norm")
                 opt.step()
                 for key, value in out.items():

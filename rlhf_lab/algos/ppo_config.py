@@ -60,6 +60,17 @@ class PPOConfig:
             raise ValueError(f"algo.minibatch_size and algo.rollout_batch_size must be >= 1, got {self.minibatch_size} and {self.rollout_batch_size}")
         if self.target_kl <= 0 or self.kl_horizon < 1 or self.kl_coef < 0:
             raise ValueError(f"algo needs target_kl > 0, kl_horizon >= 1 and kl_coef >= 0; got {self.target_kl}, {self.kl_horizon}, {self.kl_coef}")
+        if not (0.0 <= self.gamma <= 1.0 and 0.0 <= self.lam <= 1.0):
+            raise ValueError(f"algo.gamma and algo.lam must be in [0, 1], got {self.gamma} and {self.lam}")
+        if self.max_grad_norm <= 0 or self.value_clip_range <= 0:
+            raise ValueError(f"algo.max_grad_norm and algo.value_clip_range must be > 0, got {self.max_grad_norm} and {self.value_clip_range}")
+        if self.vf_coef < 0 or self.ent_coef < 0 or (self.missing_eos_penalty is not None and self.missing_eos_penalty < 0):
+            raise ValueError("algo.vf_coef, algo.ent_coef and algo.missing_eos_penalty must be >= 0")
+        if self.kl_controller == "adaptive" and self.rollout_batch_size > self.kl_horizon:
+            raise ValueError(
+                f"algo.kl_horizon ({self.kl_horizon}) must be at least algo.rollout_batch_size ({self.rollout_batch_size}): "
+                "a shorter horizon moves the KL coefficient by more than 20% per iteration"
+            )
         if self.critic_lr is not None and self.critic_lr <= 0:
             raise ValueError(f"algo.critic_lr must be > 0 or null, got {self.critic_lr}")
         if self.rollout_batch_size % self.minibatch_size:

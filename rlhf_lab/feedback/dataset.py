@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 from rlhf_lab import hookimpl
-from rlhf_lab.errors import RlhfLabError
+from rlhf_lab.errors import DataError, RlhfLabError
 from rlhf_lab.feedback.records import PreferenceRecord, read_jsonl
 
 
@@ -21,6 +22,11 @@ class DatasetFeedbackConfig:
     heldout_path: Optional[str] = None
     """Held-out records for reward-model accuracy; null: the last ``heldout_fraction`` of ``path``."""
     heldout_fraction: float = 0.1
+    """Share of ``path`` held out when there is no ``heldout_path``."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.heldout_fraction < 1.0:
+            raise ValueError(f"feedback.heldout_fraction must be in (0, 1), got {self.heldout_fraction}")
 
 
 class DatasetFeedback:
@@ -31,6 +37,10 @@ class DatasetFeedback:
     def __init__(self, cfg: DatasetFeedbackConfig, task) -> None:
         if not cfg.path:
             raise RlhfLabError("feedback=dataset needs feedback.path=<file.jsonl>")
+        for key in ("path", "heldout_path"):
+            value = getattr(cfg, key)
+            if value and not Path(value).is_file():
+                raise DataError(f"feedback.{key}: preference file '{value}' not found")
         self.cfg = cfg
 
     def collect(self, prompts, candidates, kind: str, seed: int, split: str = "train") -> list[PreferenceRecord]:

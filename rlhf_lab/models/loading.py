@@ -18,6 +18,19 @@ def _resolve(name_or_path: str, key: str) -> str:
     return name_or_path
 
 
+def model_fingerprint(name_or_path: str) -> str:
+    """Identity of a model for cache keys: a local directory's absolute path and its files' sizes and
+    modification times (no weights are read), or a hub name as given."""
+    import hashlib
+
+    path = Path(name_or_path).expanduser()
+    if not path.is_dir():
+        return f"hub:{name_or_path}"
+    files = sorted(p for p in path.rglob("*") if p.is_file())
+    listing = [(str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+    return f"dir:{path.resolve()}:" + hashlib.sha256(repr(listing).encode()).hexdigest()[:16]
+
+
 def _load(loader, name_or_path: str, key: str, **kwargs):
     try:
         return loader.from_pretrained(_resolve(name_or_path, key), **kwargs)

@@ -31,6 +31,10 @@ class RewardNormaliser:
 
     @classmethod
     def fit(cls, scores: torch.Tensor) -> "RewardNormaliser":
+        from rlhf_lab.errors import RlhfLabError
+
+        if scores.numel() < 2 or not bool(torch.isfinite(scores).all()):
+            raise RlhfLabError(f"cannot fit a reward normaliser on {scores.numel()} scores ({int((~torch.isfinite(scores)).sum())} not finite)")
         return cls(mean=float(scores.mean()), std=float(scores.std().clamp(min=1e-6)))
 
     def save(self, directory: Path) -> None:
@@ -38,8 +42,13 @@ class RewardNormaliser:
 
     @classmethod
     def load(cls, directory: Path) -> "RewardNormaliser":
+        """The normaliser saved beside a reward model; a reward model without one is an error."""
+        from rlhf_lab.errors import RlhfLabError
+
         path = Path(directory) / NORMALISER_FILE
-        return cls(**json.loads(path.read_text())) if path.is_file() else cls()
+        if not path.is_file():
+            raise RlhfLabError(f"{path} is missing: the reward model in {directory} has no normaliser")
+        return cls(**json.loads(path.read_text()))
 
 
 class ValueModel(nn.Module):

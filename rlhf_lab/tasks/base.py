@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -27,4 +27,3 @@ class Task:
     sft_eval: list[tuple[str, str]]
     utility: Optional[Callable[[str, str], float]] = None
     build_base_model: Optional[Callable[[Path], None]] = None
-    meta: dict = field(default_factory=dict)

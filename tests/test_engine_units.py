@@ -1,0 +1,374 @@
+"""Unit tests of the engine pieces around the algorithms: the KV-cache sampler, KL controllers,
+reward-batch collation and losses, the cycling sampler and the win rate.
+
+The sampler is checked against an independent reference: a naive greedy loop that re-runs the whole
+sequence every step without a cache. Expected numbers elsewhere are written out by hand.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+from rlhf_lab.algos.kl_control import AdaptiveKLController, FixedKLController, build_kl_controller
+from rlhf_lab.algos.ppo import CyclingSampler
+from rlhf_lab.data import encode_prompt, encode_response, pad_left
+from rlhf_lab.feedback.records import PreferenceRecord
+from rlhf_lab.models.loading import load_policy, load_tokenizer
+from rlhf_lab.ops.sequence import position_ids_from_mask
+from rlhf_lab.rewards.configs import PairwiseRewardConfig, PointwiseRewardConfig
+from rlhf_lab.rewards.pairwise import PairwiseObjective
+from rlhf_lab.rewards.pointwise import PointwiseObjective
+from rlhf_lab.rollout import generate
+from rlhf_lab.stages.evaluate import win_rate
+from rlhf_lab.tasks.toy import ToyTaskConfig, make_toy_task
+
+# Prompts of different token lengths (7, 9, 5, 5 tokens with the toy tokenizer), so the batch is left-padded.
+PROMPTS = [
+    "tell me about the old cat .",
+    "what do you think of the famous market ?",
+    "describe the red river .",
+    "describe the quiet garden .",
+]
+MAX_NEW = 6
+NEVER = -1
+"""An EOS id no token can equal: generation runs the full ``max_new_tokens``."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Fixtures and the reference decoder
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def toy_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("toy_base")
+    make_toy_task(ToyTaskConfig(num_sft_examples=100), seed=0).build_base_model(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tokenizer(toy_dir):
+    return load_tokenizer(str(toy_dir))
+
+
+@pytest.fixture(scope="module")
+def model(toy_dir):
+    """The toy GPT-2 with its matrices re-drawn at std 0.1 (seeded).
+
+    At the default init (std 0.02) greedy decoding repeats one token forever, so a cached decoder
+    that ignored its own history, or got positions wrong, could still match the reference. With
+    larger weights the greedy continuations vary from step to step and depend on the positions.
+    """
+    model = load_policy(str(toy_dir)).eval()
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.ndim >= 2:
+                param.copy_(torch.randn(param.shape, generator=gen) * 0.1)
+    return model
+
+
+def batch_of(tokenizer, prompts):
+    return pad_left([encode_prompt(tokenizer, p) for p in prompts], tokenizer.pad_token_id)
+
+
+@torch.no_grad()
+def naive_greedy(model, ids, mask, steps):
+    """Greedy tokens (B, steps), re-running the full sequence each step (no KV cache)."""
+    tokens = []
+    for _ in range(steps):
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask), use_cache=False).logits[:, -1]
+        top2 = logits.topk(2, dim=-1).values
+        # Guard against argmax ties, where cached and uncached float rounding could legitimately disagree.
+        assert float((top2[:, 0] - top2[:, 1]).min()) > 1e-4, "near-tie in greedy logits: the reference is ill-defined"
+        nxt = logits.argmax(-1)
+        tokens.append(nxt)
+        ids = torch.cat([ids, nxt[:, None]], dim=1)
+        mask = torch.cat([mask, torch.ones_like(nxt[:, None])], dim=1)
+    return torch.stack(tokens, dim=1)
+
+
+def greedy(model, tokenizer, ids, mask, eos_token_id, max_new_tokens=MAX_NEW):
+    return generate(
+        model, ids, mask, eos_token_id=eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        max_new_tokens=max_new_tokens, temperature=0,
+    )
+
+
+@pytest.fixture(scope="module")
+def full_greedy(model, tokenizer):
+    """generate() output for PROMPTS with no EOS, and the inputs that produced it."""
+    ids, mask = batch_of(tokenizer, PROMPTS)
+    return ids, mask, greedy(model, tokenizer, ids, mask, NEVER)
+
+
+# --------------------------------------------------------------------------------------------------
+# rlhf_lab.rollout.generate
+# --------------------------------------------------------------------------------------------------
+
+
+def test_prompts_are_left_padded_to_different_lengths(tokenizer):
+    lengths = [len(encode_prompt(tokenizer, p)) for p in PROMPTS]
+    assert len(set(lengths)) >= 3, lengths
+    _, mask = batch_of(tokenizer, PROMPTS)
+    assert (mask[:, 0] == 0).any() and (mask[:, -1] == 1).all()
+
+
+def test_greedy_with_cache_matches_naive_full_recompute(model, tokenizer, full_greedy):
+    ids, mask, gen = full_greedy
+    expected = naive_greedy(model, ids, mask, MAX_NEW)
+    assert gen.response_ids.shape == (len(PROMPTS), MAX_NEW)
+    assert_close(gen.response_ids, expected, rtol=0, atol=0)
+    assert_close(gen.response_mask, torch.ones(len(PROMPTS), MAX_NEW, dtype=gen.response_mask.dtype), rtol=0, atol=0)
+    assert gen.has_eos.tolist() == [False] * len(PROMPTS)
+    # The continuations are not degenerate (otherwise the comparison above would prove little).
+    assert len(set(expected.flatten().tolist())) > 4
+
+
+def test_each_padded_row_equals_its_prompt_decoded_alone(model, tokenizer, full_greedy):
+    _, _, gen = full_greedy
+    for row, prompt in enumerate(PROMPTS):
+        alone = torch.tensor([encode_prompt(tokenizer, prompt)])
+        expected = naive_greedy(model, alone, torch.ones_like(alone), MAX_NEW)[0]
+        assert gen.response_ids[row].tolist() == expected.tolist(), f"row {row} ({prompt!r}) depends on its padding"
+
+
+def test_positions_matter_for_this_model(model, tokenizer, full_greedy):
+    """Sanity of the check above: positions that count the left padding change the greedy output."""
+    ids, mask, gen = full_greedy
+    wrong = []
+    cur_ids, cur_mask = ids, mask
+    with torch.no_grad():
+        for _ in range(MAX_NEW):
+            pos = torch.arange(cur_ids.shape[1]).expand_as(cur_ids)
+            nxt = model(input_ids=cur_ids, attention_mask=cur_mask, position_ids=pos).logits[:, -1].argmax(-1)
+            wrong.append(nxt)
+            cur_ids = torch.cat([cur_ids, nxt[:, None]], 1)
+            cur_mask = torch.cat([cur_mask, torch.ones_like(nxt[:, None])], 1)
+    padded_rows = (mask[:, 0] == 0).nonzero().flatten().tolist()
+    wrong = torch.stack(wrong, 1)
+    assert any(wrong[r].tolist() != gen.response_ids[r].tolist() for r in padded_rows)
+
+
+def test_finished_rows_are_cut_after_eos_and_padded(model, tokenizer, full_greedy):
+    ids, mask, free = full_greedy
+    free_tokens = free.response_ids
+    eos = int(free_tokens[0, 1])  # the token row 0 produces at its second step
+    assert eos != int(free_tokens[0, 0]), "precondition: row 0 must not produce the chosen EOS at step 1"
+    never_rows = [r for r in range(len(PROMPTS)) if eos not in free_tokens[r].tolist()]
+    assert never_rows, "precondition: some row must never produce the chosen EOS"
+
+    gen = greedy(model, tokenizer, ids, mask, eos)
+    pad = tokenizer.pad_token_id
+    assert gen.response_ids.shape == (len(PROMPTS), MAX_NEW)  # other rows keep going
+    # Row 0: the first token, then EOS (kept), then padding.
+    assert gen.response_ids[0].tolist() == [int(free_tokens[0, 0]), eos] + [pad] * (MAX_NEW - 2)
+    assert gen.response_mask[0].tolist() == [1, 1] + [0] * (MAX_NEW - 2)
+    assert bool(gen.has_eos[0])
+    for r in never_rows:
+        assert gen.response_ids[r].tolist() == free_tokens[r].tolist()
+        assert gen.response_mask[r].tolist() == [1] * MAX_NEW
+        assert not bool(gen.has_eos[r])
+    # Every row: the free continuation cut at its first EOS.
+    for r in range(len(PROMPTS)):
+        row = free_tokens[r].tolist()
+        cut = row.index(eos) + 1 if eos in row else MAX_NEW
+        assert gen.response_ids[r].tolist() == row[:cut] + [pad] * (MAX_NEW - cut)
+        assert gen.response_mask[r].tolist() == [1] * cut + [0] * (MAX_NEW - cut)
+        assert bool(gen.has_eos[r]) == (eos in row)
+
+
+def test_stops_as_soon_as_every_row_has_eos(model, tokenizer):
+    ids, mask = batch_of(tokenizer, [PROMPTS[2]] * 3)
+    first = int(naive_greedy(model, ids, mask, 1)[0, 0])
+    gen = greedy(model, tokenizer, ids, mask, first)
+    assert gen.response_ids.shape == (3, 1)
+    assert gen.response_ids.flatten().tolist() == [first] * 3
+    assert gen.response_mask.flatten().tolist() == [1, 1, 1]
+    assert gen.has_eos.tolist() == [True, True, True]
+
+
+def test_stops_when_the_last_row_finishes(model, tokenizer, full_greedy):
+    """Width is the step at which the last row hits EOS, not max_new_tokens."""
+    ids, mask, free = full_greedy
+    eos = int(free.response_ids[0, 1])
+    rows = [r for r in range(len(PROMPTS)) if eos in free.response_ids[r].tolist()]
+    sub_ids, sub_mask = ids[rows], mask[rows]
+    last_step = max(free.response_ids[r].tolist().index(eos) for r in rows) + 1
+    gen = greedy(model, tokenizer, sub_ids, sub_mask, eos)
+    assert gen.response_ids.shape == (len(rows), last_step)
+    assert gen.has_eos.all()
+
+
+def test_seeded_sampling_is_reproducible(model, tokenizer):
+    ids, mask = batch_of(tokenizer, PROMPTS * 4)  # 16 rows
+
+    def sample(seed):
+        return generate(
+            model, ids, mask, eos_token_id=NEVER, pad_token_id=tokenizer.pad_token_id, max_new_tokens=MAX_NEW,
+            temperature=1.0, generator=torch.Generator().manual_seed(seed),
+        ).response_ids
+
+    a, b, c = sample(123), sample(123), sample(124)
+    assert a.shape == (16, MAX_NEW)
+    assert_close(a, b, rtol=0, atol=0)
+    assert not torch.equal(a, c)
+    # Rows with the same prompt draw different samples (the generator advances across rows).
+    assert len({tuple(a[r].tolist()) for r in range(0, 16, len(PROMPTS))}) > 1
+
+
+# --------------------------------------------------------------------------------------------------
+# rlhf_lab.algos.kl_control
+# --------------------------------------------------------------------------------------------------
+
+
+def test_fixed_kl_controller_is_constant():
+    ctl = FixedKLController(0.05)
+    for kl in (0.0, 3.0, 100.0):
+        ctl.update(observed_kl=kl, n_steps=64)
+        assert ctl.value == 0.05
+
+
+def test_adaptive_kl_controller_clips_error_high():
+    ctl = AdaptiveKLController(coef=0.1, target=6.0, horizon=10000)
+    ctl.update(observed_kl=9.0, n_steps=64)  # 9/6 - 1 = 0.5 -> clipped to 0.2
+    assert ctl.value == pytest.approx(0.1 * (1 + 0.2 * 64 / 10000), rel=1e-12)
+    assert ctl.value == pytest.approx(0.100128, rel=1e-12)
+
+
+def test_adaptive_kl_controller_clips_error_low():
+    ctl = AdaptiveKLController(coef=0.1, target=6.0, horizon=10000)
+    ctl.update(observed_kl=3.0, n_steps=64)  # 3/6 - 1 = -0.5 -> clipped to -0.2
+    assert ctl.value == pytest.approx(0.099872, rel=1e-12)
+
+
+def test_adaptive_kl_controller_unclipped_and_compounding():
+    ctl = AdaptiveKLController(coef=0.1, target=6.0, horizon=10000)
+    ctl.update(observed_kl=6.6, n_steps=100)  # error 0.1 (inside the clip range)
+    assert ctl.value == pytest.approx(0.1 * 1.001, rel=1e-12)
+    ctl.update(observed_kl=5.4, n_steps=500)  # error -0.1
+    assert ctl.value == pytest.approx(0.1 * 1.001 * 0.995, rel=1e-12)
+
+
+def test_adaptive_kl_controller_at_target_is_unchanged():
+    ctl = AdaptiveKLController(coef=0.1, target=6.0, horizon=10000)
+    ctl.update(observed_kl=6.0, n_steps=64)
+    assert ctl.value == 0.1
+
+
+def test_build_kl_controller_kinds():
+    assert isinstance(build_kl_controller("fixed", 0.1, 6.0, 10000), FixedKLController)
+    adaptive = build_kl_controller("adaptive", 0.2, 6.0, 10000)
+    assert isinstance(adaptive, AdaptiveKLController) and adaptive.value == 0.2
+    assert (adaptive.target, adaptive.horizon) == (6.0, 10000)
+
+
+# --------------------------------------------------------------------------------------------------
+# rlhf_lab.rewards: collation, losses, pair accuracy
+# --------------------------------------------------------------------------------------------------
+
+RANKED = [
+    PreferenceRecord(prompt="tell me about the old cat .", responses=["the cat is good .", "the cat is bad .", "the cat is lovely and great ."], ranking=[2, 0, 1]),
+    PreferenceRecord(prompt="describe the red river .", responses=["the river is dull .", "the river is charming ."], ranking=[1, 0]),
+]
+
+
+def _check_layout(batch, records, tokenizer):
+    """Each response appears once, in order, after its record's prompt (left-padded) tokens."""
+    p = batch["prompt_len"]
+    flat = [(r, resp) for r in records for resp in r.responses]
+    assert batch["input_ids"].shape[0] == len(flat)
+    row = 0
+    for record in records:
+        rows = list(range(row, row + len(record.responses)))
+        for other in rows[1:]:
+            assert torch.equal(batch["input_ids"][other, :p], batch["input_ids"][rows[0], :p])
+            assert torch.equal(batch["attention_mask"][other, :p], batch["attention_mask"][rows[0], :p])
+        prompt = encode_prompt(tokenizer, record.prompt)
+        assert batch["input_ids"][rows[0], p - len(prompt) : p].tolist() == prompt
+        row += len(rows)
+    for i, (_, resp) in enumerate(flat):
+        expected = encode_response(tokenizer, resp)
+        assert batch["input_ids"][i, p : p + len(expected)].tolist() == expected
+        assert int(batch["attention_mask"][i, p:].sum()) == len(expected)
+
+
+def test_pairwise_collate(tokenizer):
+    batch = PairwiseObjective(PairwiseRewardConfig()).collate(RANKED, tokenizer)
+    assert batch["pair_better"].tolist() == [2, 2, 0, 4]
+    assert batch["pair_worse"].tolist() == [0, 1, 1, 3]
+    assert batch["pair_better"].dtype == torch.long
+    assert_close(batch["targets"], torch.zeros(5))
+    _check_layout(batch, RANKED, tokenizer)
+    # The two records have different prompts.
+    p = batch["prompt_len"]
+    assert not torch.equal(batch["input_ids"][0, :p], batch["input_ids"][3, :p])
+
+
+def test_pointwise_collate_uses_scores(tokenizer):
+    records = [
+        PreferenceRecord(prompt="tell me about the old cat .", responses=["the cat is good .", "the cat is bad .", "the cat is plain ."], scores=[0.5, -1.0, 0.5]),
+        PreferenceRecord(prompt="describe the red river .", responses=["the river is dull .", "the river is charming ."], scores=[2.0, 1.0]),
+    ]
+    batch = PointwiseObjective(PointwiseRewardConfig()).collate(records, tokenizer)
+    assert_close(batch["targets"], torch.tensor([0.5, -1.0, 0.5, 2.0, 1.0]))
+    # Record 1: (0 > 1), (0 == 2: no pair), (2 > 1); record 2: (3 > 4).
+    assert batch["pair_better"].tolist() == [0, 2, 3]
+    assert batch["pair_worse"].tolist() == [1, 1, 4]
+    _check_layout(batch, records, tokenizer)
+
+
+def test_pairwise_loss_is_mean_negative_logsigmoid():
+    batch = {"pair_better": torch.tensor([2, 2, 0, 4]), "pair_worse": torch.tensor([0, 1, 1, 3])}
+    scores = torch.tensor([0.5, -1.0, 2.0, 1.5, 0.0], dtype=torch.float64)
+    diffs = [2.0 - 0.5, 2.0 - (-1.0), 0.5 - (-1.0), 0.0 - 1.5]
+    expected = -sum(math.log(1.0 / (1.0 + math.exp(-d))) for d in diffs) / 4
+    loss = PairwiseObjective(PairwiseRewardConfig()).loss(scores, batch)
+    assert_close(loss, torch.tensor(expected, dtype=torch.float64))
+
+
+def test_pointwise_loss_is_mse():
+    scores = torch.tensor([1.0, 2.0, 0.0])
+    loss = PointwiseObjective(PointwiseRewardConfig()).loss(scores, {"targets": torch.tensor([0.0, 2.0, 3.0])})
+    assert_close(loss, torch.tensor((1.0 + 0.0 + 9.0) / 3))
+
+
+def test_pair_accuracy_counts_ties_as_wrong():
+    batch = {"pair_better": torch.tensor([2, 2, 0, 4]), "pair_worse": torch.tensor([0, 1, 1, 3])}
+    scores = torch.tensor([1.0, 1.0, 2.0, 0.5, 0.0])
+    # (2,0) right, (2,1) right, (0,1) tie -> wrong, (4,3) wrong.
+    assert PairwiseObjective.pair_accuracy(scores, batch) == (2, 4)
+
+
+# --------------------------------------------------------------------------------------------------
+# rlhf_lab.algos.ppo.CyclingSampler
+# --------------------------------------------------------------------------------------------------
+
+
+def test_cycling_sampler_passes():
+    sampler = CyclingSampler(size=5, num_samples=12, seed=0)
+    assert len(sampler) == 12
+    order = list(sampler)
+    assert len(order) == 12
+    assert sorted(order[:5]) == [0, 1, 2, 3, 4]
+    assert sorted(order[5:10]) == [0, 1, 2, 3, 4]
+    assert len(set(order[10:])) == 2 and set(order[10:]) <= set(range(5))
+    assert list(sampler) == order  # iterating again restarts from the seed
+    assert list(CyclingSampler(size=5, num_samples=12, seed=0)) == order
+    assert list(CyclingSampler(size=5, num_samples=12, seed=1)) != order
+
+
+# --------------------------------------------------------------------------------------------------
+# rlhf_lab.stages.evaluate.win_rate
+# --------------------------------------------------------------------------------------------------
+
+
+def test_win_rate_counts_ties_as_half():
+    # win, tie, loss, win -> (1 + 0.5 + 0 + 1) / 4
+    assert win_rate([3.0, 1.0, 2.0, 4.0], [1.0, 1.0, 5.0, 0.0]) == pytest.approx(0.625)
+    assert win_rate([1.0, 2.0], [1.0, 2.0]) == pytest.approx(0.5)
+    assert win_rate([0.0, 0.0, 0.0], [1.0, 1.0, 1.0]) == 0.0
