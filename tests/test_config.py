@@ -9,7 +9,8 @@ import pytest
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 
-from rlhf_lab.config import register_engine_schemas, to_object
+from rlhf_lab.config import LoggerConfig, TrainerConfig, register_engine_schemas, to_object
+from rlhf_lab.training import check_trainer_config
 from rlhf_lab.errors import RlhfLabError, UnknownComponentError
 from rlhf_lab.plugin_manager import get_plugin_manager
 
@@ -37,24 +38,35 @@ def _compose(overrides: list[str]):
 
 
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in _options(g)])
-def test_every_option_composes_and_builds(registry, group, option):
-    overrides = [f"{group}={option}"]
-    if (group, option) == ("feedback", "dataset"):
-        overrides.append("feedback.path=prefs.jsonl")
+def test_every_option_composes_and_builds(registry, group, option, tmp_path):
+    prefs = tmp_path / "prefs.jsonl"
+    prefs.write_text('{"prompt": "p", "responses": ["a", "b"], "ranking": [1, 0]}\n')
+    overrides = [f"{group}={option}"] + ([f"feedback.path={prefs}"] if (group, option) == ("feedback", "dataset") else [])
     cfg = _compose(overrides)
     built = to_object(cfg[group], group)
     if group in ("task", "feedback", "reward", "algo"):
         component = registry.get(group, cfg[group].name)
-        assert isinstance(built, component.schema)
-        if group == "reward":
+        assert isinstance(built, component.schema) and built.name == option
+        task = registry.get("task", cfg.task.name).factory(to_object(cfg.task, "task"), seed=0)
+        if group == "task":
+            assert task.train_prompts and task.eval_prompts and task.sft_train
+        elif group == "feedback":
+            assert hasattr(component.factory(built, task), "collect")
+        elif group == "reward":
             assert component.factory(built).feedback_kind in ("ranking", "rating")
+        else:  # algorithms need trained models to build; their factory must say what they need
+            assert isinstance(component.factory.requires_reward_model, bool)
+    elif group == "logger":
+        assert isinstance(built, LoggerConfig) and built.name == option
     else:
-        assert type(built).__name__.endswith("Config")
+        assert isinstance(built, TrainerConfig)
+        if built.accelerator == "cpu" or built.accelerator == "auto":
+            check_trainer_config(cfg)  # buildable on this machine
 
 
 def test_every_registered_component_has_a_config_option(registry):
     for component in registry.all():
-        cfg = _compose([f"{component.kind}={component.name}"] + (["feedback.path=x.jsonl"] if component.name == "dataset" else []))
+        cfg = _compose([f"{component.kind}={component.name}"])
         assert cfg[component.kind].name == component.name
 
 
@@ -107,3 +119,21 @@ def test_cli_cfg_job_and_info(tmp_path: Path):
     info = run_cli(["--info"], cwd=tmp_path)
     assert info.returncode == 0, info.stderr
     assert "pkg://rlhf_lab.conf" in info.stdout
+
+
+def test_a_trainer_this_machine_cannot_build_fails_before_any_work(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    result = run_cli(["trainer=gpu_bf16", f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}", "logger=csv"], cwd=tmp_path)
+    assert result.returncode == 2
+    assert "rlhf_lab: error: trainer:" in result.stderr and "trainer.accelerator=gpu" in result.stderr
+    assert not (tmp_path / "cache").exists()
+
+
+def test_responses_that_cannot_fit_the_model_fail_before_training(tmp_path):
+    result = run_cli(["algo.sampling.max_new_tokens=70", f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}", "logger=csv"], cwd=tmp_path)
+    assert result.returncode == 2
+    assert "algo.sampling.max_new_tokens=70 plus the longest prompt (9 tokens) exceeds the model's 64 positions" in result.stderr
+    assert not (tmp_path / "cache" / "sft").exists()
