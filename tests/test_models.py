@@ -77,3 +77,21 @@ def test_tokenizer_gets_a_pad_token_and_models_load_in_the_requested_dtype(tiny_
     tokenizer = load_tokenizer(str(tiny_dir))
     assert tokenizer.pad_token_id is not None and tokenizer.pad_token_id != tokenizer.eos_token_id
     assert next(load_policy(str(tiny_dir), dtype="bfloat16").parameters()).dtype == torch.bfloat16
+
+
+def test_saved_reward_model_scores_the_same_in_plain_transformers(tiny_dir, tmp_path):
+    """Plain transformers pools at the last non-pad token: with the pad id saved, that is our sequence score."""
+    from transformers import AutoModelForSequenceClassification
+
+    tokenizer = load_tokenizer(str(tiny_dir))
+    model = load_value_model(str(tiny_dir)).eval()
+    model.model.config.pad_token_id = tokenizer.pad_token_id  # as the pipeline does before saving
+    model.save_pretrained(tmp_path)
+    hf = AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
+    pad = tokenizer.pad_token_id
+    ids = torch.tensor([[5, 6, 7, 8, 9], [10, 11, 12, pad, pad]])  # right padding: positions agree
+    mask = (ids != pad).long()
+    with torch.no_grad():
+        ours = model.sequence_scores(ids, mask, (mask.cumsum(-1) - 1).clamp(min=0))
+        theirs = hf(input_ids=ids, attention_mask=mask).logits.squeeze(-1)
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
