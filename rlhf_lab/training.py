@@ -84,7 +84,7 @@ def build_trainer(cfg: DictConfig, stage: str, run_dir: Path, group: str, **trai
     t = cfg.trainer
     callbacks = [LastCheckpoint(checkpoint_dir(run_dir, stage), t.checkpoint_every_n_steps)]
     if t.progress_bar == "rich":
-        callbacks.append(RichProgressBar(leave=True))
+        callbacks.append(RichProgressBar())
     elif t.progress_bar == "tqdm":
         callbacks.append(TQDMProgressBar())
     for extra in pm.hook.rlhf_lab_callbacks(cfg=cfg, stage=stage):
