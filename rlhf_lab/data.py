@@ -68,6 +68,17 @@ def collate_pairs(prompts: list[list[int]], responses: list[list[int]], pad_id: 
     return join(*pad_left(prompts, pad_id), *pad_right(responses, pad_id))
 
 
+def batched_pairs(tokenizer, prompts: list[str], responses: list[list[int]], batch_size: int, device):
+    """Batches (on ``device``) of prompt texts with response token ids, in the shared layout, in order."""
+    for start in range(0, len(prompts), batch_size):
+        batch = collate_pairs(
+            [encode_prompt(tokenizer, p) for p in prompts[start : start + batch_size]],
+            responses[start : start + batch_size],
+            tokenizer.pad_token_id,
+        )
+        yield {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
+
+
 def response_logits(model, batch: dict, temperature: float = 1.0) -> torch.Tensor:
     """Logits (B, R, V) that predict each response token, divided by ``temperature``."""
     p = batch["prompt_len"]

@@ -54,6 +54,7 @@ class PPOConfig:
     critic_init: str = "reward"
     """Initialise the critic from the reward model (Huang et al.) or from the policy."""
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    """How rollouts (and the feedback candidates) are sampled."""
 
     def __post_init__(self) -> None:
         if self.minibatch_size < 1 or self.rollout_batch_size < 1:

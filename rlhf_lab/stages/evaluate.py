@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from rlhf_lab.data import collate_pairs, decode_response, encode_prompt, response_logits
+from rlhf_lab.data import batched_pairs, decode_response, response_logits
 from rlhf_lab.ops.sequence import token_logprobs
 from rlhf_lab.rollout import sample_responses
 from rlhf_lab.stages.sft import demonstration_loader, response_nll, tokenize_demonstrations
@@ -15,15 +15,8 @@ from rlhf_lab.stages.sft import demonstration_loader, response_nll, tokenize_dem
 @torch.no_grad()
 def _sequence_stats(policy, reference, reward_model, normaliser, tokenizer, prompts, responses, batch_size=128):
     """Per-sequence KL(policy || reference) (sum of k1 over tokens) and normalised proxy reward."""
-    device = next(policy.parameters()).device
     kls, proxies = [], []
-    for start in range(0, len(prompts), batch_size):
-        batch = collate_pairs(
-            [encode_prompt(tokenizer, p) for p in prompts[start : start + batch_size]],
-            responses[start : start + batch_size],
-            tokenizer.pad_token_id,
-        )
-        batch = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
+    for batch in batched_pairs(tokenizer, prompts, responses, batch_size, next(policy.parameters()).device):
         p = batch["prompt_len"]
         tokens, mask = batch["input_ids"][:, p:], batch["attention_mask"][:, p:]
         logp = token_logprobs(response_logits(policy, batch), tokens)

@@ -62,18 +62,15 @@ class RewardModule(pl.LightningModule):
 @torch.no_grad()
 def score_texts(model, tokenizer, prompts: list[str], responses: list[str], batch_size: int = 128) -> torch.Tensor:
     """Raw reward-model scores of (prompt, response) texts."""
-    from rlhf_lab.data import collate_pairs, encode_prompt, encode_response
+    from rlhf_lab.data import batched_pairs, encode_response
 
-    device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    out = []
-    for start in range(0, len(prompts), batch_size):
-        batch = collate_pairs(
-            [encode_prompt(tokenizer, p) for p in prompts[start : start + batch_size]],
-            [encode_response(tokenizer, r) for r in responses[start : start + batch_size]],
-            tokenizer.pad_token_id,
-        )
-        out.append(model.sequence_scores(batch["input_ids"].to(device), batch["attention_mask"].to(device), batch["position_ids"].to(device)).cpu())
+    response_ids = [encode_response(tokenizer, r) for r in responses]
+    device = next(model.parameters()).device
+    out = [
+        model.sequence_scores(b["input_ids"], b["attention_mask"], b["position_ids"]).cpu()
+        for b in batched_pairs(tokenizer, prompts, response_ids, batch_size, device)
+    ]
     model.train(was_training)
     return torch.cat(out)

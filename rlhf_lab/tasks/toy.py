@@ -53,9 +53,13 @@ class ToyTaskConfig:
     vocab_size: int = 600
     """BPE vocabulary trained on the generated corpus."""
     n_layer: int = 2
+    """Transformer blocks of the tiny GPT-2."""
     n_head: int = 4
+    """Attention heads per block."""
     n_embd: int = 64
+    """Hidden size."""
     n_positions: int = 64
+    """Context length: prompt plus response must fit."""
 
     def __post_init__(self) -> None:
         if not 0.0 < self.heldout_fraction < 1.0:
