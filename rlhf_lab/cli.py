@@ -40,46 +40,33 @@ def print_plugins() -> None:
 
 
 def summary_table(metrics: dict, algo: str):
-    """SFT and the optimised policy side by side, as the evaluation measured them."""
+    """SFT and the optimised policy side by side, as the evaluation measured them, each mean ± its SE."""
     from rich.table import Table
+
+    def cell(name: str, figure: str) -> str:
+        value, se = metrics.get(f"eval/{name}/{figure}"), metrics.get(f"eval/{name}/{figure}_se")
+        if value is None:
+            return "-"
+        return f"{value:.3f}" if se is None else f"{value:.3f} ± {se:.3f}"
 
     table = Table(title=f"held-out evaluation: sft vs {algo}")
     table.add_column("metric")
     table.add_column("sft", justify="right")
     table.add_column(algo, justify="right")
     for figure in ("gold_reward", "proxy_reward", "kl", "response_length", "eos_rate", "perplexity"):
-        row = [metrics.get(f"eval/{name}/{figure}") for name in ("sft", algo)]
-        if any(v is not None for v in row):
-            table.add_row(figure, *("-" if v is None else f"{v:.3f}" for v in row))
-    for figure in ("win_rate", "proxy_win_rate"):
-        value = metrics.get(f"eval/{algo}/{figure}")
-        if value is not None:
-            table.add_row(f"{figure} vs sft", "", f"{value:.3f}")
+        if any(f"eval/{name}/{figure}" in metrics for name in ("sft", algo)):
+            table.add_row(figure, cell("sft", figure), cell(algo, figure))
+    if f"eval/{algo}/kl_closed_form" in metrics:
+        table.add_row("kl closed form log n - (n-1)/n", "", f"{metrics[f'eval/{algo}/kl_closed_form']:.3f}")
+    if f"eval/{algo}/win_rate" in metrics:
+        low, high = metrics.get(f"eval/{algo}/win_rate_low"), metrics.get(f"eval/{algo}/win_rate_high")
+        interval = f" [{low:.3f}, {high:.3f}]" if low is not None and high is not None else ""
+        table.add_row("win_rate vs sft (95% bootstrap)", "", f"{metrics[f'eval/{algo}/win_rate']:.3f}{interval}")
+    if f"eval/{algo}/proxy_win_rate" in metrics:
+        table.add_row("proxy_win_rate vs sft", "", f"{metrics[f'eval/{algo}/proxy_win_rate']:.3f}")
     if "reward/accuracy" in metrics:
         table.add_row("reward-model held-out accuracy", "", f"{metrics['reward/accuracy']:.3f}")
     return table
-
-
-def verdict(metrics: dict, algo: str) -> list[str]:
-    """Plain sentences on what the run achieved, including when the optimised policy got worse."""
-    lines = []
-    gold_sft, gold = metrics.get("eval/sft/gold_reward"), metrics.get(f"eval/{algo}/gold_reward")
-    proxy_sft, proxy = metrics.get("eval/sft/proxy_reward"), metrics.get(f"eval/{algo}/proxy_reward")
-    if gold is not None and gold_sft is not None:
-        delta = gold - gold_sft
-        if delta > 0:
-            lines.append(f"{algo} improved gold reward over sft by {delta:+.3f} (win rate {metrics.get(f'eval/{algo}/win_rate', float('nan')):.3f}).")
-        else:
-            lines.append(f"{algo} did NOT improve gold reward over sft: {delta:+.3f} (win rate {metrics.get(f'eval/{algo}/win_rate', float('nan')):.3f}).")
-        if proxy is not None and proxy_sft is not None and proxy > proxy_sft and delta <= 0:
-            lines.append("Proxy reward rose while gold reward did not: the policy is exploiting the reward model (over-optimisation).")
-    elif proxy is not None and proxy_sft is not None:
-        lines.append(f"{algo} changed proxy reward by {proxy - proxy_sft:+.3f}; this task has no gold utility, so that is all the run can show.")
-    if gold is not None and metrics.get("eval/sft/response_length") and metrics.get(f"eval/{algo}/response_length"):
-        ratio = metrics[f"eval/{algo}/response_length"] / metrics["eval/sft/response_length"]
-        if ratio > 1.2:
-            lines.append(f"Responses are {ratio:.2f}x longer than sft's: part of the gain may be length (the annotators reward length).")
-    return lines
 
 
 def _quiet_libraries() -> None:
@@ -109,6 +96,7 @@ def hydra_entry() -> None:
 
         from rlhf_lab.errors import RlhfLabError
         from rlhf_lab.pipeline import run
+        from rlhf_lab.stats import verdict_lines
 
         _quiet_libraries()
         try:
@@ -119,7 +107,7 @@ def hydra_entry() -> None:
             raise SystemExit(2) from None
         console = Console()
         console.print(summary_table(metrics, cfg.algo.name))
-        for line in verdict(metrics, cfg.algo.name):
+        for line in verdict_lines(metrics, cfg.algo.name):
             console.print(line)
         # A sweeper optimises the returned figure.
         return metrics.get(f"eval/{cfg.algo.name}/gold_reward", metrics.get(f"eval/{cfg.algo.name}/proxy_reward", 0.0))

@@ -24,6 +24,13 @@ def encode_response(tokenizer, response: str) -> list[int]:
     return tokenizer(RESPONSE_SEPARATOR + response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
 
 
+def record_response_ids(tokenizer, record) -> list[list[int]]:
+    """Token ids of each response of a preference record: the ids it carries, else its text encoded."""
+    if record.response_ids is not None:
+        return record.response_ids
+    return [encode_response(tokenizer, r) for r in record.responses]
+
+
 def decode_response(tokenizer, response_ids: list[int]) -> str:
     return tokenizer.decode(response_ids, skip_special_tokens=True).strip()
 
@@ -79,9 +86,30 @@ def batched_pairs(tokenizer, prompts: list[str], responses: list[list[int]], bat
         yield {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
 
 
+def _accepts_logits_to_keep(model) -> bool:
+    import inspect
+
+    cls = type(model)
+    cached = _LOGITS_TO_KEEP.get(cls)
+    if cached is None:
+        cached = _LOGITS_TO_KEEP[cls] = "logits_to_keep" in inspect.signature(model.forward).parameters
+    return cached
+
+
+_LOGITS_TO_KEEP: dict[type, bool] = {}
+
+
 def response_logits(model, batch: dict, temperature: float = 1.0) -> torch.Tensor:
-    """Logits (B, R, V) that predict each response token, divided by ``temperature``."""
+    """Logits (B, R, V) that predict each response token, divided by ``temperature``.
+
+    Where the model supports ``logits_to_keep`` only the R positions that predict the response go
+    through the vocabulary projection: the prompt's logits are never used.
+    """
     p = batch["prompt_len"]
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], position_ids=batch["position_ids"])
-    logits = out.logits[:, p - 1 : -1]
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "position_ids": batch["position_ids"]}
+    response_len = batch["input_ids"].shape[1] - p
+    if _accepts_logits_to_keep(model):
+        logits = model(**inputs, logits_to_keep=response_len + 1).logits[:, :-1]
+    else:
+        logits = model(**inputs).logits[:, p - 1 : -1]
     return logits / temperature if temperature not in (0, 1) else logits

@@ -61,10 +61,13 @@ def rlhf_lab_register_feedback_sources(register: Register) -> None:
 
 @hookspec
 def rlhf_lab_register_reward_models(register: Register) -> None:
-    """Register reward-model objectives (pairwise Bradley-Terry, pointwise regression, ...).
+    """Register reward components: learned reward models (pairwise Bradley-Terry, pointwise) or rules.
 
-    :param register: ``register(name, factory, schema)``; ``factory(cfg) -> RewardObjective``
-        (see :class:`rlhf_lab.rewards.base.RewardObjective`).
+    :param register: ``register(name, factory, schema)``; ``factory(cfg)`` returns an object with
+        ``consumes`` (a tuple: ``("reward_model",)`` for a learned model, which the pipeline then trains
+        with the object as its objective, see :class:`rlhf_lab.rewards.base.RewardObjective`; ``()`` for
+        a rule) and ``reward_function(inputs, tokenizer, dtype)`` returning the run-time
+        :class:`~rlhf_lab.rewards.function.RewardFunction` built from the consumed artifacts.
     """
 
 
@@ -72,9 +75,13 @@ def rlhf_lab_register_reward_models(register: Register) -> None:
 def rlhf_lab_register_algorithms(register: Register) -> None:
     """Register policy-optimisation algorithms.
 
-    :param register: ``register(name, factory, schema)``; ``factory(cfg, context)`` returns a
-        ``LightningModule`` with a ``policy`` attribute (the Hugging Face model to save). The factory
-        (usually the module class) has a boolean attribute ``requires_reward_model``.
+    :param register: ``register(name, factory, schema)``; ``factory(cfg, inputs)`` receives an
+        :class:`~rlhf_lab.algos.inputs.AlgoInputs` and returns either a ``LightningModule`` with a
+        ``policy`` attribute (the Hugging Face model the pipeline trains and saves) and a
+        ``policy_handle()`` method, or a :class:`~rlhf_lab.policy.PolicyHandle` when there is nothing
+        to train (best-of-n). The factory must have an attribute ``consumes``, a tuple naming what the
+        pipeline must build for it besides the SFT policy and the reference: ``"reward"`` (a reward
+        function) and/or ``"preferences"`` (preference records). Nothing else is built.
     """
 
 

@@ -1,8 +1,20 @@
-"""One experiment: base model -> SFT -> feedback -> reward model -> policy optimisation -> evaluation.
+"""One experiment: the stages the chosen algorithm consumes, policy optimisation, then evaluation.
 
-``run(cfg)`` lives apart from the ``@hydra.main`` wrapper so tests can compose a config and call it.
-Upstream stages are cached (see :mod:`rlhf_lab.cache`); the policy stage and the evaluation are
-written into the run directory.
+The route follows the algorithm. An algorithm declares what it ``consumes`` (``reward``,
+``preferences``); a reward component declares what it consumes in turn (a learned reward model needs
+the ``reward_model`` artifact, a rule nothing). :meth:`Pipeline.need` builds an artifact by name after
+the artifacts it needs, once per run, the way pytest builds a fixture that a test requests:
+
+    base -> sft -> reference                      every run (the start policy and the KL anchor)
+    sft -> preferences                            feedback on SFT samples (or a dataset)
+    preferences, sft|base -> reward_model         a learned reward model
+    reward_model | nothing -> reward              the run-time reward function
+
+So ``algo=dpo`` builds no reward model, ``algo=best_of_n reward=rule`` collects no feedback, and a
+plugin algorithm gets the same stages and caching by declaring the same names. Disk artifacts (base,
+SFT, preferences, reward model) go through the content-addressed cache (:mod:`rlhf_lab.cache`); the
+policy and the evaluation are written into the run directory. ``run(cfg)`` lives apart from the
+``@hydra.main`` wrapper so tests can compose a config and call it.
 """
 
 from __future__ import annotations
@@ -14,6 +26,7 @@ import os
 import shutil
 import time
 from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -47,17 +60,17 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _hydra_dirs() -> tuple[Optional[Path], Optional[str]]:
-    """(run directory, sweep-group name) when running under Hydra, else (None, None)."""
+def _hydra_job() -> tuple[Optional[Path], Optional[str], list[str]]:
+    """(run directory, sweep-group name, command-line overrides) under Hydra, else (None, None, [])."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
     if not HydraConfig.initialized():
-        return None, None
+        return None, None, []
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     group = Path(hc.sweep.dir).name if hc.mode == RunMode.MULTIRUN else run_dir.name
-    return run_dir, group
+    return run_dir, group, list(hc.overrides.task)
 
 
 @contextmanager
@@ -69,17 +82,28 @@ def _timed(metrics: dict, stage: str):
     log.info("%s: %.1f s", stage, metrics[f"time/{stage}_seconds"])
 
 
-class Pipeline:
-    """The stages of one run, sharing the config, the registry, the cache and the run directory."""
+@dataclass
+class Artifact:
+    """A stage's output in the cache: its directory, its cache key and the figures it produced."""
 
-    def __init__(self, cfg: DictConfig, run_dir: Path, group: str) -> None:
+    path: Path
+    key: str
+    metrics: dict = field(default_factory=dict)
+
+
+class Pipeline:
+    """The stages of one run, sharing the config, the registry, the cache and the run directory.
+
+    :param overrides: the command-line overrides, to reject settings for stages this run never builds.
+    """
+
+    def __init__(self, cfg: DictConfig, run_dir: Path, group: str, overrides: list[str] = ()) -> None:
         self.cfg, self.run_dir, self.group = cfg, Path(run_dir), group
         self.registry = get_plugin_manager().registry
         self.cache = ArtifactCache(Path(cfg.cache_dir))
-        # Components by name, each built from its validated dataclass config.
+        # Every component is built from its validated dataclass config before any work, so a config
+        # error stops the run at once.
         self.task_cfg = self._component_cfg("task")
-        self.feedback_cfg = self._component_cfg("feedback")
-        self.reward_cfg = self._component_cfg("reward")
         self.algo_cfg = self._component_cfg("algo")
         self.model_cfg = to_object(cfg.model, "model")
         self.sft_cfg = to_object(cfg.sft, "sft")
@@ -88,16 +112,22 @@ class Pipeline:
         check_trainer_config(cfg)
         to_object(cfg.logger, "logger")
         self.algo = self.registry.get("algo", self.algo_cfg.name)
+        self.consumes = tuple(self.algo.factory.consumes)
         self.task = self.registry.get("task", self.task_cfg.name).factory(self.task_cfg, cfg.seed)
-        # Built before any training so that their config errors stop the run before any work.
-        self.needs_reward_model = bool(getattr(self.algo.factory, "requires_reward_model", False))
-        self.feedback_source = self.objective = None
-        if self.needs_reward_model:
+        self.reward_component = None
+        if "reward" in self.consumes:
+            self.reward_cfg = self._component_cfg("reward")
+            self.reward_component = self.registry.get("reward", self.reward_cfg.name).factory(self.reward_cfg)
+        self.feedback_source = None
+        if self.uses_preferences:
+            self.feedback_cfg = self._component_cfg("feedback")
             self.feedback_source = self.registry.get("feedback", self.feedback_cfg.name).factory(self.feedback_cfg, self.task)
-            self.objective = self.registry.get("reward", self.reward_cfg.name).factory(self.reward_cfg)
+        self._check_overrides_are_used(overrides)
         # Candidates for labelling are sampled the way the policy will sample.
         self.candidate_sampling = getattr(self.algo_cfg, "sampling", None) or SamplingConfig()
         self.tokenizer = None
+        self.timings: dict[str, float] = {}
+        self._built: dict[str, object] = {}
 
     def _component_cfg(self, kind: str):
         node = self.cfg[kind]
@@ -107,6 +137,36 @@ class Pipeline:
     def _dist(self, kind: str) -> str:
         """The distribution (and version) providing the selected ``kind``: upgrading a plugin invalidates its artifacts."""
         return self.registry.get(kind, self.cfg[kind].name).distribution
+
+    @property
+    def uses_preferences(self) -> bool:
+        """Whether preference records are collected: the algorithm or its reward model trains on them."""
+        return "preferences" in self.consumes or (
+            self.reward_component is not None and "reward_model" in self.reward_component.consumes
+        )
+
+    @property
+    def preference_kind(self) -> str:
+        """Rankings, or ratings when a pointwise reward model is what consumes the records."""
+        kind = getattr(self.reward_component, "feedback_kind", None) if self.reward_component is not None else None
+        return kind or "ranking"
+
+    def _check_overrides_are_used(self, overrides: list[str]) -> None:
+        """A setting for a group this algorithm never uses would be silently ignored: refuse it."""
+        unused = {}
+        if "reward" not in self.consumes:
+            unused["reward"] = "a reward"
+        if not self.uses_preferences:
+            unused["feedback"] = "preference feedback"
+        for override in overrides:
+            group = override.lstrip("+~").split("=", 1)[0].split(".", 1)[0]
+            if group in unused:
+                consumed = ", ".join(self.consumes) or "nothing"
+                raise RlhfLabError(
+                    f"'{override}': algo={self.algo_cfg.name} does not use {unused[group]} (it consumes: {consumed}"
+                    f"{'; the reward ' + self.reward_cfg.name + ' needs no feedback' if group == 'feedback' and self.reward_component else ''}). "
+                    "Drop this override."
+                )
 
     def _check_context_length(self, base: Path) -> None:
         """The longest prompt plus the longest response must fit the model's positions."""
@@ -126,26 +186,49 @@ class Pipeline:
                     f"exceeds the model's {limit} positions"
                 )
 
+    # --- the resolver -------------------------------------------------------------------------
+
+    def needs(self, name: str) -> tuple[str, ...]:
+        """The artifacts that ``name`` is built from."""
+        if name == "reward_model":
+            return ("preferences", "sft" if self.reward_cfg.init_from_sft else "base")
+        if name == "reward":
+            return tuple(self.reward_component.consumes)
+        return {"base": (), "sft": ("base",), "reference": ("sft",), "preferences": ("sft",)}[name]
+
+    def need(self, name: str):
+        """The artifact ``name``, built once per run after the artifacts it needs (each timed on its own)."""
+        if name not in self._built:
+            inputs = {dep: self.need(dep) for dep in self.needs(name)}
+            with _timed(self.timings, name):
+                self._built[name] = getattr(self, f"build_{name}")(**inputs)
+        return self._built[name]
+
     # --- stages -------------------------------------------------------------------------------
 
-    def base_model(self) -> tuple[Path, str]:
-        """Directory of the starting model and tokenizer, and its cache key."""
+    def build_base(self) -> Artifact:
+        """Directory of the starting model and tokenizer."""
+        from rlhf_lab.models.loading import load_tokenizer
+
         if self.model_cfg.name_or_path:
             from rlhf_lab.models.loading import model_fingerprint
 
-            return Path(self.model_cfg.name_or_path), f"model:{model_fingerprint(self.model_cfg.name_or_path)}"
-        if self.task.build_base_model is None:
-            raise RlhfLabError(f"model.name_or_path is required: task '{self.task_cfg.name}' ships no model")
-        key = artifact_key("base", {"task": _plain(self.cfg.task), "plugin": self._dist("task"), "seed": self.cfg.seed}, [])
+            artifact = Artifact(Path(self.model_cfg.name_or_path), f"model:{model_fingerprint(self.model_cfg.name_or_path)}")
+        else:
+            if self.task.build_base_model is None:
+                raise RlhfLabError(f"model.name_or_path is required: task '{self.task_cfg.name}' ships no model")
+            key = artifact_key("base", {"task": _plain(self.cfg.task), "plugin": self._dist("task"), "seed": self.cfg.seed}, [])
 
-        def build(out: Path) -> dict:
-            self.task.build_base_model(out)
-            return {}
+            def build(out: Path) -> dict:
+                self.task.build_base_model(out)
+                return {}
 
-        path, _ = self.cache.get_or_build("base", key, build)
-        return path, key
+            artifact = self._cached("base", key, build)
+        self.tokenizer = load_tokenizer(str(artifact.path))
+        self._check_context_length(artifact.path)
+        return artifact
 
-    def sft(self, base: Path, base_key: str) -> tuple[Path, str, dict]:
+    def build_sft(self, base: Artifact) -> Artifact:
         from lightning.pytorch import seed_everything
 
         from rlhf_lab.models.loading import load_policy
@@ -155,7 +238,7 @@ class Pipeline:
             "sft": _plain(self.cfg.sft), "task": _plain(self.cfg.task), "plugin": self._dist("task"),
             "dtype": self.model_cfg.dtype, "precision": self.cfg.trainer.precision, "seed": self.cfg.seed,
         }
-        key = artifact_key("sft", config, [base_key])
+        key = artifact_key("sft", config, [base.key])
 
         def build(out: Path) -> dict:
             seed_everything(self.cfg.seed, verbose=False)
@@ -164,7 +247,7 @@ class Pipeline:
             pad = self.tokenizer.pad_token_id
             train = demonstration_loader(tokenize_demonstrations(self.tokenizer, examples), pad, c.batch_size, True, self.cfg.seed)
             val = demonstration_loader(tokenize_demonstrations(self.tokenizer, self.task.sft_eval), pad, 128, False, self.cfg.seed)
-            module = SFTModule(load_policy(str(base), self.model_cfg.dtype), c.lr, c.weight_decay, checkpoint_dir(self.run_dir, "sft"))
+            module = SFTModule(load_policy(str(base.path), self.model_cfg.dtype), c.lr, c.weight_decay, checkpoint_dir(self.run_dir, "sft"))
             trainer = build_trainer(self.cfg, "sft", self.run_dir, self.group, max_epochs=c.epochs)
             try:
                 trainer.fit(module, train, val)
@@ -174,19 +257,31 @@ class Pipeline:
             self.tokenizer.save_pretrained(out)
             return {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("sft/")}
 
-        path, metrics = self.cache.get_or_build("sft", key, build)
-        return path, key, metrics
+        return self._cached("sft", key, build)
 
-    def feedback(self, sft: Path, sft_key: str, kind: str) -> tuple[Path, str, dict]:
-        """Preference records for training and held-out accuracy: ``train.jsonl``, ``heldout.jsonl``."""
+    def _cached(self, stage: str, key: str, build) -> Artifact:
+        path, metrics = self.cache.get_or_build(stage, key, build)
+        return Artifact(path, key, metrics)
+
+    def build_reference(self, sft: Artifact):
+        """The SFT policy, frozen, in memory: the KL anchor of training and evaluation alike."""
+        from rlhf_lab.models.loading import load_policy
+
+        model = load_policy(str(sft.path), self.model_cfg.dtype, key=f"reference {sft.path}")
+        return model.eval().requires_grad_(False).to(inference_device(self.cfg))
+
+    def build_preferences(self, sft: Artifact) -> Artifact:
+        """Preference records for training and held-out accuracy: ``train.jsonl``, ``heldout.jsonl``.
+
+        Candidates sampled from the SFT policy keep their token ids in the records, so whatever trains
+        on them (a reward model, DPO) sees exactly the tokens the policy produced.
+        """
         from rlhf_lab.data import decode_response
         from rlhf_lab.feedback.records import write_jsonl
         from rlhf_lab.models.loading import load_policy
         from rlhf_lab.rollout import sample_responses
 
-        from dataclasses import asdict
-
-        source = self.feedback_source
+        source, kind = self.feedback_source, self.preference_kind
         config = {
             "feedback": _plain(self.cfg.feedback),
             "files": _file_digests(_plain(self.cfg.feedback)),
@@ -196,47 +291,54 @@ class Pipeline:
             "task": _plain(self.cfg.task),
             "seed": self.cfg.seed,
         }
-        key = artifact_key("feedback", config, [sft_key])
+        key = artifact_key("preferences", config, [sft.key])
 
         def build(out: Path) -> dict:
             counts = {}
-            policy = load_policy(str(sft), self.model_cfg.dtype).to(inference_device(self.cfg)) if source.needs_candidates else None
+            policy = load_policy(str(sft.path), self.model_cfg.dtype).to(inference_device(self.cfg)) if source.needs_candidates else None
             for split, prompts in (("train", self.task.train_prompts * getattr(source, "rounds", 1)), ("heldout", self.task.eval_prompts)):
                 candidates: list[list[str]] = []
+                ids: dict[tuple, list[list[int]]] = {}
                 # Independent draws for the two splits: held-out noise must not mirror training noise.
                 seed = self.cfg.seed + (0 if split == "train" else 1)
                 if policy is not None:
                     grouped = sample_responses(policy, self.tokenizer, prompts, self.candidate_sampling, samples_per_prompt=source.responses_per_prompt, seed=seed)
                     candidates = [[decode_response(self.tokenizer, r) for r in group] for group in grouped]
+                    ids = {(p, tuple(texts)): group for p, texts, group in zip(prompts, candidates, grouped)}
                 records = source.collect(prompts if policy is not None else [], candidates, kind=kind, seed=seed, split=split)
+                for record in records:
+                    if record.response_ids is None:
+                        record.response_ids = ids.get((record.prompt, tuple(record.responses)))
                 write_jsonl(records, out / f"{split}.jsonl")
                 counts[f"feedback/{split}_records"] = len(records)
                 counts[f"feedback/{split}_pairs"] = sum(len(r.preference_pairs()) for r in records)
             return counts
 
-        path, metrics = self.cache.get_or_build("feedback", key, build)
-        log.info("feedback: %s", metrics)
-        return path, key, metrics
+        artifact = self._cached("preferences", key, build)
+        log.info("feedback: %s", artifact.metrics)
+        return artifact
 
-    def reward_model(self, feedback: Path, feedback_key: str, init: Path, init_key: str, objective) -> tuple[Path, dict]:
+    def build_reward_model(self, preferences: Artifact, sft: Optional[Artifact] = None, base: Optional[Artifact] = None) -> Artifact:
         from lightning.pytorch import seed_everything
 
         from rlhf_lab.feedback.records import read_jsonl
         from rlhf_lab.models.loading import load_value_model
         from rlhf_lab.models.value_model import RewardNormaliser
-        from rlhf_lab.stages.reward import RewardModule, record_loader, score_texts
+        from rlhf_lab.stages.reward import RewardModule, record_loader, score_records
 
+        init = sft or base
+        objective = self.reward_component
         config = {
             "reward": _plain(self.cfg.reward), "plugin": self._dist("reward"),
             "dtype": self.model_cfg.dtype, "precision": self.cfg.trainer.precision, "seed": self.cfg.seed,
         }
-        key = artifact_key("reward", config, [feedback_key, init_key])
+        key = artifact_key("reward_model", config, [preferences.key, init.key])
 
         def build(out: Path) -> dict:
             seed_everything(self.cfg.seed, verbose=False)
             c = self.reward_cfg
-            train, heldout = read_jsonl(feedback / "train.jsonl"), read_jsonl(feedback / "heldout.jsonl")
-            model = load_value_model(str(init), self.model_cfg.dtype)
+            train, heldout = read_jsonl(preferences.path / "train.jsonl"), read_jsonl(preferences.path / "heldout.jsonl")
+            model = load_value_model(str(init.path), self.model_cfg.dtype)
             module = RewardModule(model, objective, c.lr, c.weight_decay, checkpoint_dir(self.run_dir, "reward"))
             trainer = build_trainer(self.cfg, "reward", self.run_dir, self.group, max_epochs=c.epochs)
             val = record_loader(heldout, objective, self.tokenizer, 64, False, self.cfg.seed)
@@ -245,9 +347,7 @@ class Pipeline:
             finally:
                 close_loggers(trainer.loggers)
             # Normalise on the SFT policy's samples: the training candidates are exactly those.
-            prompts = [r.prompt for r in train for _ in r.responses]
-            responses = [resp for r in train for resp in r.responses]
-            normaliser = RewardNormaliser.fit(score_texts(model.to(inference_device(self.cfg)), self.tokenizer, prompts, responses))
+            normaliser = RewardNormaliser.fit(score_records(model.to(inference_device(self.cfg)), self.tokenizer, train))
             # Plain transformers pools at the last non-pad token: it needs the pad id in the config.
             model.model.config.pad_token_id = self.tokenizer.pad_token_id
             model.save_pretrained(out)
@@ -257,85 +357,77 @@ class Pipeline:
             metrics.update({"reward/normaliser_mean": normaliser.mean, "reward/normaliser_std": normaliser.std})
             return metrics
 
-        path, metrics = self.cache.get_or_build("reward", key, build)
-        return path, metrics
+        return self._cached("reward_model", key, build)
 
-    def optimise(self, sft: Path, reward: Optional[Path]):
+    def build_reward(self, **inputs):
+        """The run-time reward function, frozen, on the inference device."""
+        return self.reward_component.reward_function(inputs, self.tokenizer, self.model_cfg.dtype).to(inference_device(self.cfg))
+
+    def optimise(self):
+        """Build the algorithm from what it consumes; train it if it is a Lightning module.
+
+        :returns: ``(policy handle, device it is on)``.
+        """
+        import lightning.pytorch as pl
         from lightning.pytorch import seed_everything
 
-        from rlhf_lab.algos.context import AlgoContext
-        from rlhf_lab.models.value_model import RewardNormaliser
+        from rlhf_lab.algos.inputs import AlgoInputs
 
-        seed_everything(self.cfg.seed, verbose=False)
-        context = AlgoContext(
-            policy_path=sft, reward_path=reward, normaliser=RewardNormaliser.load(reward) if reward else RewardNormaliser(),
-            tokenizer=self.tokenizer, train_prompts=self.task.train_prompts, seed=self.cfg.seed,
-            dtype=self.model_cfg.dtype, checkpoint_dir=checkpoint_dir(self.run_dir, "policy"),
+        sft = self.need("sft")
+        inputs = AlgoInputs(
+            sft=sft.path, reference=self.need("reference"), tokenizer=self.tokenizer, prompts=self.task.train_prompts,
+            seed=self.cfg.seed, dtype=self.model_cfg.dtype, checkpoint_dir=checkpoint_dir(self.run_dir, "policy"),
+            **{name: self.need(name) for name in self.consumes if name == "reward"},
+            **{name: self.need(name).path for name in self.consumes if name == "preferences"},
         )
-        module = self.algo.factory(self.algo_cfg, context)
-        trainer = build_trainer(self.cfg, "policy", self.run_dir, self.group, max_epochs=1)
-        try:
-            trainer.fit(module)
-        finally:
-            close_loggers(trainer.loggers)
-        # Into a fresh directory, then renamed: no stale shards of an earlier run mix in.
-        out, tmp = self.run_dir / "policy", self.run_dir / ".policy.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        module.policy.save_pretrained(tmp)
-        self.tokenizer.save_pretrained(tmp)
-        shutil.rmtree(out, ignore_errors=True)
-        os.replace(tmp, out)
-        return module, trainer
+        with _timed(self.timings, "policy"):
+            seed_everything(self.cfg.seed, verbose=False)
+            result = self.algo.factory(self.algo_cfg, inputs)
+            if not isinstance(result, pl.LightningModule):
+                return result, inference_device(self.cfg)  # a policy that trains nothing (best-of-n)
+            trainer = build_trainer(self.cfg, "policy", self.run_dir, self.group, max_epochs=getattr(result, "max_epochs", 1))
+            try:
+                trainer.fit(result)
+            finally:
+                close_loggers(trainer.loggers)
+            # Into a fresh directory, then renamed: no stale shards of an earlier run mix in.
+            out, tmp = self.run_dir / "policy", self.run_dir / ".policy.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            result.policy.save_pretrained(tmp)
+            self.tokenizer.save_pretrained(tmp)
+            shutil.rmtree(out, ignore_errors=True)
+            os.replace(tmp, out)
+        # Lightning hands the module back on the CPU after fit; evaluate where the trainer ran.
+        device = trainer.strategy.root_device
+        result.policy.to(device)
+        return result.policy_handle(), device
 
     # --- the whole run ------------------------------------------------------------------------
 
     def run(self) -> dict:
-        from rlhf_lab.models.loading import load_policy, load_tokenizer, load_value_model
-        from rlhf_lab.models.value_model import RewardNormaliser
+        from rlhf_lab.policy import ModelPolicy
         from rlhf_lab.stages.evaluate import evaluate_policies
 
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if self.cfg.logger.name == "wandb":
             log.info("wandb group: %s", self.group)
         started = time.perf_counter()
-        timings: dict = {}
-        with _timed(timings, "base"):
-            base, base_key = self.base_model()
-            self.tokenizer = load_tokenizer(str(base))
-            self._check_context_length(base)
-        with _timed(timings, "sft"):
-            sft, sft_key, metrics = self.sft(base, base_key)
-        metrics = dict(metrics)
+        handle, device = self.optimise()
+        metrics: dict = {}
+        for artifact in self._built.values():
+            if isinstance(artifact, Artifact):
+                metrics.update(artifact.metrics)
 
-        reward = None
-        if self.needs_reward_model:
-            objective = self.objective
-            with _timed(timings, "feedback"):
-                feedback, feedback_key, feedback_metrics = self.feedback(sft, sft_key, objective.feedback_kind)
-            metrics.update(feedback_metrics)
-            init, init_key = (sft, sft_key) if self.reward_cfg.init_from_sft else (base, base_key)
-            with _timed(timings, "reward"):
-                reward, reward_metrics = self.reward_model(feedback, feedback_key, init, init_key, objective)
-            metrics.update(reward_metrics)
-
-        with _timed(timings, "policy"):
-            module, trainer = self.optimise(sft, reward)
-        algo_name = self.algo_cfg.name
-        # Lightning hands the module back on the CPU after fit; evaluate where the trainer ran.
-        device = trainer.strategy.root_device
-        module.policy.to(device)
-        reference = load_policy(str(sft), self.model_cfg.dtype).to(device)
-        reward_model = load_value_model(str(reward), self.model_cfg.dtype, key=f"reward model {reward}").to(device) if reward else None
-        normaliser = RewardNormaliser.load(reward) if reward else RewardNormaliser()
-        eval_start = time.perf_counter()
-        eval_metrics, samples = evaluate_policies(
-            {"sft": reference, algo_name: module.policy}, reference, reward_model, normaliser,
-            self.tokenizer, self.task, self.eval_cfg, self.cfg.seed,
-        )
+        reference = ModelPolicy(self.need("reference").to(device), self.tokenizer)
+        reward_fn = self._built.get("reward")
+        with _timed(self.timings, "evaluate"):
+            eval_metrics, samples = evaluate_policies(
+                {"sft": reference, self.algo_cfg.name: handle}, reference, reward_fn,
+                self.tokenizer, self.task, self.eval_cfg, self.cfg.seed,
+            )
         metrics.update(eval_metrics)
-        timings["time/evaluate_seconds"] = round(time.perf_counter() - eval_start, 2)
-        timings["time/total_seconds"] = round(time.perf_counter() - started, 2)
-        metrics.update(timings)
+        metrics.update({f"time/{stage}_seconds": seconds for stage, seconds in self.timings.items()})
+        metrics["time/total_seconds"] = round(time.perf_counter() - started, 2)
         # The evaluation is a stage of its own for the loggers (csv/eval, a wandb run of job type eval).
         eval_loggers = build_loggers(self.cfg, "eval", self.run_dir, self.group)
         for logger in eval_loggers:
@@ -350,7 +442,7 @@ class Pipeline:
 
 def run(cfg: DictConfig, run_dir: Optional[Path] = None) -> dict:
     """Run one experiment and return its metrics (also written to ``<run_dir>/metrics.json``)."""
-    hydra_dir, group = _hydra_dirs()
+    hydra_dir, group, overrides = _hydra_job()
     run_dir = Path(run_dir or hydra_dir or "outputs/run")
     group = cfg.logger.group or group or run_dir.name
-    return Pipeline(cfg, run_dir, group).run()
+    return Pipeline(cfg, run_dir, group, overrides).run()

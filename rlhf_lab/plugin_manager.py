@@ -40,7 +40,8 @@ KINDS = {
 def lazy_factory(target: str, **attributes: Any) -> Callable[..., Any]:
     """A factory that imports ``"module:attribute"`` on its first call, keeping plugin import light.
 
-    ``attributes`` are set on the returned factory (e.g. ``requires_reward_model=True``).
+    ``attributes`` are set on the returned factory (e.g. an algorithm's ``consumes=("reward",)``), so
+    the pipeline can read them without importing the target.
     """
     module_name, attribute = target.split(":")
 
@@ -120,6 +121,18 @@ def _store_schema(group: str, name: str, schema: type) -> None:
         store.store(group=group, name=name, node=schema)
 
 
+def _check_consumes(name: str, factory: Callable[..., Any], plugin: str) -> None:
+    """An algorithm factory must say what it consumes, in names the pipeline knows how to build."""
+    from rlhf_lab.algos.inputs import CONSUMABLE
+
+    consumes = getattr(factory, "consumes", None)
+    if not isinstance(consumes, (tuple, list)) or any(c not in CONSUMABLE for c in consumes):
+        raise RlhfLabError(
+            f"algo '{name}' (plugin {plugin}): its factory needs an attribute `consumes`, a tuple of names from "
+            f"{CONSUMABLE}; got {consumes!r}"
+        )
+
+
 def _load_entry_points(pm: pluggy.PluginManager) -> None:
     """Register every entry point in group ``rlhf_lab``; a plugin that fails to import is named."""
     from importlib.metadata import entry_points
@@ -170,6 +183,8 @@ def build_plugin_manager(load_entry_points: bool | None = None, extra_plugins: t
             dist = dists.get(id(impl.plugin), "rlhf_lab (built-in)")
 
             def register(name: str, factory: Callable[..., Any], schema: type, _kind=kind, _plugin=plugin_name, _dist=dist) -> None:
+                if _kind == "algo":
+                    _check_consumes(name, factory, _plugin)
                 _store_schema(_kind, name, schema)
                 registry.add(Component(_kind, name, factory, schema, _plugin, _dist))
 

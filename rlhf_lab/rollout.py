@@ -1,13 +1,26 @@
-"""Batched sampling with a KV cache: the rollout engine shared by on-policy algorithms and evaluation."""
+"""The rollout engine shared by every on-policy algorithm and by evaluation.
+
+``generate`` samples with a KV cache and returns the log-probability of every sampled token, taken
+from the logits the sampler already computed, so an algorithm needs no second forward pass of the
+policy for its "old" log-probs (a test checks they agree with a full forward). ``collect_experience``
+turns a batch of prompts into one :class:`Experience`: responses, the behaviour policy's and the
+reference's log-probs, the reward function's scores, the critic's values when there is a critic, and
+group ids when each prompt is sampled k times. Algorithms differ only in what they make of it.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
-from rlhf_lab.ops.sampling import sample_next_token
-from rlhf_lab.ops.sequence import position_ids_from_mask, truncate_after_eos
+from rlhf_lab.data import join, response_logits
+from rlhf_lab.ops.sampling import filter_logits
+from rlhf_lab.ops.sequence import position_ids_from_mask, token_logprobs, truncate_after_eos
+
+FINISHED_CHECK_EVERY = 4
+"""Tokens between checks that every row has ended: each check is a host sync, an extra step is not."""
 
 
 @dataclass
@@ -20,6 +33,9 @@ class Generation:
     """(B, R) 1 for kept tokens."""
     has_eos: torch.Tensor
     """(B,) whether the response ended with EOS within ``max_new_tokens``."""
+    logprobs: torch.Tensor
+    """(B, R) log-probability of each sampled token under the distribution it was drawn from
+    (temperature applied; top-k/top-p filtering too, when set); 0 on padding."""
 
 
 @torch.no_grad()
@@ -37,25 +53,44 @@ def generate(
     generator: torch.Generator | None = None,
 ) -> Generation:
     """Sample up to ``max_new_tokens`` per prompt, reusing the KV cache; stops once every row has EOS."""
-    attention_mask = prompt_mask.clone()
-    position_ids = position_ids_from_mask(attention_mask)
+    batch, prompt_len = prompt_ids.shape
+    # One mask for the longest possible sequence; each step reads a prefix of it (a view, no copy).
+    full_mask = torch.cat([prompt_mask, prompt_mask.new_ones(batch, max_new_tokens)], dim=1)
+    position_ids = position_ids_from_mask(prompt_mask)
     input_ids, past = prompt_ids, None
-    finished = torch.zeros(prompt_ids.shape[0], dtype=torch.bool, device=prompt_ids.device)
-    tokens = []
-    for _ in range(max_new_tokens):
-        out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, past_key_values=past, use_cache=True)
+    finished = torch.zeros(batch, dtype=torch.bool, device=prompt_ids.device)
+    tokens, logprobs = [], []
+    for step in range(max_new_tokens):
+        out = model(
+            input_ids=input_ids, attention_mask=full_mask[:, : prompt_len + step], position_ids=position_ids,
+            past_key_values=past, use_cache=True,
+        )
         past = out.past_key_values
-        next_token = sample_next_token(out.logits[:, -1, :], temperature, top_k, top_p, generator)
+        next_token, next_logp = _sample(out.logits[:, -1, :], temperature, top_k, top_p, generator)
         next_token = torch.where(finished, torch.full_like(next_token, pad_token_id), next_token)
         tokens.append(next_token)
+        logprobs.append(next_logp)
         finished |= next_token == eos_token_id
-        if bool(finished.all()):
+        if (step + 1) % FINISHED_CHECK_EVERY == 0 and bool(finished.all()):
             break
         input_ids = next_token.unsqueeze(1)
         position_ids = position_ids[:, -1:] + 1
-        attention_mask = torch.cat([attention_mask, torch.ones_like(input_ids)], dim=1)
     response, mask, has_eos = truncate_after_eos(torch.stack(tokens, dim=1), eos_token_id, pad_token_id)
-    return Generation(response_ids=response, response_mask=mask, has_eos=has_eos)
+    # Steps taken after every row had ended (at most FINISHED_CHECK_EVERY - 1) are all padding.
+    width = max(int(mask.sum(1).max()), 1)
+    return Generation(
+        response_ids=response[:, :width], response_mask=mask[:, :width], has_eos=has_eos,
+        logprobs=torch.stack(logprobs, dim=1)[:, :width] * mask[:, :width],
+    )
+
+
+def _sample(logits: torch.Tensor, temperature: float, top_k: int, top_p: float, generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """One token per row and its log-probability; ``temperature == 0`` is greedy (log-prob 0)."""
+    if temperature == 0:
+        return logits.argmax(-1), torch.zeros(logits.shape[0], device=logits.device)
+    logp = torch.log_softmax(filter_logits(logits.float() / temperature, top_k, top_p), dim=-1)
+    token = torch.multinomial(logp.exp(), 1, generator=generator)
+    return token.squeeze(-1), logp.gather(-1, token).squeeze(-1)
 
 
 def sample_responses(
@@ -82,3 +117,74 @@ def sample_responses(
             out.append([t for t, m in zip(row, row_mask) if m])
     model.train(was_training)
     return [out[i * samples_per_prompt : (i + 1) * samples_per_prompt] for i in range(len(prompts))]
+
+
+@dataclass
+class Experience:
+    """One batch of on-policy experience; every (B, R) tensor is aligned with the response tokens."""
+
+    batch: dict
+    """Prompt + response in the shared layout (:func:`rlhf_lab.data.join`)."""
+    response_mask: torch.Tensor
+    """(B, R) 1.0 for response tokens (EOS included), 0.0 after."""
+    logprobs: torch.Tensor
+    """(B, R) behaviour policy's log-probs of the sampled tokens, at the sampling temperature."""
+    ref_logprobs: torch.Tensor
+    """(B, R) the frozen reference's log-probs of the same tokens, at the same temperature."""
+    scores: torch.Tensor
+    """(B,) the reward function's scores, after the missing-EOS penalty."""
+    has_eos: torch.Tensor
+    """(B,) whether each response ended with EOS."""
+    group_ids: torch.Tensor
+    """(B,) index of the prompt each row answers: the k samples of a prompt are consecutive rows."""
+    values: Optional[torch.Tensor] = None
+    """(B, R) critic values V(s_t) of the state before each response token; None without a critic."""
+
+    @property
+    def response_ids(self) -> torch.Tensor:
+        return self.batch["input_ids"][:, self.batch["prompt_len"] :]
+
+
+@torch.no_grad()
+def collect_experience(
+    policy,
+    reference,
+    reward_fn,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    *,
+    tokenizer,
+    sampling,
+    samples_per_prompt: int = 1,
+    critic=None,
+    missing_eos_penalty: Optional[float] = None,
+    generator: torch.Generator | None = None,
+) -> Experience:
+    """Sample ``samples_per_prompt`` responses per prompt and gather everything an update needs.
+
+    The policy samples in eval mode (no dropout) and is put back in train mode afterwards. Log-probs
+    are those of the temperature-scaled distribution, for the policy and the reference alike.
+    """
+    if samples_per_prompt > 1:
+        prompt_ids = prompt_ids.repeat_interleave(samples_per_prompt, dim=0)
+        prompt_mask = prompt_mask.repeat_interleave(samples_per_prompt, dim=0)
+    was_training = policy.training
+    policy.eval()
+    gen = generate(
+        policy, prompt_ids, prompt_mask,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, max_new_tokens=sampling.max_new_tokens,
+        temperature=sampling.temperature, top_k=sampling.top_k, top_p=sampling.top_p, generator=generator,
+    )
+    policy.train(was_training)
+    batch = join(prompt_ids, prompt_mask, gen.response_ids, gen.response_mask)
+    mask = gen.response_mask.to(gen.logprobs.dtype)
+    ref_logprobs = token_logprobs(response_logits(reference, batch, sampling.temperature), gen.response_ids) * mask
+    values = None
+    if critic is not None:
+        p = batch["prompt_len"]
+        values = critic(batch["input_ids"], batch["attention_mask"], batch["position_ids"])[:, p - 1 : -1] * mask
+    scores = reward_fn(batch).float()
+    if missing_eos_penalty is not None:
+        scores = torch.where(gen.has_eos, scores, scores - missing_eos_penalty)
+    group_ids = torch.arange(prompt_ids.shape[0] // samples_per_prompt, device=prompt_ids.device).repeat_interleave(samples_per_prompt)
+    return Experience(batch, mask, gen.logprobs, ref_logprobs, scores, gen.has_eos, group_ids, values)

@@ -17,21 +17,24 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_SILENT", "true")
 
-TINY = [
+TINY_UPSTREAM = [
     "task.num_sft_examples=400",
     "sft.epochs=1",
-    "feedback.rounds=1",
-    "reward.epochs=1",
-    "algo.total_episodes=64",
-    "algo.rollout_batch_size=32",
-    "algo.minibatch_size=16",
-    "algo.ppo_epochs=1",
     "eval.samples_per_prompt=1",
     "trainer.progress_bar=none",
     "trainer.checkpoint_every_n_steps=2",
     "trainer.log_every_n_steps=1",
 ]
-"""Overrides that shrink every stage to seconds while keeping the whole pipeline."""
+"""Overrides that shrink the stages every algorithm shares to seconds."""
+
+TINY_FEEDBACK = ["feedback.rounds=1", "reward.epochs=1"]
+"""... and feedback collection and reward-model training (for algorithms that consume a reward)."""
+
+TINY_ONLINE = ["algo.total_episodes=32", "algo.rollout_batch_size=16"]
+"""... and two iterations of any on-policy algorithm."""
+
+TINY = [*TINY_UPSTREAM, *TINY_FEEDBACK, "algo.total_episodes=64", "algo.rollout_batch_size=32", "algo.minibatch_size=16", "algo.ppo_epochs=1"]
+"""The whole default pipeline (PPO) shrunk to seconds."""
 
 
 def run_cli(args: list[str], cwd: Path, env: dict | None = None, timeout: int = 600, python: str = sys.executable) -> subprocess.CompletedProcess:

@@ -41,7 +41,8 @@ def _compose(overrides: list[str]):
 def test_every_option_composes_and_builds(registry, group, option, tmp_path):
     prefs = tmp_path / "prefs.jsonl"
     prefs.write_text('{"prompt": "p", "responses": ["a", "b"], "ranking": [1, 0]}\n')
-    overrides = [f"{group}={option}"] + ([f"feedback.path={prefs}"] if (group, option) == ("feedback", "dataset") else [])
+    extra = {("feedback", "dataset"): [f"feedback.path={prefs}"], ("reward", "rule"): ["reward.function=rlhf_lab.rewards.rules:word_count"]}
+    overrides = [f"{group}={option}"] + extra.get((group, option), [])
     cfg = _compose(overrides)
     built = to_object(cfg[group], group)
     if group in ("task", "feedback", "reward", "algo"):
@@ -53,9 +54,11 @@ def test_every_option_composes_and_builds(registry, group, option, tmp_path):
         elif group == "feedback":
             assert hasattr(component.factory(built, task), "collect")
         elif group == "reward":
-            assert component.factory(built).feedback_kind in ("ranking", "rating")
-        else:  # algorithms need trained models to build; their factory must say what they need
-            assert isinstance(component.factory.requires_reward_model, bool)
+            reward = component.factory(built)
+            assert set(reward.consumes) <= {"reward_model"} and callable(reward.reward_function)
+            assert reward.feedback_kind in (("ranking", "rating") if reward.consumes else (None,))
+        else:  # algorithms need trained models to build; their factory must say what they consume
+            assert set(component.factory.consumes) <= {"reward", "preferences"} and component.factory.consumes
     elif group == "logger":
         assert isinstance(built, LoggerConfig) and built.name == option
     else:
@@ -115,7 +118,7 @@ def test_cli_cfg_job_and_info(tmp_path: Path):
     assert "lr: 1.0e-05" in job.stdout and "name: ppo" in job.stdout
     helped = run_cli(["--help"], cwd=tmp_path)
     assert helped.returncode == 0 and helped.stdout.startswith("rlhf_lab is powered by Hydra")
-    assert "algo: ppo" in helped.stdout and "reward: pairwise, pointwise" in helped.stdout
+    assert "algo: a2c, best_of_n, dpo, grpo, ppo, reinforce, rloo" in helped.stdout and "reward: pairwise, pointwise, rule" in helped.stdout
     info = run_cli(["--info"], cwd=tmp_path)
     assert info.returncode == 0, info.stderr
     assert "pkg://rlhf_lab.conf" in info.stdout

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY, read_metrics, run_cli
+from conftest import TINY, TINY_FEEDBACK, TINY_ONLINE, TINY_UPSTREAM, read_metrics, run_cli
 
 EVAL_FIGURES = ("gold_reward", "proxy_reward", "kl", "response_length", "perplexity")
 
@@ -37,7 +37,7 @@ def test_tiny_pipeline_writes_metrics_models_and_checkpoints(tmp_path, tiny_run_
 
     AutoModelForCausalLM.from_pretrained(run_dir / "policy")
     AutoTokenizer.from_pretrained(run_dir / "policy")
-    reward_dirs = list((tmp_path / "cache" / "reward").iterdir())
+    reward_dirs = list((tmp_path / "cache" / "reward_model").iterdir())
     assert len(reward_dirs) == 1
     AutoModelForSequenceClassification.from_pretrained(reward_dirs[0])
     normaliser = json.loads((reward_dirs[0] / "reward_normaliser.json").read_text())
@@ -62,7 +62,7 @@ def test_pointwise_reward_runs(tmp_path, tiny_run_args):
     metrics = read_metrics(tmp_path / "run")
     # Ratings give a pair for every two candidates with different scores (ties are skipped).
     assert 0 < metrics["feedback/heldout_pairs"] <= 57 * 6
-    records = [json.loads(line) for line in next((tmp_path / "cache" / "feedback").iterdir()).joinpath("train.jsonl").open()]
+    records = [json.loads(line) for line in next((tmp_path / "cache" / "preferences").iterdir()).joinpath("train.jsonl").open()]
     assert records[0]["scores"] is not None and records[0]["ranking"] is None
 
 
@@ -72,11 +72,11 @@ def test_multirun_reuses_upstream_stages_and_shares_a_wandb_group(tmp_path):
     result = run_cli(args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     first, second = (sweep / "0" / "rlhf_lab.log").read_text(), (sweep / "1" / "rlhf_lab.log").read_text()
-    for stage in ("sft", "feedback", "reward"):
+    for stage in ("sft", "preferences", "reward_model"):
         assert re.search(rf"{stage}: no cached artifact", first), stage
         assert re.search(rf"{stage}: reusing cached artifact", second), stage
     # One cached artifact per upstream stage, and one group for the whole sweep.
-    for stage in ("sft", "feedback", "reward"):
+    for stage in ("sft", "preferences", "reward_model"):
         assert len(list((tmp_path / "cache" / stage).iterdir())) == 1
     groups = {re.search(r"wandb group: (\S+)", log).group(1) for log in (first, second)}
     assert groups == {"sweep"}
@@ -113,8 +113,8 @@ import sys, torch
 import rlhf_lab.algos.ppo as ppo
 original = ppo.PPOModule.minibatch_loss
 calls = {"n": 0}
-def poisoned(self, rollout, idx):
-    out = original(self, rollout, idx)
+def poisoned(self, *args):
+    out = original(self, *args)
     calls["n"] += 1
     if calls["n"] > 4:
         out["loss"] = out["loss"] * float("nan")
@@ -155,3 +155,78 @@ def test_same_seed_same_figures_other_seed_other_figures(tmp_path):
     first, again, other = figures("a", 0), figures("b", 0), figures("c", 1)
     assert first == again
     assert first != other
+
+
+# --- every algorithm, and a route that follows it ----------------------------------------------------
+
+ONLINE = ("ppo", "a2c", "reinforce", "rloo", "grpo")
+
+
+def test_every_online_algorithm_in_one_sweep_shares_upstream_stages_and_writes_the_comparison(tmp_path):
+    sweep = tmp_path / "sweep"
+    args = ["-m", f"algo={','.join(ONLINE)}", *TINY_UPSTREAM, *TINY_FEEDBACK, *TINY_ONLINE,
+            f"cache_dir={tmp_path / 'cache'}", f"hydra.sweep.dir={sweep}", "logger=csv"]
+    result = run_cli(args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for job, algo in enumerate(ONLINE):
+        metrics = read_metrics(sweep / str(job))
+        for figure in ("gold_reward", "proxy_reward", "kl", "response_length", "perplexity", "win_rate"):
+            assert math.isfinite(metrics[f"eval/{algo}/{figure}"]), (algo, figure)
+        assert metrics[f"eval/{algo}/kl"] != 0.0  # the policy moved
+        assert (sweep / str(job) / "policy" / "config.json").is_file()
+    # SFT, feedback and the reward model were built once for the five algorithms.
+    for stage in ("sft", "preferences", "reward_model"):
+        assert len(list((tmp_path / "cache" / stage).iterdir())) == 1, stage
+    table = (sweep / "comparison.csv").read_text()
+    for algo in ONLINE:
+        assert algo in table
+    assert (sweep / "comparison.md").is_file()
+    assert (sweep / "overoptimisation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_dpo_trains_on_preferences_and_builds_no_reward_model(tmp_path):
+    args = [*TINY_UPSTREAM, "feedback.rounds=1", "algo=dpo", "algo.epochs=1", f"cache_dir={tmp_path / 'cache'}",
+            f"hydra.run.dir={tmp_path / 'run'}", "logger=csv"]
+    result = run_cli(args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = read_metrics(tmp_path / "run")
+    assert not (tmp_path / "cache" / "reward_model").exists()
+    assert "eval/dpo/proxy_reward" not in metrics and math.isfinite(metrics["eval/dpo/gold_reward"])
+    assert metrics["eval/dpo/kl"] > 0
+    header = (tmp_path / "run" / "csv" / "policy" / "metrics.csv").read_text().splitlines()[0]
+    for name in ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "val/rewards/accuracies"):
+        assert name in header, name
+
+
+def test_best_of_n_trains_nothing_and_reports_its_kl_beside_the_closed_form(tmp_path):
+    args = [*TINY_UPSTREAM, *TINY_FEEDBACK, "algo=best_of_n", "algo.n=4", "algo.kl_samples=16",
+            f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}", "logger=csv"]
+    result = run_cli(args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = read_metrics(tmp_path / "run")
+    assert not (tmp_path / "run" / "policy").exists() and not (tmp_path / "run" / "checkpoints" / "policy").exists()
+    assert metrics["eval/best_of_n/kl_closed_form"] == pytest.approx(math.log(4) - 3 / 4)
+    assert 0 < metrics["eval/best_of_n/kl"] < 2 * metrics["eval/best_of_n/kl_closed_form"]
+    # it keeps the best of 4 by the proxy reward: the proxy gain is real, not noise
+    assert metrics["eval/best_of_n/proxy_reward_diff"] > 2 * metrics["eval/best_of_n/proxy_reward_diff_se"]
+
+
+def test_a_rule_reward_needs_no_feedback_and_no_reward_model(tmp_path):
+    args = [*TINY_UPSTREAM, *TINY_ONLINE, "algo=rloo", "reward=rule", "reward.function=rlhf_lab.rewards.rules:word_count",
+            "+reward.kwargs.target=3", f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}", "logger=csv"]
+    result = run_cli(args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = read_metrics(tmp_path / "run")
+    assert not (tmp_path / "cache" / "preferences").exists() and not (tmp_path / "cache" / "reward_model").exists()
+    # the proxy reward is the rule itself: minus the distance from 3 words (ids decoded, EOS dropped)
+    assert metrics["eval/sft/proxy_reward"] <= 0 and metrics["eval/rloo/proxy_reward"] <= 0
+
+
+@pytest.mark.parametrize("override,message", [
+    ("reward=rule", "'reward=rule': algo=dpo does not use a reward (it consumes: preferences)"),
+    ("reward.epochs=3", "'reward.epochs=3': algo=dpo does not use a reward"),
+])
+def test_a_setting_the_algorithm_does_not_use_fails_before_any_work(tmp_path, override, message):
+    result = run_cli(["algo=dpo", override, f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}", "logger=csv"], cwd=tmp_path)
+    assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]
+    assert not (tmp_path / "cache").exists()

@@ -14,7 +14,7 @@ import torch
 from torch.testing import assert_close
 
 from rlhf_lab.algos.kl_control import AdaptiveKLController, FixedKLController, build_kl_controller
-from rlhf_lab.algos.ppo import CyclingSampler
+from rlhf_lab.algos.on_policy import CyclingSampler
 from rlhf_lab.data import encode_prompt, encode_response, pad_left
 from rlhf_lab.feedback.records import PreferenceRecord
 from rlhf_lab.models.loading import load_policy, load_tokenizer
@@ -23,7 +23,6 @@ from rlhf_lab.rewards.configs import PairwiseRewardConfig, PointwiseRewardConfig
 from rlhf_lab.rewards.pairwise import PairwiseObjective
 from rlhf_lab.rewards.pointwise import PointwiseObjective
 from rlhf_lab.rollout import generate
-from rlhf_lab.stages.evaluate import win_rate
 from rlhf_lab.tasks.toy import ToyTaskConfig, make_toy_task
 
 # Prompts of different token lengths (7, 9, 5, 5 tokens with the toy tokenizer), so the batch is left-padded.
@@ -360,15 +359,3 @@ def test_cycling_sampler_passes():
     assert list(sampler) == order  # iterating again restarts from the seed
     assert list(CyclingSampler(size=5, num_samples=12, seed=0)) == order
     assert list(CyclingSampler(size=5, num_samples=12, seed=1)) != order
-
-
-# --------------------------------------------------------------------------------------------------
-# rlhf_lab.stages.evaluate.win_rate
-# --------------------------------------------------------------------------------------------------
-
-
-def test_win_rate_counts_ties_as_half():
-    # win, tie, loss, win -> (1 + 0.5 + 0 + 1) / 4
-    assert win_rate([3.0, 1.0, 2.0, 4.0], [1.0, 1.0, 5.0, 0.0]) == pytest.approx(0.625)
-    assert win_rate([1.0, 2.0], [1.0, 2.0]) == pytest.approx(0.5)
-    assert win_rate([0.0, 0.0, 0.0], [1.0, 1.0, 1.0]) == 0.0

@@ -130,4 +130,4 @@ def test_cli_malformed_preference_file_exits_2_naming_the_line(tmp_path):
     assert f"{tmp_path / 'prefs.jsonl'}:2: malformed preference record" in result.stderr
     assert "Traceback" not in result.stderr
     # Nothing half-built is left in the cache for a later run to trust.
-    assert not list((tmp_path / "cache" / "feedback").glob("*/ARTIFACT_COMPLETE"))
+    assert not list((tmp_path / "cache" / "preferences").glob("*/ARTIFACT_COMPLETE"))

@@ -26,7 +26,14 @@ class EchoPlugin:
 
     @hookimpl
     def rlhf_lab_register_algorithms(self, register):
-        register("echo_test", lambda cfg, context: None, EchoConfig)
+        register("echo_test", noop_algorithm, EchoConfig)
+
+
+def noop_algorithm(cfg, inputs):
+    """An algorithm factory that builds nothing; it declares what it consumes like a real one."""
+
+
+noop_algorithm.consumes = ("reward",)
 
 
 def test_builtins_register_every_default_component():
@@ -52,7 +59,7 @@ def test_duplicate_component_names_both_plugins():
         def rlhf_lab_register_algorithms(self, register):
             from rlhf_lab.algos.ppo_config import PPOConfig
 
-            register("ppo", lambda cfg, context: None, PPOConfig)
+            register("ppo", noop_algorithm, PPOConfig)
 
     with pytest.raises(RlhfLabError, match="algo 'ppo' is registered twice: by rlhf_lab.algos"):
         build_plugin_manager(load_entry_points=False, extra_plugins=(Clash(),))
@@ -76,7 +83,7 @@ def test_schema_without_matching_name_field_is_rejected():
     class Bad:
         @hookimpl
         def rlhf_lab_register_algorithms(self, register):
-            register("nameless_test", lambda cfg, context: None, Nameless)
+            register("nameless_test", noop_algorithm, Nameless)
 
     with pytest.raises(RlhfLabError, match='needs a field `name: str = "nameless_test"`'):
         build_plugin_manager(load_entry_points=False, extra_plugins=(Bad(),))
@@ -110,3 +117,20 @@ def test_plugin_listing_names_components_and_distribution():
         capture_output=True, text=True, timeout=120,
     )
     assert probe.stdout.strip() == "False", probe.stderr
+
+
+def test_an_algorithm_that_does_not_say_what_it_consumes_is_rejected():
+    from rlhf_lab import hookimpl
+    from rlhf_lab.plugin_manager import build_plugin_manager
+
+    @dataclass
+    class VagueConfig:
+        name: str = "vague_test"
+
+    class Vague:
+        @hookimpl
+        def rlhf_lab_register_algorithms(self, register):
+            register("vague_test", lambda cfg, inputs: None, VagueConfig)
+
+    with pytest.raises(RlhfLabError, match=r"algo 'vague_test' .*needs an attribute `consumes`"):
+        build_plugin_manager(load_entry_points=False, extra_plugins=(Vague(),))

@@ -2,25 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
-from rlhf_lab.config import SamplingConfig
+from rlhf_lab.algos.on_policy_config import OnPolicyConfig
 
 
 @dataclass
-class PPOConfig:
+class PPOConfig(OnPolicyConfig):
     """Schema of ``algo=ppo``. Defaults suit the toy task; the paper value is given where it differs."""
 
     name: str = "ppo"
-    lr: float = 3e-4
-    """Adam learning rate of the policy (Ouyang et al.: ~9.65e-6 for 1.3B models)."""
     critic_lr: Optional[float] = None
     """Learning rate of the critic; null: same as ``lr``."""
-    total_episodes: int = 12800
-    """Prompts processed in total; iterations = total_episodes // rollout_batch_size."""
-    rollout_batch_size: int = 64
-    """Prompts per rollout (one PPO iteration)."""
     minibatch_size: int = 16
     """Sequences per gradient step."""
     ppo_epochs: int = 4
@@ -39,34 +33,28 @@ class PPOConfig:
     """GAE lambda (Huang et al.: 0.95)."""
     whiten_advantages: bool = True
     """Normalise advantages to mean 0 / std 1 over each rollout batch (Huang et al.: on)."""
-    max_grad_norm: float = 1.0
-    """Clip the global gradient norm of policy and critic together (Huang et al.: 1.0)."""
-    kl_coef: float = 0.05
-    """Initial coefficient of the per-token KL penalty (Ziegler et al.: 0.05 with adaptive control)."""
     kl_controller: str = "fixed"
     """fixed or adaptive (Ziegler et al. 2019)."""
     target_kl: float = 6.0
     """Adaptive controller: target KL per response, in nats."""
     kl_horizon: int = 10000
     """Adaptive controller: horizon in episodes."""
-    missing_eos_penalty: Optional[float] = 1.0
-    """Subtracted from the normalised score of a response that has no EOS; null: no penalty."""
     critic_init: str = "reward"
-    """Initialise the critic from the reward model (Huang et al.) or from the policy."""
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    """How rollouts (and the feedback candidates) are sampled."""
+    """Initialise the critic from the reward model, its normaliser folded into the head (Huang et al.;
+    from the policy when the reward is a rule), or from the policy."""
 
     def __post_init__(self) -> None:
-        if self.minibatch_size < 1 or self.rollout_batch_size < 1:
-            raise ValueError(f"algo.minibatch_size and algo.rollout_batch_size must be >= 1, got {self.minibatch_size} and {self.rollout_batch_size}")
-        if self.target_kl <= 0 or self.kl_horizon < 1 or self.kl_coef < 0:
-            raise ValueError(f"algo needs target_kl > 0, kl_horizon >= 1 and kl_coef >= 0; got {self.target_kl}, {self.kl_horizon}, {self.kl_coef}")
+        super().__post_init__()
+        if self.minibatch_size < 1:
+            raise ValueError(f"algo.minibatch_size must be >= 1, got {self.minibatch_size}")
+        if self.target_kl <= 0 or self.kl_horizon < 1:
+            raise ValueError(f"algo needs target_kl > 0 and kl_horizon >= 1; got {self.target_kl}, {self.kl_horizon}")
         if not (0.0 <= self.gamma <= 1.0 and 0.0 <= self.lam <= 1.0):
             raise ValueError(f"algo.gamma and algo.lam must be in [0, 1], got {self.gamma} and {self.lam}")
-        if self.max_grad_norm <= 0 or self.value_clip_range <= 0:
-            raise ValueError(f"algo.max_grad_norm and algo.value_clip_range must be > 0, got {self.max_grad_norm} and {self.value_clip_range}")
-        if self.vf_coef < 0 or self.ent_coef < 0 or (self.missing_eos_penalty is not None and self.missing_eos_penalty < 0):
-            raise ValueError("algo.vf_coef, algo.ent_coef and algo.missing_eos_penalty must be >= 0")
+        if self.value_clip_range <= 0:
+            raise ValueError(f"algo.value_clip_range must be > 0, got {self.value_clip_range}")
+        if self.vf_coef < 0 or self.ent_coef < 0:
+            raise ValueError("algo.vf_coef and algo.ent_coef must be >= 0")
         if self.kl_controller == "adaptive" and self.rollout_batch_size > self.kl_horizon:
             raise ValueError(
                 f"algo.kl_horizon ({self.kl_horizon}) must be at least algo.rollout_batch_size ({self.rollout_batch_size}): "
@@ -76,13 +64,9 @@ class PPOConfig:
             raise ValueError(f"algo.critic_lr must be > 0 or null, got {self.critic_lr}")
         if self.rollout_batch_size % self.minibatch_size:
             raise ValueError(f"algo.rollout_batch_size ({self.rollout_batch_size}) must be a multiple of algo.minibatch_size ({self.minibatch_size})")
-        if self.total_episodes < self.rollout_batch_size:
-            raise ValueError(f"algo.total_episodes ({self.total_episodes}) must be at least algo.rollout_batch_size ({self.rollout_batch_size})")
         if self.kl_controller not in ("fixed", "adaptive"):
             raise ValueError(f"algo.kl_controller must be 'fixed' or 'adaptive', got '{self.kl_controller}'")
         if self.critic_init not in ("reward", "policy"):
             raise ValueError(f"algo.critic_init must be 'reward' or 'policy', got '{self.critic_init}'")
-        if self.lr <= 0 or self.ppo_epochs < 1 or self.clip_range <= 0:
-            raise ValueError("algo needs lr > 0, ppo_epochs >= 1 and clip_range > 0")
-        if self.sampling.temperature == 0:
-            raise ValueError("algo.sampling.temperature must be > 0: PPO needs a stochastic policy")
+        if self.ppo_epochs < 1 or self.clip_range <= 0:
+            raise ValueError("algo needs ppo_epochs >= 1 and clip_range > 0")

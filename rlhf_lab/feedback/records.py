@@ -6,6 +6,9 @@ One record per line::
 
 ``ranking`` lists response indices from best to worst (a pairwise choice is a ranking of two);
 ``scores`` holds one rating per response instead. At least one of the two is required.
+``response_ids`` (optional) holds the exact token ids of each response, EOS included where the
+response ended: records of candidates sampled from a policy carry them, so a reward model or DPO
+trains on exactly the tokens the policy produced, with no decode/re-encode round trip.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ class PreferenceRecord:
     scores: Optional[list[float]] = None
     annotator: str = "unknown"
     meta: dict = field(default_factory=dict)
+    response_ids: Optional[list[list[int]]] = None
 
     def validate(self) -> None:
         """Raise ``ValueError`` describing the first inconsistency."""
@@ -42,6 +46,11 @@ class PreferenceRecord:
             raise ValueError(f"'ranking' {self.ranking} is not a permutation of 0..{len(self.responses) - 1}")
         if self.scores is not None and len(self.scores) != len(self.responses):
             raise ValueError(f"{len(self.scores)} scores for {len(self.responses)} responses")
+        if self.response_ids is not None and (
+            len(self.response_ids) != len(self.responses)
+            or not all(isinstance(ids, list) and all(isinstance(t, int) and t >= 0 for t in ids) for ids in self.response_ids)
+        ):
+            raise ValueError(f"'response_ids' must hold one list of non-negative token ids per response ({len(self.responses)})")
 
     def preference_pairs(self) -> list[tuple[int, int]]:
         """All (better, worse) index pairs: K-choose-2 from a ranking, or from distinct scores."""

@@ -68,3 +68,14 @@ def load_value_model(name_or_path: str, dtype: str = "float32", key: str = "mode
 
     model = _load(AutoModelForSequenceClassification, name_or_path, key, num_labels=1, dtype=getattr(torch, dtype))
     return ValueModel(model)
+
+
+def disable_dropout(model) -> None:
+    """Set every dropout probability to 0: with dropout, the log-probs an update computes would differ
+    from those of the policy that sampled (Huang et al. 2024, detail 4) and from the reference's
+    (TRL's DPO disables it for the same reason)."""
+    from torch import nn
+
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0

@@ -72,5 +72,20 @@ class ValueModel(nn.Module):
         values = self(input_ids, attention_mask, position_ids)
         return values.gather(1, last_token_index(attention_mask).unsqueeze(1)).squeeze(1)
 
+    @torch.no_grad()
+    def fold_normaliser(self, normaliser: RewardNormaliser) -> None:
+        """Make the head output ``normaliser(value)``: a critic initialised from a reward model then
+        predicts returns on the same (normalised) scale as the scores it is regressed on.
+
+        The head becomes ``Linear(w / std, bias = (b - mean) / std)``; only this module uses it, the
+        wrapped model's own head is left as it was.
+        """
+        old = self.head
+        head = nn.Linear(old.in_features, 1, bias=True, device=old.weight.device, dtype=old.weight.dtype)
+        head.weight.copy_(old.weight / normaliser.std)
+        bias = old.bias if old.bias is not None else torch.zeros(1, device=old.weight.device, dtype=old.weight.dtype)
+        head.bias.copy_((bias - normaliser.mean) / normaliser.std)
+        self.head = head
+
     def save_pretrained(self, directory: Path) -> None:
         self.model.save_pretrained(directory)

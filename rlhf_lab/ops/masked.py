@@ -27,12 +27,25 @@ def masked_var(values: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) 
     return var
 
 
-def masked_whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
+def masked_whiten(
+    values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8, all_reduce_sum=None
+) -> torch.Tensor:
     """Scale valid entries to unit variance (and zero mean if ``shift_mean``); invalid entries become 0.
 
     PPO whitens advantages per rollout batch (Huang et al. 2024, detail "advantage whitening").
+
+    :param all_reduce_sum: with several ranks, a function that sums a tensor over all of them, so the
+        mean and variance are those of the whole batch, not of this rank's share.
     """
-    mean, var = masked_mean(values, mask), masked_var(values, mask)
+    if all_reduce_sum is None:
+        mean, var = masked_mean(values, mask), masked_var(values, mask)
+    else:
+        mask = mask.to(values.dtype)
+        sums = all_reduce_sum(torch.stack([(values * mask).sum(), (values * values * mask).sum(), mask.sum()]))
+        total, total_sq, count = sums[0], sums[1], sums[2]
+        mean = total / count.clamp(min=1)
+        # Bessel-corrected like masked_var, over every rank's valid entries.
+        var = (total_sq - count * mean * mean) / (count - 1).clamp(min=1)
     whitened = (values - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         whitened = whitened + mean

@@ -19,6 +19,21 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     return -plogp.sum(-1)
 
 
+def logprobs_and_entropy(logits: torch.Tensor, tokens: torch.Tensor, entropy_grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token log-probs (B, T) and entropy (B, T) from one log-softmax over ``logits`` (B, T, V).
+
+    With ``entropy_grad=False`` the entropy is a diagnostic: it is computed without building a graph,
+    so an entropy coefficient of 0 costs no memory in the backward pass.
+    """
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    chosen = torch.gather(logp, -1, tokens.unsqueeze(-1)).squeeze(-1)
+    with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
+        source = logp if entropy_grad else logp.detach()
+        plogp = torch.where(torch.isneginf(source), torch.zeros_like(source), source.exp() * source)
+        entropy = -plogp.sum(-1)
+    return chosen, entropy
+
+
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     """Positions that skip left padding: the first real token is position 0."""
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)

@@ -1,10 +1,16 @@
-"""The reward-objective contract and the config fields every reward model shares."""
+"""The reward-objective contract: how a learned reward model is trained on preference records.
+
+A reward component (``reward=<name>``) declares what it ``consumes`` and turns that into a run-time
+:class:`~rlhf_lab.rewards.function.RewardFunction`. A learned reward model consumes the
+``reward_model`` artifact, which the pipeline trains with the component's objective (this class);
+a rule consumes nothing (:mod:`rlhf_lab.rewards.rule`).
+"""
 
 from __future__ import annotations
 
 import torch
 
-from rlhf_lab.data import collate_pairs, encode_prompt, encode_response
+from rlhf_lab.data import collate_pairs, encode_prompt, record_response_ids
 from rlhf_lab.feedback.records import PreferenceRecord
 from rlhf_lab.rewards.configs import RewardConfig
 
@@ -16,6 +22,8 @@ class RewardObjective:
     """
 
     feedback_kind: str = "ranking"
+    consumes: tuple[str, ...] = ("reward_model",)
+    """The pipeline trains the reward model (on preference records of ``feedback_kind``) first."""
 
     def __init__(self, cfg: RewardConfig) -> None:
         self.cfg = cfg
@@ -30,9 +38,9 @@ class RewardObjective:
         for record in records:
             offset = len(responses)
             prompt_ids = encode_prompt(tokenizer, record.prompt)
-            for i, response in enumerate(record.responses):
+            for i, response_ids in enumerate(record_response_ids(tokenizer, record)):
                 prompts.append(prompt_ids)
-                responses.append(encode_response(tokenizer, response))
+                responses.append(response_ids)
                 targets.append(record.scores[i] if record.scores is not None else 0.0)
             for b, w in record.preference_pairs():
                 better.append(offset + b)
@@ -45,6 +53,15 @@ class RewardObjective:
 
     def loss(self, scores: torch.Tensor, batch: dict) -> torch.Tensor:
         raise NotImplementedError
+
+    def reward_function(self, inputs: dict, tokenizer, dtype: str = "float32"):
+        """The trained model in ``inputs["reward_model"]`` with its normaliser, frozen."""
+        from rlhf_lab.models.loading import load_value_model
+        from rlhf_lab.models.value_model import RewardNormaliser
+        from rlhf_lab.rewards.function import LearnedReward
+
+        path = inputs["reward_model"].path
+        return LearnedReward(load_value_model(str(path), dtype, key=f"reward model {path}"), RewardNormaliser.load(path))
 
     @staticmethod
     def pair_accuracy(scores: torch.Tensor, batch: dict) -> tuple[int, int]:

@@ -1,4 +1,13 @@
-"""Evaluation on held-out prompts: gold and proxy reward, KL to the reference, win rate, length, perplexity."""
+"""Evaluation on held-out prompts, one stage for every algorithm.
+
+Each policy is reached through a :class:`~rlhf_lab.policy.PolicyHandle` (sample, KL to the reference),
+so a policy that was never trained (best-of-n) is evaluated exactly like a trained one. Figures per
+policy: gold reward (where the task knows its utility), proxy reward (where the run has a reward
+function), KL to the reference, response length, EOS rate, perplexity on held-out demonstrations
+(where the policy is one network). Every mean comes with its standard error; each policy is compared
+with the baseline on the same prompts and seeds (paired differences, win rate with a bootstrap
+interval), so a verdict can tell a real change from noise.
+"""
 
 from __future__ import annotations
 
@@ -6,26 +15,9 @@ import math
 
 import torch
 
-from rlhf_lab.data import batched_pairs, decode_response, response_logits
-from rlhf_lab.ops.sequence import token_logprobs
-from rlhf_lab.rollout import sample_responses
+from rlhf_lab.data import batched_pairs, decode_response
 from rlhf_lab.stages.sft import demonstration_loader, response_nll, tokenize_demonstrations
-
-
-@torch.no_grad()
-def _sequence_stats(policy, reference, reward_model, normaliser, tokenizer, prompts, responses, batch_size=128):
-    """Per-sequence KL(policy || reference) (sum of k1 over tokens) and normalised proxy reward."""
-    kls, proxies = [], []
-    for batch in batched_pairs(tokenizer, prompts, responses, batch_size, next(policy.parameters()).device):
-        p = batch["prompt_len"]
-        tokens, mask = batch["input_ids"][:, p:], batch["attention_mask"][:, p:]
-        logp = token_logprobs(response_logits(policy, batch), tokens)
-        ref_logp = token_logprobs(response_logits(reference, batch), tokens)
-        kls.append(((logp - ref_logp) * mask).sum(1).cpu())
-        if reward_model is not None:
-            scores = reward_model.sequence_scores(batch["input_ids"], batch["attention_mask"], batch["position_ids"])
-            proxies.append(normaliser(scores).cpu())
-    return torch.cat(kls), (torch.cat(proxies) if proxies else None)
+from rlhf_lab.stats import mean_and_se, paired_difference, win_rate, win_rate_interval
 
 
 @torch.no_grad()
@@ -41,49 +33,73 @@ def perplexity(policy, tokenizer, demonstrations) -> float:
     return math.exp(total / max(count, 1))
 
 
-def evaluate_policies(policies: dict, reference, reward_model, normaliser, tokenizer, task, eval_cfg, seed: int, baseline: str = "sft"):
-    """Score every policy in ``policies`` on the task's held-out prompts.
+@torch.no_grad()
+def _proxy_scores(reward_fn, tokenizer, prompts, responses, device) -> list[float]:
+    reward_fn.to(device)
+    return torch.cat([reward_fn(b).cpu() for b in batched_pairs(tokenizer, prompts, responses, 128, device)]).tolist()
 
-    :returns: ``(metrics, samples)``: metrics named ``eval/<policy>/<figure>`` plus win rates of each
-        policy against ``baseline``; samples are dicts (prompt, response per policy, gold per policy).
+
+def _figure(metrics: dict, name: str, figure: str, values: list[float]) -> None:
+    metrics[f"eval/{name}/{figure}"], metrics[f"eval/{name}/{figure}_se"] = mean_and_se(values)
+
+
+def evaluate_policies(policies: dict, reference, reward_fn, tokenizer, task, eval_cfg, seed: int, baseline: str = "sft"):
+    """Score every policy handle in ``policies`` on the task's held-out prompts.
+
+    :param policies: name -> policy handle; must include ``baseline``.
+    :param reference: the reference as a :class:`~rlhf_lab.policy.ModelPolicy` (KL is measured to it).
+    :param reward_fn: the run's reward function (proxy reward), or None.
+    :returns: ``(metrics, samples)``: metrics named ``eval/<policy>/<figure>`` (see the module docstring),
+        samples are dicts (prompt, response per policy, gold per policy).
     """
     prompts = [p for p in task.eval_prompts for _ in range(eval_cfg.samples_per_prompt)]
+    device = next(reference.model.parameters()).device
     metrics: dict[str, float] = {}
-    gold: dict[str, list[float]] = {}
-    proxy: dict[str, torch.Tensor] = {}
+    per_sample: dict[str, dict[str, list[float]]] = {}
     texts: dict[str, list[str]] = {}
     for name, policy in policies.items():
-        policy.eval()
+        if policy.model is not None:
+            policy.model.eval()
         # The same seed for every policy: responses differ only through the policies themselves.
-        grouped = sample_responses(policy, tokenizer, task.eval_prompts, eval_cfg.sampling, samples_per_prompt=eval_cfg.samples_per_prompt, seed=seed)
+        grouped = policy.sample(task.eval_prompts, eval_cfg.sampling, eval_cfg.samples_per_prompt, seed)
         responses = [r for group in grouped for r in group]
         texts[name] = [decode_response(tokenizer, r) for r in responses]
-        kl, proxy_scores = _sequence_stats(policy, reference, reward_model, normaliser, tokenizer, prompts, responses)
-        metrics[f"eval/{name}/kl"] = float(kl.mean())
-        metrics[f"eval/{name}/response_length"] = sum(len(r) for r in responses) / len(responses)
-        metrics[f"eval/{name}/eos_rate"] = sum(bool(r) and r[-1] == tokenizer.eos_token_id for r in responses) / len(responses)
-        metrics[f"eval/{name}/perplexity"] = perplexity(policy, tokenizer, task.sft_eval)
-        if proxy_scores is not None:
-            proxy[name] = proxy_scores
-            metrics[f"eval/{name}/proxy_reward"] = float(proxy_scores.mean())
+        figures = {
+            "kl": policy.kl_to_reference(reference, prompts, responses).tolist(),
+            "response_length": [float(len(r)) for r in responses],
+        }
+        if reward_fn is not None:
+            figures["proxy_reward"] = _proxy_scores(reward_fn, tokenizer, prompts, responses, device)
         if task.utility is not None:
-            gold[name] = [task.utility(p, t) for p, t in zip(prompts, texts[name])]
-            metrics[f"eval/{name}/gold_reward"] = sum(gold[name]) / len(gold[name])
-    for name in policies:
+            figures["gold_reward"] = [task.utility(p, t) for p, t in zip(prompts, texts[name])]
+        for figure, values in figures.items():
+            _figure(metrics, name, figure, values)
+        metrics[f"eval/{name}/eos_rate"] = sum(bool(r) and r[-1] == tokenizer.eos_token_id for r in responses) / len(responses)
+        if policy.model is not None:
+            metrics[f"eval/{name}/perplexity"] = perplexity(policy.model, tokenizer, task.sft_eval)
+        if hasattr(policy, "analytic_kl"):
+            metrics[f"eval/{name}/kl_closed_form"] = policy.analytic_kl
+        per_sample[name] = figures
+    base = per_sample[baseline]
+    for name, figures in per_sample.items():
         if name == baseline:
             continue
-        if gold:
-            metrics[f"eval/{name}/win_rate"] = win_rate(gold[name], gold[baseline])
-        if proxy:
-            metrics[f"eval/{name}/proxy_win_rate"] = win_rate(proxy[name].tolist(), proxy[baseline].tolist())
+        for figure in ("gold_reward", "proxy_reward", "response_length"):
+            if figure in figures:
+                diff, se = paired_difference(figures[figure], base[figure])
+                metrics[f"eval/{name}/{figure}_diff"], metrics[f"eval/{name}/{figure}_diff_se"] = diff, se
+        if "gold_reward" in figures:
+            metrics[f"eval/{name}/win_rate"] = win_rate(figures["gold_reward"], base["gold_reward"])
+            low, high = win_rate_interval(figures["gold_reward"], base["gold_reward"], seed=seed)
+            metrics[f"eval/{name}/win_rate_low"], metrics[f"eval/{name}/win_rate_high"] = low, high
+        if "proxy_reward" in figures:
+            metrics[f"eval/{name}/proxy_win_rate"] = win_rate(figures["proxy_reward"], base["proxy_reward"])
     samples = [
-        {"prompt": prompts[i], **{f"{n}_response": texts[n][i] for n in policies}, **{f"{n}_gold": gold[n][i] for n in gold}}
+        {
+            "prompt": prompts[i],
+            **{f"{n}_response": texts[n][i] for n in policies},
+            **{f"{n}_gold": per_sample[n]["gold_reward"][i] for n in policies if "gold_reward" in per_sample[n]},
+        }
         for i in range(len(prompts))
     ]
     return metrics, samples
-
-
-def win_rate(candidate: list[float], baseline: list[float]) -> float:
-    """Share of paired comparisons the candidate wins; ties count one half."""
-    wins = sum(1.0 if c > b else 0.5 if c == b else 0.0 for c, b in zip(candidate, baseline))
-    return wins / len(candidate)

@@ -60,17 +60,18 @@ class RewardModule(pl.LightningModule):
 
 
 @torch.no_grad()
-def score_texts(model, tokenizer, prompts: list[str], responses: list[str], batch_size: int = 128) -> torch.Tensor:
-    """Raw reward-model scores of (prompt, response) texts."""
-    from rlhf_lab.data import batched_pairs, encode_response
+def score_records(model, tokenizer, records: list[PreferenceRecord], batch_size: int = 128) -> torch.Tensor:
+    """Raw reward-model scores of every response of every record, on the token ids they were trained on."""
+    from rlhf_lab.data import batched_pairs, record_response_ids
 
     was_training = model.training
     model.eval()
-    response_ids = [encode_response(tokenizer, r) for r in responses]
+    prompts = [r.prompt for r in records for _ in r.responses]
+    responses = [ids for r in records for ids in record_response_ids(tokenizer, r)]
     device = next(model.parameters()).device
     out = [
         model.sequence_scores(b["input_ids"], b["attention_mask"], b["position_ids"]).cpu()
-        for b in batched_pairs(tokenizer, prompts, response_ids, batch_size, device)
+        for b in batched_pairs(tokenizer, prompts, responses, batch_size, device)
     ]
     model.train(was_training)
     return torch.cat(out)

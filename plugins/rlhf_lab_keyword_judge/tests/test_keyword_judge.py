@@ -261,6 +261,6 @@ def test_whole_pipeline_trains_a_reward_model_on_the_judges_feedback(tmp_path):
     assert metrics["feedback/train_records"] > 0
     # One round over the training prompts, K = 4 candidates: a ranking gives 6 pairs per record.
     assert metrics["feedback/train_pairs"] == 6 * metrics["feedback/train_records"]
-    feedback_dir = next((tmp_path / "cache" / "feedback").iterdir())
+    feedback_dir = next((tmp_path / "cache" / "preferences").iterdir())
     first = json.loads((feedback_dir / "train.jsonl").read_text().splitlines()[0])
     assert first["annotator"] == "keyword_judge" and len(first["responses"]) == 4

@@ -1,0 +1,35 @@
+"""What the pipeline hands an algorithm factory: the artifacts it declared in ``consumes``, and the basics."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+CONSUMABLE = ("reward", "preferences")
+"""Artifacts an algorithm may declare in ``consumes``; the SFT policy and the reference come always."""
+
+
+@dataclass
+class AlgoInputs:
+    """Inputs of the policy-optimisation stage.
+
+    :param sft: ``save_pretrained`` directory of the SFT policy: where training starts.
+    :param reference: the frozen SFT policy in memory (eval mode, no grads), shared with evaluation.
+    :param tokenizer: the policy's tokenizer.
+    :param prompts: training prompts.
+    :param checkpoint_dir: where the stage's ``last.ckpt`` goes (named in NaN errors).
+    :param reward: the run-time reward function, if the algorithm consumes ``reward``.
+    :param preferences: directory with ``train.jsonl`` and ``heldout.jsonl`` preference records, if the
+        algorithm consumes ``preferences``.
+    """
+
+    sft: Path
+    reference: Any
+    tokenizer: Any
+    prompts: list[str]
+    seed: int
+    dtype: str = "float32"
+    checkpoint_dir: Optional[Path] = None
+    reward: Any = None
+    preferences: Optional[Path] = None

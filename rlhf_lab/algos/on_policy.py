@@ -1,0 +1,201 @@
+"""Machinery every on-policy algorithm shares: models, the prompt loader, rollouts, the optimiser step.
+
+A subclass (PPO, A2C, the critic-free policy gradients) reads as its paper does: it turns one
+:class:`~rlhf_lab.rollout.Experience` into advantages and runs its update. Training uses Lightning's
+manual optimisation; one ``training_step`` is one iteration (rollout, then update), so rollout and
+update are visible phases rather than state hidden in a data loader.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import lightning.pytorch as pl
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Sampler
+
+from rlhf_lab.algos.inputs import AlgoInputs
+from rlhf_lab.data import encode_prompt, pad_left
+from rlhf_lab.errors import check_finite
+from rlhf_lab.models.loading import disable_dropout
+from rlhf_lab.policy import ModelPolicy
+from rlhf_lab.rollout import Experience, collect_experience
+
+
+class CyclingSampler(Sampler[int]):
+    """Yields ``num_samples`` indices: shuffled passes over the dataset, as many as needed."""
+
+    def __init__(self, size: int, num_samples: int, seed: int) -> None:
+        self.size, self.num_samples, self.seed = size, num_samples, seed
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed)
+        produced = 0
+        while produced < self.num_samples:
+            for index in torch.randperm(self.size, generator=generator).tolist()[: self.num_samples - produced]:
+                yield index
+                produced += 1
+
+
+class _Frozen:
+    """Holds the frozen models outside the module tree: they stay out of checkpoints and optimisers."""
+
+    def __init__(self, reference: nn.Module, reward) -> None:
+        self.reference, self.reward = reference, reward
+        reference.eval().requires_grad_(False)
+
+
+def build_critic(inputs: AlgoInputs, critic_init: str):
+    """A critic (backbone + scalar head) for actor-critic algorithms.
+
+    ``critic_init="reward"`` starts from the learned reward model, with its normaliser folded into the
+    head so the first values are on the scale of the (normalised) returns; a rule reward has no network,
+    so the critic then starts from the policy like ``critic_init="policy"``.
+    """
+    from rlhf_lab.models.loading import load_value_model
+    from rlhf_lab.rewards.function import LearnedReward
+
+    if critic_init == "reward" and isinstance(inputs.reward, LearnedReward):
+        critic = copy.deepcopy(inputs.reward.model)
+        critic.fold_normaliser(inputs.reward.normaliser)
+    else:
+        critic = load_value_model(str(inputs.sft), inputs.dtype, key=f"critic initialisation {inputs.sft}")
+    return critic.train().requires_grad_(True)
+
+
+class OnPolicyModule(pl.LightningModule):
+    """Base of the on-policy algorithms; subclasses implement :meth:`iteration` (advantages + update).
+
+    :attr policy: the trained causal LM (the pipeline saves it).
+    :attr critic: a value model, or None for critic-free algorithms.
+    """
+
+    consumes = ("reward",)
+    samples_per_prompt = 1
+    """Responses sampled per prompt in a rollout; critic-free group baselines set it from their config."""
+
+    def __init__(self, cfg, inputs: AlgoInputs, critic: nn.Module | None = None) -> None:
+        super().__init__()
+        from rlhf_lab.models.loading import load_policy
+
+        self.automatic_optimization = False
+        self.cfg, self.inputs = cfg, inputs
+        self.tokenizer = inputs.tokenizer
+        self.policy = load_policy(str(inputs.sft), inputs.dtype, key=f"policy {inputs.sft}")
+        self.critic = critic
+        self.frozen = _Frozen(inputs.reference, inputs.reward)
+        for model in (self.policy, self.critic):
+            if model is not None:
+                disable_dropout(model)
+                model.train()
+        self.generator: torch.Generator | None = None
+
+    # --- data and devices ---------------------------------------------------------------------------
+
+    def train_dataloader(self) -> DataLoader:
+        cfg, tok = self.cfg, self.tokenizer
+        prompts = [encode_prompt(tok, p) for p in self.inputs.prompts]
+        iterations = cfg.total_episodes // cfg.rollout_batch_size
+        sampler = CyclingSampler(len(prompts), iterations * cfg.rollout_batch_size, self.inputs.seed)
+
+        def collate(items):
+            ids, mask = pad_left(items, tok.pad_token_id)
+            return {"prompt_ids": ids, "prompt_mask": mask}
+
+        return DataLoader(prompts, batch_size=cfg.rollout_batch_size, sampler=sampler, collate_fn=collate)
+
+    def on_fit_start(self) -> None:
+        self.frozen.reference.to(self.device)
+        self.frozen.reward.to(self.device)
+        self.generator = torch.Generator(device=self.device).manual_seed(self.inputs.seed)
+
+    def teardown(self, stage: str) -> None:
+        # Lightning moves only the module tree back to the CPU after fit; the frozen models follow.
+        self.frozen.reference.cpu()
+        self.frozen.reward.to("cpu")
+
+    def policy_handle(self) -> ModelPolicy:
+        """The trained policy, for evaluation."""
+        return ModelPolicy(self.policy, self.tokenizer)
+
+    # --- phases -------------------------------------------------------------------------------------
+
+    def rollout(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> Experience:
+        """Sample with the current policy and gather log-probs, reference log-probs, scores (and values)."""
+        return collect_experience(
+            self.policy, self.frozen.reference, self.frozen.reward, prompt_ids, prompt_mask,
+            tokenizer=self.tokenizer, sampling=self.cfg.sampling, samples_per_prompt=self.samples_per_prompt,
+            critic=self.critic, missing_eos_penalty=self.cfg.missing_eos_penalty, generator=self.generator,
+        )
+
+    def iteration(self, exp: Experience) -> dict[str, torch.Tensor]:
+        """Advantages and update(s) on one experience batch; returns scalar diagnostics (tensors)."""
+        raise NotImplementedError
+
+    def training_step(self, batch, batch_idx):
+        exp = self.rollout(batch["prompt_ids"], batch["prompt_mask"])
+        stats = self.iteration(exp)
+        mask = exp.response_mask
+        stats.update({
+            "rollout/proxy_reward": exp.scores.mean(),
+            "rollout/kl": ((exp.logprobs - exp.ref_logprobs) * mask).sum(1).mean(),
+            "rollout/response_length": mask.sum(1).mean(),
+            "rollout/eos_rate": exp.has_eos.float().mean(),
+        })
+        # One host transfer for every figure of the iteration.
+        names = list(stats)
+        values = torch.stack([torch.as_tensor(stats[n], dtype=torch.float32, device=self.device) for n in names]).tolist()
+        self.log_dict(dict(zip(names, values)), batch_size=mask.shape[0])
+        self.log("reward", values[names.index("rollout/proxy_reward")], prog_bar=True, logger=False, batch_size=mask.shape[0])
+
+    # --- optimisation -------------------------------------------------------------------------------
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        params = list(self.policy.parameters())
+        if self.critic is not None:
+            params += [p for p in self.critic.parameters() if p.requires_grad]
+        return params
+
+    def configure_optimizers(self):
+        groups = [{"params": list(self.policy.parameters()), "lr": self.cfg.lr}]
+        if self.critic is not None:
+            critic_lr = getattr(self.cfg, "critic_lr", None)
+            groups.append({"params": [p for p in self.critic.parameters() if p.requires_grad], "lr": critic_lr or self.cfg.lr})
+        return torch.optim.Adam(groups, eps=1e-5)
+
+    def optimise(self, loss: torch.Tensor) -> torch.Tensor:
+        """zero_grad -> backward -> clip -> step; returns the gradient norm before clipping.
+
+        One finiteness check covers the loss and the gradient norm (a finite loss can still give an
+        infinite gradient, and stepping on it would poison the weights the next checkpoint saves).
+        """
+        opt = self.optimizers()
+        opt.zero_grad()
+        self.manual_backward(loss)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable_parameters(), self.cfg.max_grad_norm)
+        both = torch.stack([loss.detach().float(), grad_norm.float()])
+        if not bool(torch.isfinite(both).all()):
+            what = "loss" if not bool(torch.isfinite(both[0])) else "gradient norm"
+            check_finite(both[0] if what == "loss" else both[1], "policy", self.global_step, self.inputs.checkpoint_dir, what=what)
+        opt.step()
+        return grad_norm
+
+    # --- several ranks ------------------------------------------------------------------------------
+
+    def all_reduce_sum(self):
+        """A summing all-reduce over ranks when there are several, else None (statistics stay local)."""
+        trainer = self._trainer
+        if trainer is None or trainer.world_size == 1:
+            return None
+        return lambda tensor: trainer.strategy.reduce(tensor, reduce_op="sum")
+
+    def global_mean(self, value: torch.Tensor) -> torch.Tensor:
+        """Mean of a scalar over all ranks (the local value with one rank)."""
+        trainer = self._trainer
+        if trainer is None or trainer.world_size == 1:
+            return value
+        return trainer.strategy.reduce(value, reduce_op="mean")

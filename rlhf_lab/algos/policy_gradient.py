@@ -1,0 +1,97 @@
+"""Critic-free policy gradients: REINFORCE with a moving-average baseline, RLOO and GRPO.
+
+They share the rollout engine and differ only in the baseline and in where the KL penalty goes
+(:mod:`rlhf_lab.algos.policy_gradient_config` sets each one's defaults). One iteration:
+
+1. rollout: ``samples_per_prompt`` responses per prompt (consecutive rows share a group id), their
+   log-probs, the reference's log-probs and the reward function's scores;
+2. sequence rewards: the score, minus ``kl_coef * sum_t k1`` when ``kl_penalty=reward``;
+3. advantages, one per sequence and the same on each of its tokens:
+   REINFORCE ``r - b`` with ``b`` a moving average of past batch means (Williams 1992);
+   RLOO ``r_i - mean_{j != i} r_j`` within the prompt's group (Ahmadian et al. 2024);
+   GRPO ``(r_i - mean(r)) / std(r)`` within the group (Shao et al. 2024);
+4. update: ``update_epochs`` passes over minibatches of the surrogate ``-A * ratio`` (clipped once a
+   minibatch is off-policy; with one pass and one minibatch it is exactly REINFORCE's ``-A * log pi``),
+   plus ``kl_coef * k3`` per token when ``kl_penalty=loss``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from rlhf_lab.algos.inputs import AlgoInputs
+from rlhf_lab.algos.on_policy import OnPolicyModule
+from rlhf_lab.algos.policy_gradient_config import PolicyGradientConfig
+from rlhf_lab.data import response_logits
+from rlhf_lab.ops.advantages import broadcast_to_tokens, ema_baseline, grpo_advantages, rloo_advantages
+from rlhf_lab.ops.kl import kl_k1, kl_k3
+from rlhf_lab.ops.losses import ppo_policy_loss
+from rlhf_lab.ops.masked import masked_mean
+from rlhf_lab.ops.rewards import kl_penalised_sequence_rewards
+from rlhf_lab.ops.sequence import token_logprobs
+from rlhf_lab.rollout import Experience
+
+
+class PolicyGradientModule(OnPolicyModule):
+    """REINFORCE / RLOO / GRPO: no critic, a baseline from the other samples (or from the past)."""
+
+    consumes = ("reward",)
+
+    def __init__(self, cfg: PolicyGradientConfig, inputs: AlgoInputs) -> None:
+        super().__init__(cfg, inputs)
+        self.samples_per_prompt = cfg.samples_per_prompt
+        self.baseline: float | None = None
+
+    def sequence_rewards(self, exp: Experience) -> torch.Tensor:
+        if self.cfg.kl_penalty == "reward":
+            return kl_penalised_sequence_rewards(exp.scores, kl_k1(exp.logprobs, exp.ref_logprobs), exp.response_mask, self.cfg.kl_coef)
+        return exp.scores
+
+    def advantages(self, rewards: torch.Tensor) -> torch.Tensor:
+        """(B,) one advantage per sequence."""
+        cfg = self.cfg
+        if cfg.baseline == "leave_one_out":
+            return rloo_advantages(rewards, cfg.samples_per_prompt)
+        if cfg.baseline == "group":
+            return grpo_advantages(rewards, cfg.samples_per_prompt, scale_by_std=cfg.scale_by_std)
+        # The baseline predates this batch, so the advantage stays an unbiased gradient estimate.
+        baseline = float(self.global_mean(rewards.mean())) if self.baseline is None else self.baseline
+        advantages = rewards - baseline
+        self.baseline = ema_baseline(self.baseline, float(self.global_mean(rewards.mean())), cfg.baseline_decay)
+        return advantages
+
+    def minibatch_loss(self, exp: Experience, advantages: torch.Tensor, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        cfg = self.cfg
+        batch = {k: (v[idx] if torch.is_tensor(v) else v) for k, v in exp.batch.items()}
+        p = batch["prompt_len"]
+        mask = exp.response_mask[idx]
+        logprobs = token_logprobs(response_logits(self.policy, batch, cfg.sampling.temperature), batch["input_ids"][:, p:])
+        pg = ppo_policy_loss(logprobs, exp.logprobs[idx], advantages[idx], mask, cfg.clip_range)
+        out = {"losses/policy_loss": pg.loss.detach(), "losses/approx_kl": pg.approx_kl, "losses/clipfrac": pg.clipfrac}
+        loss = pg.loss
+        if cfg.kl_penalty == "loss":
+            kl = masked_mean(kl_k3(logprobs, exp.ref_logprobs[idx]), mask)
+            loss = loss + cfg.kl_coef * kl
+            out["losses/kl_loss"] = kl.detach()
+        out["loss"] = loss
+        return out
+
+    def iteration(self, exp: Experience) -> dict[str, torch.Tensor]:
+        cfg = self.cfg
+        rewards = self.sequence_rewards(exp)
+        advantages = broadcast_to_tokens(self.advantages(rewards), exp.response_mask)
+        size = exp.response_mask.shape[0]
+        step = min(cfg.minibatch_size, size)
+        sums: dict[str, torch.Tensor] = {}
+        count = 0
+        for _ in range(cfg.update_epochs):
+            order = torch.randperm(size, device=self.device, generator=self.generator)
+            for start in range(0, size, step):
+                out = self.minibatch_loss(exp, advantages, order[start : start + step])
+                out["losses/grad_norm"] = self.optimise(out.pop("loss"))
+                for key, value in out.items():
+                    sums[key] = sums.get(key, 0.0) + value.detach()
+                count += 1
+        stats = {key: value / count for key, value in sums.items()}
+        stats["rollout/sequence_reward"] = rewards.mean()
+        return stats

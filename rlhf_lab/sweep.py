@@ -1,0 +1,346 @@
+"""One comparison of all the jobs of a multirun sweep: a table and an over-optimisation plot.
+
+A sweep (``python -m rlhf_lab -m algo=ppo,dpo``) leaves one directory per job under the sweep
+directory, each with ``metrics.json`` and Hydra's ``.hydra/overrides.yaml`` and
+``.hydra/config.yaml``. :func:`write_comparison` reads them all and writes ``comparison.md``,
+``comparison.csv`` and ``overoptimisation.png`` next to them. :class:`ComparisonCallback` calls it
+from Hydra; ``python -m rlhf_lab.sweep SWEEP_DIR`` calls it by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+
+log = logging.getLogger("rlhf_lab.sweep")
+
+BASELINE = "sft"
+FIGURES_WITH_SE = ("gold_reward", "proxy_reward", "kl", "response_length")
+COLUMNS = (
+    "job", "label", "algo", "status",
+    "gold_reward", "gold_reward_se", "proxy_reward", "proxy_reward_se", "kl", "kl_se",
+    "win_rate", "win_rate_low", "win_rate_high", "response_length", "response_length_se",
+    "perplexity", "wall_time_s",
+)
+"""Keys of every row from :func:`comparison_rows`, and the columns of ``comparison.csv``."""
+
+
+@dataclass(frozen=True)
+class Job:
+    """One job of a sweep as found on disk.
+
+    :param number: the job directory's name (Hydra's job number).
+    :param overrides: the job's command-line overrides, e.g. ``("algo=dpo",)``.
+    :param algo: the algorithm name (``algo.name``), or ``None`` when unknown.
+    :param metrics: the job's ``metrics.json``, or ``None`` when the job left none (it failed).
+    """
+
+    number: str
+    overrides: tuple[str, ...]
+    algo: str | None
+    metrics: dict | None
+
+    @property
+    def label(self) -> str:
+        """The overrides joined by a space, else the algorithm name, else the job number."""
+        return " ".join(self.overrides) or self.algo or self.number
+
+
+def load_jobs(sweep_dir: Path) -> list[Job]:
+    """Every job directory under ``sweep_dir`` (one holding ``.hydra/`` or ``metrics.json``).
+
+    :param sweep_dir: the sweep directory (``hydra.sweep.dir``).
+    :returns: the jobs, numbered directories in numeric order first, then any others by name.
+    """
+    job_dirs = [d for d in Path(sweep_dir).iterdir() if d.is_dir() and ((d / ".hydra").is_dir() or (d / "metrics.json").is_file())]
+    job_dirs.sort(key=lambda d: (0, int(d.name), "") if d.name.isdigit() else (1, 0, d.name))
+    return [_load_job(d) for d in job_dirs]
+
+
+def comparison_rows(jobs: list[Job]) -> list[dict[str, Any]]:
+    """One row per job, preceded by one row for the baseline (taken from the first job with metrics).
+
+    Figures of job rows are ``eval/<algo>/<figure>`` with their ``_se``, the win rate with
+    ``win_rate_low`` / ``win_rate_high``, ``perplexity`` and ``time/total_seconds``. A missing
+    figure is ``None``. ``status`` is ``"baseline"``, ``"ok"`` or ``"failed"`` (no metrics.json).
+
+    :param jobs: the sweep's jobs, in the order the rows should take.
+    :returns: dicts with exactly the keys in :data:`COLUMNS`.
+    """
+    rows = []
+    first = next((job for job in jobs if job.metrics is not None), None)
+    if first is not None and any(key.startswith(f"eval/{BASELINE}/") for key in first.metrics):
+        baseline = _figures(first.metrics, BASELINE)
+        # The baseline is not compared with itself, and its time is part of every job's total.
+        baseline.update(win_rate=None, win_rate_low=None, win_rate_high=None, wall_time_s=None)
+        rows.append({"job": None, "label": f"{BASELINE} (baseline of job {first.number})", "algo": BASELINE, "status": "baseline", **baseline})
+    for job in jobs:
+        row = {"job": job.number, "label": job.label, "algo": job.algo, "status": "failed" if job.metrics is None else "ok"}
+        figures = _figures(job.metrics or {}, job.algo or "")
+        figures["wall_time_s"] = _number((job.metrics or {}).get("time/total_seconds"))
+        rows.append({**row, **figures})
+    return rows
+
+
+def write_markdown(rows: list[dict[str, Any]], path: Path) -> None:
+    """Write the rows as a Markdown table; ``-`` marks a missing figure, ``failed`` a failed job.
+
+    :param rows: rows from :func:`comparison_rows`.
+    :param path: the file to write.
+    """
+    header = [
+        "job", "label", "algo", "gold reward ± SE", "proxy reward ± SE", "KL (nats) ± SE",
+        "win rate vs sft [low, high]", "response length (tokens) ± SE", "perplexity", "wall time (s)",
+    ]
+    lines = [
+        "# Sweep comparison",
+        "",
+        "Held-out evaluation of every job; ± is one standard error over evaluation prompts.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join("---" for _ in header) + "|",
+    ]
+    for row in rows:
+        if row["status"] == "failed":
+            figures = ["failed"] * (len(header) - 3)
+        else:
+            figures = [
+                _with_se(row["gold_reward"], row["gold_reward_se"], 3),
+                _with_se(row["proxy_reward"], row["proxy_reward_se"], 3),
+                _with_se(row["kl"], row["kl_se"], 3),
+                _with_interval(row["win_rate"], row["win_rate_low"], row["win_rate_high"]),
+                _with_se(row["response_length"], row["response_length_se"], 2),
+                _with_se(row["perplexity"], None, 2),
+                _with_se(row["wall_time_s"], None, 1),
+            ]
+        cells = ["-" if row["job"] is None else row["job"], row["label"], row["algo"] or "-", *figures]
+        # A "|" inside an override would otherwise split the cell.
+        lines.append("| " + " | ".join(str(cell).replace("|", "\\|") for cell in cells) + " |")
+    _write_atomic(path, ("\n".join(lines) + "\n").encode())
+
+
+def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
+    """Write the rows as CSV with the columns in :data:`COLUMNS`; a missing figure is an empty cell.
+
+    Empty rather than ``-`` so that spreadsheet and dataframe readers see numbers and NaN.
+
+    :param rows: rows from :func:`comparison_rows`.
+    :param path: the file to write.
+    """
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({key: "" if row[key] is None else row[key] for key in COLUMNS})
+    _write_atomic(path, buffer.getvalue().encode())
+
+
+def plot_overoptimisation(rows: list[dict[str, Any]], path: Path) -> None:
+    """Scatter gold and proxy reward against KL from the baseline, one colour per run.
+
+    Circles are gold reward, squares proxy reward; error bars are one standard error on both axes.
+    The baseline sits at KL 0 by definition. Failed jobs and runs without KL are left out.
+
+    :param rows: rows from :func:`comparison_rows`.
+    :param path: the PNG file to write.
+    :raises ImportError: when matplotlib is not installed.
+    """
+    # Imported here so the callback costs nothing in single runs; the Agg canvas draws
+    # off-screen without touching pyplot's global backend.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+
+    figure = Figure(figsize=(8, 5.5), dpi=120)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    plotted = 0
+    for index, row in enumerate(r for r in rows if r["status"] != "failed"):
+        kl, kl_se = (0.0, None) if row["status"] == "baseline" else (row["kl"], row["kl_se"])
+        if kl is None:
+            continue
+        colour = f"C{index % 10}"
+        for figure_name, marker in (("gold_reward", "o"), ("proxy_reward", "s")):
+            value = row[figure_name]
+            if value is None:
+                continue
+            axes.errorbar(
+                kl, value, xerr=kl_se, yerr=row[f"{figure_name}_se"], fmt=marker, color=colour,
+                markerfacecolor=colour if marker == "o" else "white", capsize=3, markersize=7,
+            )
+            axes.annotate(row["label"], (kl, value), textcoords="offset points", xytext=(6, 4), fontsize=8, color=colour)
+            plotted += 1
+    if plotted == 0:
+        axes.text(0.5, 0.5, "no finished run reported KL and a reward", ha="center", va="center", transform=axes.transAxes)
+    axes.axvline(0.0, color="grey", linewidth=0.8, linestyle=":")
+    axes.set_title("Over-optimisation: gold vs proxy reward as the policy moves away from sft")
+    axes.set_xlabel("KL(policy ‖ sft) on held-out prompts [nats per response]")
+    axes.set_ylabel("reward per response [gold: task utility; proxy: reward-model score]")
+    axes.legend(
+        handles=[
+            Line2D([], [], marker="o", linestyle="", color="black", label="gold reward (± SE)"),
+            Line2D([], [], marker="s", linestyle="", color="black", markerfacecolor="white", label="proxy reward (± SE)"),
+        ],
+        loc="best",
+    )
+    axes.grid(True, alpha=0.3)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    _write_atomic(path, buffer.getvalue())
+
+
+def write_comparison(sweep_dir: Path) -> list[Path]:
+    """Write ``comparison.md``, ``comparison.csv`` and ``overoptimisation.png`` into ``sweep_dir``.
+
+    The plot is skipped with a warning when matplotlib is missing; the tables are still written.
+
+    :param sweep_dir: the sweep directory.
+    :returns: the files written.
+    """
+    sweep_dir = Path(sweep_dir)
+    jobs = load_jobs(sweep_dir) if sweep_dir.is_dir() else []
+    if not jobs:
+        log.warning("no job directories under %s; no sweep comparison written", sweep_dir)
+        return []
+    rows = comparison_rows(jobs)
+    written = [sweep_dir / "comparison.md", sweep_dir / "comparison.csv"]
+    write_markdown(rows, written[0])
+    write_csv(rows, written[1])
+    try:
+        plot_overoptimisation(rows, sweep_dir / "overoptimisation.png")
+        written.append(sweep_dir / "overoptimisation.png")
+    except ImportError as exc:
+        log.warning("matplotlib is not available (%s); overoptimisation.png not drawn", exc)
+    failed = [job.label for job in jobs if job.metrics is None]
+    if failed:
+        log.warning("%d job(s) left no metrics.json and are listed as failed: %s", len(failed), ", ".join(failed))
+    log.info("sweep comparison of %d job(s) written to %s", len(jobs), ", ".join(str(p) for p in written))
+    return written
+
+
+class ComparisonCallback(Callback):
+    """Hydra callback that writes the sweep comparison (:func:`write_comparison`).
+
+    It refreshes the comparison after every job of a multirun as well as at its end, because
+    Hydra's basic sweeper re-raises a failed job's exception before ``on_multirun_end`` runs.
+    """
+
+    def on_job_end(self, config: Any, job_return: Any = None, **kwargs: Any) -> None:
+        """Refresh the comparison after a job of a multirun; single runs are left alone.
+
+        :param config: the job's config, including the ``hydra`` node.
+        :param job_return: Hydra's record of the job (unused: its directory tells all).
+        """
+        if config.hydra.mode == RunMode.MULTIRUN:
+            write_comparison(Path(config.hydra.sweep.dir))
+
+    def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
+        """Write the comparison once every job has returned.
+
+        :param config: the sweep's config, including the ``hydra`` node.
+        """
+        write_comparison(Path(config.hydra.sweep.dir))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m rlhf_lab.sweep SWEEP_DIR``: write the comparison of a finished or aborted sweep.
+
+    :param argv: command-line arguments (default: ``sys.argv[1:]``).
+    """
+    parser = argparse.ArgumentParser(prog="python -m rlhf_lab.sweep", description="Write comparison.md/.csv and overoptimisation.png for a sweep directory.")
+    parser.add_argument("sweep_dir", type=Path, help="the sweep directory (hydra.sweep.dir)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if not write_comparison(args.sweep_dir):
+        raise SystemExit(1)
+
+
+def _load_job(job_dir: Path) -> Job:
+    overrides = _read_yaml(job_dir / ".hydra" / "overrides.yaml") or []
+    config = _read_yaml(job_dir / ".hydra" / "config.yaml") or {}
+    metrics = None
+    if (job_dir / "metrics.json").is_file():
+        try:
+            metrics = json.loads((job_dir / "metrics.json").read_text())
+        except (OSError, ValueError) as exc:
+            log.warning("%s is unreadable (%s); the job is listed as failed", job_dir / "metrics.json", exc)
+    algo = (config.get("algo") or {}).get("name") if isinstance(config, dict) else None
+    algo = algo or _algo_from_overrides(overrides) or _algo_from_metrics(metrics)
+    return Job(number=job_dir.name, overrides=tuple(str(o) for o in overrides), algo=algo, metrics=metrics)
+
+
+def _read_yaml(path: Path) -> Any:
+    if not path.is_file():
+        return None
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        log.warning("%s is not valid YAML (%s); ignoring it", path, exc)
+        return None
+
+
+def _algo_from_overrides(overrides: list) -> str | None:
+    for override in overrides:
+        key, _, value = str(override).lstrip("+~").partition("=")
+        if key == "algo" and value:
+            return value
+    return None
+
+
+def _algo_from_metrics(metrics: dict | None) -> str | None:
+    # Without a config, the one evaluated policy that is not the baseline is the algorithm.
+    names = {key.split("/")[1] for key in (metrics or {}) if key.startswith("eval/") and key.count("/") >= 2}
+    names.discard(BASELINE)
+    return names.pop() if len(names) == 1 else None
+
+
+def _figures(metrics: dict, policy: str) -> dict[str, float | None]:
+    figures: dict[str, float | None] = {}
+    for name in FIGURES_WITH_SE:
+        figures[name] = _number(metrics.get(f"eval/{policy}/{name}"))
+        figures[f"{name}_se"] = _number(metrics.get(f"eval/{policy}/{name}_se"))
+    for name in ("win_rate", "win_rate_low", "win_rate_high", "perplexity"):
+        figures[name] = _number(metrics.get(f"eval/{policy}/{name}"))
+    return figures
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
+
+
+def _with_se(value: float | None, se: float | None, digits: int) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.{digits}f}" if se is None else f"{value:.{digits}f} ± {se:.{digits}f}"
+
+
+def _with_interval(value: float | None, low: float | None, high: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3f}" if low is None or high is None else f"{value:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    # Jobs of a parallel launcher may refresh the comparison at the same time; a rename never
+    # leaves a reader with half a file.
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,172 @@
+"""The sweep comparison: table rows, Markdown, CSV and plot from a sweep directory on disk."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+from hydra.types import RunMode
+from omegaconf import OmegaConf
+
+from rlhf_lab.sweep import COLUMNS, ComparisonCallback, Job, comparison_rows, load_jobs, write_comparison
+
+SFT = {
+    "eval/sft/gold_reward": 0.4, "eval/sft/gold_reward_se": 0.05, "eval/sft/proxy_reward": -0.1,
+    "eval/sft/proxy_reward_se": 0.04, "eval/sft/kl": 0.0, "eval/sft/kl_se": 0.0,
+    "eval/sft/response_length": 9.0, "eval/sft/response_length_se": 0.3, "eval/sft/perplexity": 12.5,
+}
+PPO = {
+    **SFT, "eval/ppo/gold_reward": 1.2, "eval/ppo/gold_reward_se": 0.06, "eval/ppo/proxy_reward": 2.1,
+    "eval/ppo/proxy_reward_se": 0.08, "eval/ppo/kl": 3.5, "eval/ppo/kl_se": 0.2, "eval/ppo/win_rate": 0.81,
+    "eval/ppo/win_rate_low": 0.74, "eval/ppo/win_rate_high": 0.87, "eval/ppo/response_length": 11.0,
+    "eval/ppo/response_length_se": 0.4, "eval/ppo/perplexity": 14.0, "time/total_seconds": 321.5,
+}
+# DPO trains no reward model, so it has no proxy reward.
+DPO = {
+    **{k: v for k, v in SFT.items() if "proxy" not in k}, "eval/dpo/gold_reward": 0.7, "eval/dpo/gold_reward_se": 0.05,
+    "eval/dpo/kl": 1.25, "eval/dpo/kl_se": 0.1, "eval/dpo/win_rate": 0.6, "eval/dpo/win_rate_low": 0.52,
+    "eval/dpo/win_rate_high": 0.68, "eval/dpo/response_length": 9.5, "eval/dpo/response_length_se": 0.3,
+    "eval/dpo/perplexity": 13.0, "time/total_seconds": 120.0,
+}
+
+
+def make_job(sweep: Path, number: str, algo: str, metrics: dict | None) -> None:
+    """A job directory as Hydra and the pipeline leave it; ``metrics=None`` is a failed job."""
+    hydra_dir = sweep / number / ".hydra"
+    hydra_dir.mkdir(parents=True)
+    (hydra_dir / "overrides.yaml").write_text(yaml.safe_dump([f"algo={algo}"]))
+    (hydra_dir / "config.yaml").write_text(yaml.safe_dump({"seed": 0, "algo": {"name": algo}}))
+    if metrics is not None:
+        (sweep / number / "metrics.json").write_text(json.dumps(metrics))
+
+
+@pytest.fixture
+def sweep(tmp_path: Path) -> Path:
+    make_job(tmp_path, "0", "ppo", PPO)
+    make_job(tmp_path, "1", "dpo", DPO)
+    make_job(tmp_path, "2", "best_of_n", None)
+    (tmp_path / "multirun.yaml").write_text("hydra: {}\n")  # Hydra's own file: not a job
+    return tmp_path
+
+
+def read_csv(path: Path) -> list[dict]:
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_rows_put_the_baseline_first_then_every_job(sweep: Path):
+    rows = comparison_rows(load_jobs(sweep))
+    assert [(r["job"], r["label"], r["algo"], r["status"]) for r in rows] == [
+        (None, "sft (baseline of job 0)", "sft", "baseline"),
+        ("0", "algo=ppo", "ppo", "ok"),
+        ("1", "algo=dpo", "dpo", "ok"),
+        ("2", "algo=best_of_n", "best_of_n", "failed"),
+    ]
+    assert all(set(row) == set(COLUMNS) for row in rows)
+    assert rows[0]["gold_reward"] == 0.4 and rows[0]["win_rate"] is None and rows[0]["wall_time_s"] is None
+    assert rows[1]["kl"] == 3.5 and rows[1]["win_rate_high"] == 0.87 and rows[1]["wall_time_s"] == 321.5
+    assert rows[2]["proxy_reward"] is None and rows[2]["gold_reward"] == 0.7
+    assert rows[3]["gold_reward"] is None
+
+
+def test_rows_leave_out_what_an_algorithm_does_not_measure():
+    # best_of_n samples from sft, so it reports no perplexity of its own.
+    metrics = {**SFT, "eval/best_of_n/gold_reward": 0.9, "eval/best_of_n/kl": 1.6}
+    rows = comparison_rows([Job(number="0", overrides=(), algo="best_of_n", metrics=metrics)])
+    assert rows[1]["label"] == "best_of_n"  # no overrides: the algorithm names the row
+    assert rows[1]["perplexity"] is None and rows[1]["gold_reward"] == 0.9
+
+
+def test_jobs_sort_by_number_not_by_name(tmp_path: Path):
+    for number in ("10", "2", "0"):
+        make_job(tmp_path, number, "ppo", PPO)
+    assert [job.number for job in load_jobs(tmp_path)] == ["0", "2", "10"]
+
+
+def test_algo_comes_from_the_metrics_when_hydra_left_no_config(tmp_path: Path):
+    (tmp_path / "0").mkdir()
+    (tmp_path / "0" / "metrics.json").write_text(json.dumps(DPO))
+    assert load_jobs(tmp_path) == [Job(number="0", overrides=(), algo="dpo", metrics=DPO)]
+
+
+def test_callback_writes_markdown_csv_and_plot(sweep: Path):
+    pytest.importorskip("matplotlib")
+    ComparisonCallback().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}}}))
+
+    rows = read_csv(sweep / "comparison.csv")
+    assert list(rows[0]) == list(COLUMNS)
+    assert [r["label"] for r in rows] == ["sft (baseline of job 0)", "algo=ppo", "algo=dpo", "algo=best_of_n"]
+    baseline, ppo, dpo, failed = rows
+    assert (float(baseline["gold_reward"]), float(baseline["perplexity"]), baseline["win_rate"]) == (0.4, 12.5, "")
+    assert (float(ppo["gold_reward"]), float(ppo["gold_reward_se"]), float(ppo["kl"]), float(ppo["wall_time_s"])) == (1.2, 0.06, 3.5, 321.5)
+    assert (float(ppo["win_rate"]), float(ppo["win_rate_low"]), float(ppo["win_rate_high"])) == (0.81, 0.74, 0.87)
+    assert (dpo["proxy_reward"], dpo["proxy_reward_se"], float(dpo["kl"])) == ("", "", 1.25)
+    assert failed["status"] == "failed" and failed["job"] == "2" and failed["gold_reward"] == ""
+
+    markdown = (sweep / "comparison.md").read_text()
+    assert "| 0 | algo=ppo | ppo | 1.200 ± 0.060 | 2.100 ± 0.080 | 3.500 ± 0.200 | 0.810 [0.740, 0.870] | 11.00 ± 0.40 | 14.00 | 321.5 |" in markdown
+    assert "| 1 | algo=dpo | dpo | 0.700 ± 0.050 | - | 1.250 ± 0.100 |" in markdown
+    assert "| 2 | algo=best_of_n | best_of_n | failed |" in markdown
+    assert "| - | sft (baseline of job 0) | sft | 0.400 ± 0.050 | -0.100 ± 0.040 | 0.000 ± 0.000 | - |" in markdown
+
+    png = (sweep / "overoptimisation.png").read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000
+
+
+def test_tables_are_written_without_matplotlib(sweep: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes "import matplotlib..." raise ImportError
+    written = write_comparison(sweep)
+    assert [p.name for p in written] == ["comparison.md", "comparison.csv"]
+    assert not (sweep / "overoptimisation.png").exists()
+
+
+def test_job_end_refreshes_the_comparison_only_in_a_multirun(sweep: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # the tables are enough to tell
+    single = OmegaConf.create({"hydra": {"mode": RunMode.RUN, "sweep": {"dir": str(sweep)}}})
+    ComparisonCallback().on_job_end(single, job_return=None)
+    assert not (sweep / "comparison.csv").exists()
+    multi = OmegaConf.create({"hydra": {"mode": RunMode.MULTIRUN, "sweep": {"dir": str(sweep)}}})
+    ComparisonCallback().on_job_end(multi, job_return=None)
+    assert len(read_csv(sweep / "comparison.csv")) == 4
+
+
+def test_real_hydra_sweep_with_a_failing_job_still_gets_a_comparison(tmp_path: Path):
+    # Hydra's basic sweeper re-raises the failed job before on_multirun_end, so the table must
+    # come from the refresh after each job.
+    app = tmp_path / "app.py"
+    app.write_text(textwrap.dedent("""
+        import json
+        from pathlib import Path
+
+        import hydra
+        from hydra.core.hydra_config import HydraConfig
+
+        @hydra.main(version_base="1.3", config_path=None, config_name=None)
+        def main(cfg):
+            if cfg.algo.name == "boom":
+                raise RuntimeError("this job fails")
+            metrics = {f"eval/{cfg.algo.name}/gold_reward": 1.5, "eval/sft/gold_reward": 0.5}
+            Path(HydraConfig.get().runtime.output_dir, "metrics.json").write_text(json.dumps(metrics))
+
+        main()
+    """))
+    sweep = tmp_path / "sweep"
+    result = subprocess.run(
+        [sys.executable, str(app), "-m", "+algo.name=ppo,boom,dpo", f"hydra.sweep.dir={sweep}",
+         "+hydra.callbacks.comparison._target_=rlhf_lab.sweep.ComparisonCallback"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode != 0  # the failure still ends the sweep
+    rows = read_csv(sweep / "comparison.csv")
+    assert [(r["job"], r["label"], r["status"], r["gold_reward"]) for r in rows] == [
+        ("", "sft (baseline of job 0)", "baseline", "0.5"),
+        ("0", "+algo.name=ppo", "ok", "1.5"),
+        ("1", "+algo.name=boom", "failed", ""),
+        ("2", "+algo.name=dpo", "ok", "1.5"),
+    ]
