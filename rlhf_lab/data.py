@@ -86,7 +86,8 @@ def batched_pairs(tokenizer, prompts: list[str], responses: list[list[int]], bat
         yield {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
 
 
-def _accepts_logits_to_keep(model) -> bool:
+def accepts_logits_to_keep(model) -> bool:
+    """Whether ``model.forward`` takes ``logits_to_keep`` (most Hugging Face causal LMs do)."""
     import inspect
 
     cls = type(model)
@@ -108,7 +109,7 @@ def response_logits(model, batch: dict, temperature: float = 1.0) -> torch.Tenso
     p = batch["prompt_len"]
     inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "position_ids": batch["position_ids"]}
     response_len = batch["input_ids"].shape[1] - p
-    if _accepts_logits_to_keep(model):
+    if accepts_logits_to_keep(model):
         logits = model(**inputs, logits_to_keep=response_len + 1).logits[:, :-1]
     else:
         logits = model(**inputs).logits[:, p - 1 : -1]

@@ -426,7 +426,7 @@ class Pipeline:
                 self.tokenizer, self.task, self.eval_cfg, self.cfg.seed,
             )
         metrics.update(eval_metrics)
-        metrics.update({f"time/{stage}_seconds": seconds for stage, seconds in self.timings.items()})
+        metrics.update(self.timings)
         metrics["time/total_seconds"] = round(time.perf_counter() - started, 2)
         # The evaluation is a stage of its own for the loggers (csv/eval, a wandb run of job type eval).
         eval_loggers = build_loggers(self.cfg, "eval", self.run_dir, self.group)

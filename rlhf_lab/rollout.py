@@ -15,7 +15,7 @@ from typing import Optional
 
 import torch
 
-from rlhf_lab.data import join, response_logits
+from rlhf_lab.data import accepts_logits_to_keep, join, response_logits
 from rlhf_lab.ops.sampling import filter_logits
 from rlhf_lab.ops.sequence import position_ids_from_mask, token_logprobs, truncate_after_eos
 
@@ -60,10 +60,12 @@ def generate(
     input_ids, past = prompt_ids, None
     finished = torch.zeros(batch, dtype=torch.bool, device=prompt_ids.device)
     tokens, logprobs = [], []
+    # Only the last position's logits are sampled from: the prompt's need no vocabulary projection.
+    keep_last = {"logits_to_keep": 1} if accepts_logits_to_keep(model) else {}
     for step in range(max_new_tokens):
         out = model(
             input_ids=input_ids, attention_mask=full_mask[:, : prompt_len + step], position_ids=position_ids,
-            past_key_values=past, use_cache=True,
+            past_key_values=past, use_cache=True, **keep_last,
         )
         past = out.past_key_values
         next_token, next_logp = _sample(out.logits[:, -1, :], temperature, top_k, top_p, generator)

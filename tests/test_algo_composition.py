@@ -365,3 +365,13 @@ def test_a_rule_reward_gives_a_critic_started_from_the_policy(toy):
     critic = build_critic(inputs, "reward")
     policy = load_policy(str(inputs.sft))
     assert torch.equal(critic.model.transformer.wte.weight, policy.transformer.wte.weight)
+
+
+def test_the_critic_trains_only_the_head_it_uses(ppo_case):
+    module, _ = ppo_case
+    trainable = {id(p) for p in module.trainable_parameters()}
+    assert id(module.critic.head.weight) in trainable and id(module.critic.head.bias) in trainable
+    # the reward model's original head is replaced by the folded one: training it would be dead
+    # weight, and under DDP an unused trainable parameter stalls the gradient reduction
+    assert id(module.critic.model.score.weight) not in trainable
+    assert all(not p.requires_grad for p in module.frozen.reward.model.parameters())

@@ -28,6 +28,10 @@ def test_tiny_pipeline_writes_metrics_models_and_checkpoints(tmp_path, tiny_run_
     # 57 held-out prompts x 4 candidates: every ranking gives 4-choose-2 = 6 pairs.
     assert metrics["feedback/heldout_records"] == 57 and metrics["feedback/heldout_pairs"] == 57 * 6
     assert metrics["feedback/train_pairs"] == 6 * metrics["feedback/train_records"]
+    # Each stage's wall time, under its own name.
+    for stage in ("base", "sft", "preferences", "reward_model", "policy", "evaluate", "total"):
+        assert metrics[f"time/{stage}_seconds"] >= 0, stage
+    assert metrics["time/total_seconds"] >= metrics["time/policy_seconds"] > 0
     # The summary table prints the same figures as metrics.json.
     assert f"{metrics['eval/ppo/gold_reward']:.3f}" in result.stdout
     assert "win_rate vs sft" in result.stdout

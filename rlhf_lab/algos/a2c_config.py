@@ -26,7 +26,7 @@ class A2CConfig(OnPolicyConfig):
     gamma: float = 1.0
     """Discount (1.0 for RLHF: the episode is one response)."""
     vf_coef: float = 0.5
-    """Weight of the value loss (Mnih et al. 2016: 0.5)."""
+    """Weight of the value loss (OpenAI Baselines' A2C: 0.5)."""
     ent_coef: float = 0.0
     """Entropy bonus weight (Mnih et al.: 0.01 for Atari; 0 is usual for language models)."""
     whiten_advantages: bool = True

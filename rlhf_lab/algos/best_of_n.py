@@ -40,6 +40,7 @@ class BestOfNPolicy:
         return torch.cat([self.reward_fn(b).cpu() for b in batched_pairs(self.base.tokenizer, prompts, responses, 128, device)])
 
     def sample(self, prompts, sampling, samples_per_prompt, seed):
+        self.sampling = sampling  # the KL estimate must see the distribution the candidates came from
         grouped = self.base.sample(prompts, sampling, samples_per_prompt * self.n, seed)
         out = []
         for prompt, group in zip(prompts, grouped):

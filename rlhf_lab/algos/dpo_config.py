@@ -18,9 +18,9 @@ class DPOConfig:
     beta: float = 0.1
     """Strength of the implicit KL constraint (Rafailov et al.: 0.1; SimPO: 2.0-2.5; IPO: tau)."""
     label_smoothing: float = 0.1
-    """cdpo: probability that a preference label is flipped (Mitchell 2023: 0.1-0.3)."""
-    simpo_gamma: float = 0.5
-    """simpo: target reward margin gamma (Meng et al.: gamma/beta about 0.5)."""
+    """cdpo only: probability that a preference label is flipped (Mitchell 2023: 0.1-0.3)."""
+    simpo_gamma: float = 0.05
+    """simpo: target reward margin gamma (Meng et al.: gamma/beta about 0.5, with beta 2.0-2.5)."""
     lr: float = 1e-4
     """AdamW learning rate (Rafailov et al.: 1e-6 for billion-parameter models)."""
     weight_decay: float = 0.0

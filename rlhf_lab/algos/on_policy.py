@@ -60,11 +60,11 @@ def build_critic(inputs: AlgoInputs, critic_init: str):
     from rlhf_lab.rewards.function import LearnedReward
 
     if critic_init == "reward" and isinstance(inputs.reward, LearnedReward):
-        critic = copy.deepcopy(inputs.reward.model)
+        critic = copy.deepcopy(inputs.reward.model).requires_grad_(True)  # the reward model itself stays frozen
         critic.fold_normaliser(inputs.reward.normaliser)
     else:
         critic = load_value_model(str(inputs.sft), inputs.dtype, key=f"critic initialisation {inputs.sft}")
-    return critic.train().requires_grad_(True)
+    return critic.train()
 
 
 class OnPolicyModule(pl.LightningModule):
@@ -111,7 +111,8 @@ class OnPolicyModule(pl.LightningModule):
     def on_fit_start(self) -> None:
         self.frozen.reference.to(self.device)
         self.frozen.reward.to(self.device)
-        self.generator = torch.Generator(device=self.device).manual_seed(self.inputs.seed)
+        # One stream per rank: the same seed everywhere would make every rank sample the same responses.
+        self.generator = torch.Generator(device=self.device).manual_seed(self.inputs.seed + self.global_rank)
 
     def teardown(self, stage: str) -> None:
         # Lightning moves only the module tree back to the CPU after fit; the frozen models follow.

@@ -87,5 +87,6 @@ class PPOModule(OnPolicyModule):
         stats["rollout/non_score_reward"] = (rewards.sum(1) - exp.scores).mean()
         stats["rollout/kl_coef"] = torch.tensor(self.kl_ctl.value)
         stats["losses/explained_variance"] = explained_variance(exp.values, returns, exp.response_mask)
-        self.kl_ctl.update(float(seq_kl), cfg.rollout_batch_size)
+        # Each rank samples its own rollout_batch_size prompts: the controller counts them all.
+        self.kl_ctl.update(float(seq_kl), cfg.rollout_batch_size * (self._trainer.world_size if self._trainer else 1))
         return stats

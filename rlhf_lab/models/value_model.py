@@ -86,6 +86,9 @@ class ValueModel(nn.Module):
         bias = old.bias if old.bias is not None else torch.zeros(1, device=old.weight.device, dtype=old.weight.dtype)
         head.bias.copy_((bias - normaliser.mean) / normaliser.std)
         self.head = head
+        # The wrapped model's own head stays (saving it keeps a plain transformers model) but is
+        # frozen: an unused trainable parameter would stall DDP's gradient reduction.
+        old.requires_grad_(False)
 
     def save_pretrained(self, directory: Path) -> None:
         self.model.save_pretrained(directory)
