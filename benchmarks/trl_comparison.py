@@ -46,6 +46,7 @@ PPO_MINIBATCH, PPO_EPOCHS = 16, 4
 LENGTH_TARGET = 8
 """GRPO and RLOO reward: ``-|words - 8|`` (rlhf_lab.rewards.rules.word_count), the same function on both sides."""
 SEED = 0
+NO_GC_ENV = "RLHF_LAB_BENCH_TRL_NO_GC"
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "WANDB_MODE": "disabled",
            "TOKENIZERS_PARALLELISM": "false", "TRL_EXPERIMENTAL_SILENCE": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
 
@@ -83,6 +84,20 @@ class Skip(Exception):
 
 
 # --- shared set-up (parent process) -------------------------------------------------------------------
+
+
+def quiet() -> None:
+    """No progress bars, load reports, Lightning tips or warnings: the figures are the output."""
+    import logging
+    import warnings
+
+    import transformers
+
+    warnings.filterwarnings("ignore")
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
 
 
 def lightning_trainer(max_epochs: int = 1):
@@ -167,13 +182,14 @@ def _trl(*names: str, module: str = "trl"):
 
     try:
         import trl
-
-        found = importlib.import_module(module)
-        return [getattr(found, name) for name in names]
     except ImportError as exc:
         raise Skip(f"TRL not importable ({exc}); pip install -e '.[bench]'") from None
-    except AttributeError:
-        raise Skip(f"trl {trl.__version__} has no {module}.{names[-1]}") from None
+    try:
+        found = importlib.import_module(module)
+        return [getattr(found, name) for name in names]
+    except (ImportError, AttributeError):
+        hint = "; pass --ppo-python, the Python of an environment with trl==1.12.0" if module == "trl.experimental.ppo" else ""
+        raise Skip(f"trl {trl.__version__} has no {module}.{names[-1]}{hint}") from None
 
 
 def _preference_texts(run: Run, what: str) -> list[tuple[str, str, str]]:
@@ -397,16 +413,18 @@ class PeakMemory:
 
 def worker(what: str, side: str, root: str) -> dict:
     """Build one side of one comparison, run its training loop once, return the figures."""
-    import logging
-    import warnings
-
     import torch
 
-    warnings.filterwarnings("ignore")
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    quiet()
     run = Run(**json.loads((Path(root) / "run.json").read_text()))
+    if side == "trl" and os.environ.get(NO_GC_ENV) == "1":
+        # TRL's PPO/RLOO trainers call gc.collect() (and empty the device cache) every update; this
+        # measures TRL's best case without them.
+        import gc
+
+        gc.collect = lambda generation=2: 0
     try:
-        train, samples = globals()[what](side, run)
+        train, samples = {"dpo": dpo, "reward": reward, "grpo": grpo, "rloo": rloo, "ppo": ppo}[what](side, run)
     except Skip as exc:
         return {"skipped": str(exc)}
     with PeakMemory(run.device) as memory:
@@ -468,16 +486,23 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=20, help="response length cap (rlhf_lab's default: 20)")
     parser.add_argument("--sft-epochs", type=int, default=1, help="SFT epochs of the start policy (0: the untrained model)")
     parser.add_argument("--ppo-python", help="Python of an environment with trl==1.12.0 for TRL's PPO side (default: this one)")
+    parser.add_argument("--trl-without-gc", action="store_true", help="make gc.collect() a no-op on the TRL side "
+                        "(TRL's PPO calls it every update): TRL's best case")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--root", help=argparse.SUPPRESS)
     args = parser.parse_args()
     os.environ.update(OFFLINE)
+    if args.trl_without_gc:
+        os.environ[NO_GC_ENV] = "1"
     if args.worker:
         print("RESULT " + json.dumps(worker(*args.worker.split(":"), args.root)), flush=True)
         return
 
+    import lightning
     import torch
+    import transformers
 
+    quiet()
     whats = [w.strip() for w in args.what.split(",") if w.strip()]
     unknown = set(whats) - set(COMPARISONS)
     if unknown:
@@ -491,7 +516,8 @@ def main() -> None:
         prepare(run, args.sft_epochs)
         print(f"device={device} threads={torch.get_num_threads()} steps={args.steps} repeats={args.repeats} "
               f"batch={ {w: batch[w] for w in whats} } samples_per_prompt={ {w: SAMPLES_PER_PROMPT[w] for w in whats if w in SAMPLES_PER_PROMPT} } "
-              f"max_new_tokens={args.max_new_tokens} torch={torch.__version__}", flush=True)
+              f"max_new_tokens={args.max_new_tokens} torch={torch.__version__} transformers={transformers.__version__} "
+              f"lightning={lightning.__version__}", flush=True)
         results = {(w, s): [] for w in whats for s in SIDES}
         for repeat in range(args.repeats):
             for what in whats:

@@ -85,8 +85,11 @@ def comparison_rows(jobs: list[Job]) -> list[dict[str, Any]]:
         # The baseline is not compared with itself, and its time is part of every job's total.
         baseline.update(win_rate=None, win_rate_low=None, win_rate_high=None, wall_time_s=None)
         rows.append({"job": None, "label": f"{BASELINE} (baseline of job {first.number})", "algo": BASELINE, "status": "baseline", **baseline})
+    # Settings every job shares (a cache directory, a shortened trainer) say nothing about the difference.
+    shared = set.intersection(*(set(job.overrides) for job in jobs)) if len(jobs) > 1 else set()
     for job in jobs:
-        row = {"job": job.number, "label": job.label, "algo": job.algo, "status": "failed" if job.metrics is None else "ok"}
+        label = " ".join(o for o in job.overrides if o not in shared) or job.algo or job.number
+        row = {"job": job.number, "label": label, "algo": job.algo, "status": "failed" if job.metrics is None else "ok"}
         figures = _figures(job.metrics or {}, job.algo or "")
         figures["wall_time_s"] = _number((job.metrics or {}).get("time/total_seconds"))
         rows.append({**row, **figures})
@@ -179,14 +182,15 @@ def plot_overoptimisation(rows: list[dict[str, Any]], path: Path) -> None:
                 kl, value, xerr=kl_se, yerr=row[f"{figure_name}_se"], fmt=marker, color=colour,
                 markerfacecolor=colour if marker == "o" else "white", capsize=3, markersize=7,
             )
-            axes.annotate(row["label"], (kl, value), textcoords="offset points", xytext=(6, 4), fontsize=8, color=colour)
+            if marker == "o" or row["gold_reward"] is None:  # one label per run
+                axes.annotate(row["label"], (kl, value), textcoords="offset points", xytext=(6, 4), fontsize=8, color=colour)
             plotted += 1
     if plotted == 0:
         axes.text(0.5, 0.5, "no finished run reported KL and a reward", ha="center", va="center", transform=axes.transAxes)
     axes.axvline(0.0, color="grey", linewidth=0.8, linestyle=":")
-    axes.set_title("Over-optimisation: gold vs proxy reward as the policy moves away from sft")
+    axes.set_title("Gold and proxy reward against KL to sft")
     axes.set_xlabel("KL(policy ‖ sft) on held-out prompts [nats per response]")
-    axes.set_ylabel("reward per response [gold: task utility; proxy: reward-model score]")
+    axes.set_ylabel("reward per response\n(gold: task utility; proxy: reward function)")
     axes.legend(
         handles=[
             Line2D([], [], marker="o", linestyle="", color="black", label="gold reward (± SE)"),
@@ -197,7 +201,7 @@ def plot_overoptimisation(rows: list[dict[str, Any]], path: Path) -> None:
     axes.grid(True, alpha=0.3)
     figure.tight_layout()
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
+    figure.savefig(buffer, format="png", bbox_inches="tight")
     _write_atomic(path, buffer.getvalue())
 
 

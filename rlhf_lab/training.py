@@ -169,3 +169,16 @@ def inference_device(cfg: DictConfig):
     return torch.device("cpu")
 
 
+
+
+def adamw(params, lr: float, *, weight_decay: float = 0.0, eps: float = 1e-8):
+    """AdamW for every stage, fused into one kernel per step where torch supports it for these
+    parameters (CPU and CUDA floating point): on small models the per-parameter loop of the plain
+    implementation is a tenth of an update's time. The maths is the same either way."""
+    import torch
+
+    params = list(params)
+    try:
+        return torch.optim.AdamW(params, lr=lr, eps=eps, weight_decay=weight_decay, fused=True)
+    except (RuntimeError, ValueError):
+        return torch.optim.AdamW(params, lr=lr, eps=eps, weight_decay=weight_decay)

@@ -378,3 +378,20 @@ def test_sample_next_token_temperature_changes_distribution(temperature):
     freq = drawn.float().mean().item()
     # standard error sqrt(p(1-p)/n) < 0.004; allow 5 of them
     assert abs(freq - p1) < 0.02
+
+
+def test_masked_whiten_over_ranks_uses_the_statistics_of_the_whole_batch():
+    # Two ranks hold one row each; whitening rank 0's row must use the mean and variance of both rows.
+    v, m = t(VALUES), t(MASK)
+
+    def local_sums(values, mask):
+        return torch.stack([(values * mask).sum(), (values * values * mask).sum(), mask.sum()])
+
+    other_rank = local_sums(v[1:], m[1:])
+    on_rank_0 = masked_whiten(v[:1], m[:1], all_reduce_sum=lambda sums: sums + other_rank)
+    # mean 3.5 and Bessel variance 17 / 3 of all four valid entries (see MEAN, SSQ above)
+    expected = (t([1.0, 2.0]) - MEAN) / math.sqrt(SSQ / 3 + 1e-8)
+    assert_close(on_rank_0[0, :2], expected)
+    assert on_rank_0[0, 2] == 0
+    # the single-process path gives the same numbers on the whole batch
+    assert_close(masked_whiten(v, m)[0, :2], expected)

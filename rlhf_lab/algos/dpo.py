@@ -191,7 +191,9 @@ class DPOModule(pl.LightningModule):
         self.log_dict({f"val/{k}": v for k, v in stats.items()}, batch_size=size)
 
     def configure_optimizers(self):
-        return torch.optim.AdamW(self.policy.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+        from rlhf_lab.training import adamw
+
+        return adamw(self.policy.parameters(), self.cfg.lr, weight_decay=self.cfg.weight_decay)
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
         self.clip_gradients(optimizer, gradient_clip_val=self.cfg.max_grad_norm, gradient_clip_algorithm="norm")

@@ -166,7 +166,9 @@ class OnPolicyModule(pl.LightningModule):
         if self.critic is not None:
             critic_lr = getattr(self.cfg, "critic_lr", None)
             groups.append({"params": [p for p in self.critic.parameters() if p.requires_grad], "lr": critic_lr or self.cfg.lr})
-        return torch.optim.Adam(groups, eps=1e-5)
+        from rlhf_lab.training import adamw
+
+        return adamw(groups, self.cfg.lr, eps=1e-5)  # weight decay 0: Adam, as in the references
 
     def optimise(self, loss: torch.Tensor) -> torch.Tensor:
         """zero_grad -> backward -> clip -> step; returns the gradient norm before clipping.
@@ -184,6 +186,24 @@ class OnPolicyModule(pl.LightningModule):
             check_finite(both[0] if what == "loss" else both[1], "policy", self.global_step, self.inputs.checkpoint_dir, what=what)
         opt.step()
         return grad_norm
+
+    def minibatch_updates(self, size: int, epochs: int, minibatch_size: int, loss_fn) -> dict[str, torch.Tensor]:
+        """``epochs`` shuffled passes over ``size`` rows in minibatches, one optimiser step each.
+
+        :param loss_fn: ``loss_fn(row_indices) -> dict`` with ``"loss"`` and scalar diagnostics.
+        :returns: each diagnostic (and ``losses/grad_norm``) averaged over all steps, as tensors.
+        """
+        sums: dict[str, torch.Tensor] = {}
+        count = 0
+        for _ in range(epochs):
+            order = torch.randperm(size, device=self.device, generator=self.generator)
+            for start in range(0, size, minibatch_size):
+                out = loss_fn(order[start : start + minibatch_size])
+                out["losses/grad_norm"] = self.optimise(out.pop("loss"))
+                for key, value in out.items():
+                    sums[key] = sums.get(key, 0.0) + value.detach()
+                count += 1
+        return {key: value / count for key, value in sums.items()}
 
     # --- several ranks ------------------------------------------------------------------------------
 

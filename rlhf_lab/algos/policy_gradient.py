@@ -54,7 +54,8 @@ class PolicyGradientModule(OnPolicyModule):
             return rloo_advantages(rewards, cfg.samples_per_prompt)
         if cfg.baseline == "group":
             return grpo_advantages(rewards, cfg.samples_per_prompt, scale_by_std=cfg.scale_by_std)
-        # The baseline predates this batch, so the advantage stays an unbiased gradient estimate.
+        # The baseline predates this batch, so the advantage stays an unbiased gradient estimate;
+        # only the very first batch, having no past, is baselined by its own mean.
         baseline = float(self.global_mean(rewards.mean())) if self.baseline is None else self.baseline
         advantages = rewards - baseline
         self.baseline = ema_baseline(self.baseline, float(self.global_mean(rewards.mean())), cfg.baseline_decay)
@@ -81,17 +82,6 @@ class PolicyGradientModule(OnPolicyModule):
         rewards = self.sequence_rewards(exp)
         advantages = broadcast_to_tokens(self.advantages(rewards), exp.response_mask)
         size = exp.response_mask.shape[0]
-        step = min(cfg.minibatch_size, size)
-        sums: dict[str, torch.Tensor] = {}
-        count = 0
-        for _ in range(cfg.update_epochs):
-            order = torch.randperm(size, device=self.device, generator=self.generator)
-            for start in range(0, size, step):
-                out = self.minibatch_loss(exp, advantages, order[start : start + step])
-                out["losses/grad_norm"] = self.optimise(out.pop("loss"))
-                for key, value in out.items():
-                    sums[key] = sums.get(key, 0.0) + value.detach()
-                count += 1
-        stats = {key: value / count for key, value in sums.items()}
+        stats = self.minibatch_updates(size, cfg.update_epochs, min(cfg.minibatch_size, size), lambda idx: self.minibatch_loss(exp, advantages, idx))
         stats["rollout/sequence_reward"] = rewards.mean()
         return stats

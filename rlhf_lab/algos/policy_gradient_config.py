@@ -77,6 +77,8 @@ class RLOOConfig(PolicyGradientConfig):
     baseline: str = "leave_one_out"
     samples_per_prompt: int = 4
     rollout_batch_size: int = 16
+    total_episodes: int = 3200
+    """Prompts in total: with 4 samples each, the 12800 responses PPO samples by default."""
 
 
 @dataclass
@@ -87,4 +89,6 @@ class GRPOConfig(PolicyGradientConfig):
     baseline: str = "group"
     samples_per_prompt: int = 4
     rollout_batch_size: int = 16
+    total_episodes: int = 3200
+    """Prompts in total: with 4 samples each, the 12800 responses PPO samples by default."""
     kl_penalty: str = "loss"

@@ -71,18 +71,9 @@ class PPOModule(OnPolicyModule):
     def iteration(self, exp: Experience) -> dict[str, torch.Tensor]:
         cfg = self.cfg
         rewards, advantages, returns = self.advantages(exp)
-        size = exp.response_mask.shape[0]
-        sums: dict[str, torch.Tensor] = {}
-        count = 0
-        for _ in range(cfg.ppo_epochs):
-            order = torch.randperm(size, device=self.device, generator=self.generator)
-            for start in range(0, size, cfg.minibatch_size):
-                out = self.minibatch_loss(exp, advantages, returns, order[start : start + cfg.minibatch_size])
-                out["losses/grad_norm"] = self.optimise(out.pop("loss"))
-                for key, value in out.items():
-                    sums[key] = sums.get(key, 0.0) + value.detach()
-                count += 1
-        stats = {key: value / count for key, value in sums.items()}
+        stats = self.minibatch_updates(
+            exp.response_mask.shape[0], cfg.ppo_epochs, cfg.minibatch_size, lambda idx: self.minibatch_loss(exp, advantages, returns, idx)
+        )
         seq_kl = self.global_mean(((exp.logprobs - exp.ref_logprobs) * exp.response_mask).sum(1).mean())
         stats["rollout/non_score_reward"] = (rewards.sum(1) - exp.scores).mean()
         stats["rollout/kl_coef"] = torch.tensor(self.kl_ctl.value)

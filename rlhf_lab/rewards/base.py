@@ -28,18 +28,20 @@ class RewardObjective:
     def __init__(self, cfg: RewardConfig) -> None:
         self.cfg = cfg
 
-    def collate(self, records: list[PreferenceRecord], tokenizer) -> dict:
+    def collate(self, records: list[PreferenceRecord], tokenizer, prompt_ids: dict[str, list[int]] | None = None) -> dict:
         """Flatten every response of every record into one batch, plus the preference pairs between them.
 
         Adds ``pair_better``/``pair_worse`` (indices into the flattened responses) and ``targets``
-        (the records' scores where present, else zeros).
+        (the records' scores where present, else zeros). Responses are the records' token ids where they
+        carry them (candidates the policy sampled), so the model trains on the ids it will score.
+        ``prompt_ids`` maps prompt texts to ids already encoded (a loader encodes each prompt once).
         """
         prompts, responses, better, worse, targets = [], [], [], [], []
         for record in records:
             offset = len(responses)
-            prompt_ids = encode_prompt(tokenizer, record.prompt)
+            ids = prompt_ids[record.prompt] if prompt_ids and record.prompt in prompt_ids else encode_prompt(tokenizer, record.prompt)
             for i, response_ids in enumerate(record_response_ids(tokenizer, record)):
-                prompts.append(prompt_ids)
+                prompts.append(ids)
                 responses.append(response_ids)
                 targets.append(record.scores[i] if record.scores is not None else 0.0)
             for b, w in record.preference_pairs():

@@ -11,11 +11,18 @@ from rlhf_lab.feedback.records import PreferenceRecord
 
 
 def record_loader(records: list[PreferenceRecord], objective, tokenizer, batch_size: int, shuffle: bool, seed: int) -> DataLoader:
+    """Batches of records for ``objective``; every text is tokenised once here, not once per epoch."""
+    from dataclasses import replace
+
+    from rlhf_lab.data import encode_prompt, record_response_ids
+
+    records = [replace(r, response_ids=record_response_ids(tokenizer, r)) for r in records]
+    prompt_ids = {p: encode_prompt(tokenizer, p) for p in {r.prompt for r in records}}
     return DataLoader(
         records,
         batch_size=batch_size,
         shuffle=shuffle,
-        collate_fn=lambda items: objective.collate(items, tokenizer),
+        collate_fn=lambda items: objective.collate(items, tokenizer, prompt_ids),
         generator=torch.Generator().manual_seed(seed),
     )
 
@@ -56,7 +63,9 @@ class RewardModule(pl.LightningModule):
         self.log("reward/accuracy", self._correct / max(self._total, 1))
 
     def configure_optimizers(self):
-        return torch.optim.AdamW(self.model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        from rlhf_lab.training import adamw
+
+        return adamw(self.model.parameters(), self.lr, weight_decay=self.weight_decay)
 
 
 @torch.no_grad()

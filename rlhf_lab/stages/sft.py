@@ -64,4 +64,6 @@ class SFTModule(pl.LightningModule):
         self.log_dict({"sft/val_loss": loss, "sft/val_perplexity": math.exp(min(loss, 50.0))})
 
     def configure_optimizers(self):
-        return torch.optim.AdamW(self.model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        from rlhf_lab.training import adamw
+
+        return adamw(self.model.parameters(), self.lr, weight_decay=self.weight_decay)
