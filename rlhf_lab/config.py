@@ -31,7 +31,7 @@ class SamplingConfig:
     """How responses are sampled from a policy."""
 
     temperature: float = 1.0
-    """Softmax temperature; 0 means greedy. PPO also scales log-probs by it (Huang et al. 2024)."""
+    """Softmax temperature; 0 means greedy. On-policy algorithms also scale log-probs by it (Huang et al. 2024)."""
     top_k: int = 0
     """Keep only the k most likely tokens (0: off)."""
     top_p: float = 1.0
@@ -39,8 +39,8 @@ class SamplingConfig:
     max_new_tokens: int = 20
     """Responses longer than this are cut and count as having no EOS."""
     batch_size: int = 64
-    """Sequences per generation batch (prompts x samples per prompt) outside the PPO rollout,
-    which samples its whole rollout batch at once."""
+    """Sequences per generation batch (prompts x samples per prompt) outside on-policy rollouts,
+    which sample their whole rollout batch at once."""
 
     def __post_init__(self) -> None:
         if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0 or self.max_new_tokens < 1:
@@ -83,12 +83,12 @@ class TrainerConfig:
     precision: str = "32-true"
     """Lightning precision, e.g. 32-true, bf16-mixed (GPU)."""
     log_every_n_steps: int = 1
-    """How often training metrics go to the logger (every step: a PPO step is a whole iteration)."""
+    """How often training metrics go to the logger (every step: an on-policy step is a whole iteration)."""
     progress_bar: str = "rich"
     """rich, tqdm or none."""
     checkpoint_every_n_steps: int = 20
     """Save ``last.ckpt`` in <run dir>/checkpoints/<stage> every this many training steps (batches;
-    for PPO, rollout iterations), and at the end of every epoch."""
+    for on-policy algorithms, rollout iterations), and at the end of every epoch."""
 
     def __post_init__(self) -> None:
         if self.progress_bar not in ("rich", "tqdm", "none"):

@@ -118,6 +118,12 @@ class Pipeline:
         if "reward" in self.consumes:
             self.reward_cfg = self._component_cfg("reward")
             self.reward_component = self.registry.get("reward", self.reward_cfg.name).factory(self.reward_cfg)
+            for attribute in ("consumes", "reward_function"):
+                if not hasattr(self.reward_component, attribute):
+                    raise RlhfLabError(
+                        f"reward '{self.reward_cfg.name}' ({self._dist('reward')}) builds an object without `{attribute}`; "
+                        "see the rlhf_lab_register_reward_models hook"
+                    )
         self.feedback_source = None
         if self.uses_preferences:
             self.feedback_cfg = self._component_cfg("feedback")

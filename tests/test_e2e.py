@@ -234,3 +234,11 @@ def test_a_setting_the_algorithm_does_not_use_fails_before_any_work(tmp_path, ov
     result = run_cli(["algo=dpo", override, f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}", "logger=csv"], cwd=tmp_path)
     assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]
     assert not (tmp_path / "cache").exists()
+
+
+def test_rule_reward_kwargs_the_function_does_not_take_fail_before_any_work(tmp_path):
+    args = ["algo=rloo", "reward=rule", "reward.function=rlhf_lab.rewards.rules:word_count", "+reward.kwargs.targt=3",
+            f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}", "logger=csv"]
+    result = run_cli(args, cwd=tmp_path)
+    assert result.returncode == 2 and "reward.kwargs {'targt': 3} do not fit rlhf_lab.rewards.rules:word_count" in result.stderr, result.stderr[-2000:]
+    assert not (tmp_path / "cache").exists()

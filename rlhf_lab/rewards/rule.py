@@ -9,6 +9,7 @@ any work.
 from __future__ import annotations
 
 import importlib
+import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
@@ -53,6 +54,13 @@ class RuleRewardComponent:
             raise RlhfLabError("reward=rule needs reward.function=<package.module:function>")
         self.cfg = cfg
         self.function = import_callable(cfg.function, "reward.function")
+        # A keyword the function does not take would otherwise fail at the first rollout.
+        try:
+            inspect.signature(self.function).bind("prompt", "response", **cfg.kwargs)
+        except TypeError as exc:
+            raise RlhfLabError(f"reward.kwargs {dict(cfg.kwargs)} do not fit {cfg.function}(prompt, response, ...): {exc}") from None
+        except ValueError:  # a builtin without a signature: nothing to check
+            pass
 
     def reward_function(self, inputs: dict, tokenizer, dtype: str = "float32"):
         from rlhf_lab.rewards.function import RuleReward
