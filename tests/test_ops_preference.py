@@ -284,6 +284,8 @@ def test_best_of_n_log_ratio_n_one_is_zero_and_gradients_are_finite():
 def test_best_of_n_errors():
     with pytest.raises(ValueError, match="distinct"):
         best_of_n_kl_exact(t([0.5, 0.25, 0.25]), t([1.0, 2.0, 1.0]), 2)
+    with pytest.raises(ValueError, match="distinct"):  # a tie away from the lowest reward too
+        best_of_n_kl_exact(t([0.25, 0.25, 0.25, 0.25]), t([0.0, 3.0, 1.0, 3.0]), 2)
     with pytest.raises(ValueError, match="n must be"):
         best_of_n_kl_exact(t([0.5, 0.5]), t([1.0, 2.0]), 0)
     with pytest.raises(ValueError, match="n must be"):
