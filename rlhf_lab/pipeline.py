@@ -197,7 +197,7 @@ class Pipeline:
     def needs(self, name: str) -> tuple[str, ...]:
         """The artifacts that ``name`` is built from."""
         if name == "reward_model":
-            return ("preferences", "sft" if self.reward_cfg.init_from_sft else "base")
+            return ("preferences", "sft" if getattr(self.reward_cfg, "init_from_sft", True) else "base")
         if name == "reward":
             return tuple(self.reward_component.consumes)
         return {"base": (), "sft": ("base",), "reference": ("sft",), "preferences": ("sft",)}[name]

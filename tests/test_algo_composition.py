@@ -249,15 +249,18 @@ def capture_loss(module):
 def test_a2c_update_is_one_hand_unrolled_step(toy, returns):
     module = make(toy, A2CModule, A2CConfig, ent_coef=0.05, kl_coef=0.2, returns=returns, n_steps=2)
     exp = rollout(module, toy)
+    assert exp.values is None  # A2C takes the values from its update's single critic forward
+    with torch.no_grad():
+        values_old = direct_values(module.critic, exp)
     losses = capture_loss(module)
     module.iteration(exp)
     assert len(losses) == 1  # one update per rollout
+    assert_close(exp.values, values_old, atol=1e-5, rtol=1e-5)
 
     mask = exp.response_mask
     log_ratio = (exp.logprobs - exp.ref_logprobs) * mask
     rewards = -0.2 * log_ratio
     rewards[torch.arange(BATCH), mask.sum(1).long() - 1] += exp.scores
-    values_old = exp.values
     # Returns by hand: GAE(1, 0.95), or two-step returns bootstrapped from the critic.
     ret = torch.zeros_like(rewards)
     for row in range(BATCH):
@@ -375,3 +378,21 @@ def test_the_critic_trains_only_the_head_it_uses(ppo_case):
     # weight, and under DDP an unused trainable parameter stalls the gradient reduction
     assert id(module.critic.model.score.weight) not in trainable
     assert all(not p.requires_grad for p in module.frozen.reward.model.parameters())
+
+
+def test_grpo_kl_loss_stays_finite_when_the_pad_token_is_very_unlikely(toy):
+    module = make(toy, PolicyGradientModule, GRPOConfig, rollout_batch_size=4, kl_coef=0.2)
+    pad = module.tokenizer.pad_token_id
+
+    def bury_pad(_mod, _inp, out):
+        out = out.clone()
+        out[..., pad] -= 1000.0  # log-prob of the pad token far below exp's float range
+        return out
+
+    module.policy.lm_head.register_forward_hook(bury_pad)
+    _, _, _, prompt_ids, prompt_mask = toy
+    exp = module.rollout(prompt_ids[:4], prompt_mask[:4])
+    assert (exp.response_mask == 0).any()  # there is padding for k3 to see
+    losses = capture_loss(module)
+    module.iteration(exp)
+    assert torch.isfinite(losses[0])

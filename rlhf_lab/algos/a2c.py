@@ -40,6 +40,7 @@ class A2CModule(OnPolicyModule):
     """A2C with a frozen reference, a frozen reward function and a learned critic."""
 
     consumes = ("reward",)
+    values_in_rollout = False
 
     def __init__(self, cfg: A2CConfig, inputs: AlgoInputs) -> None:
         super().__init__(cfg, inputs, critic=build_critic(inputs, cfg.critic_init))
@@ -58,11 +59,13 @@ class A2CModule(OnPolicyModule):
 
     def iteration(self, exp: Experience) -> dict[str, torch.Tensor]:
         cfg, batch, mask = self.cfg, exp.batch, exp.response_mask
-        advantages, returns = self.advantages(exp)
         p = batch["prompt_len"]
+        # The critic has not moved since the rollout: its values, detached, are the rollout's values.
+        values = self.critic(batch["input_ids"], batch["attention_mask"], batch["position_ids"])[:, p - 1 : -1]
+        exp.values = values.detach() * mask
+        advantages, returns = self.advantages(exp)
         logits = response_logits(self.policy, batch, cfg.sampling.temperature)
         logprobs, entropy = logprobs_and_entropy(logits, batch["input_ids"][:, p:], entropy_grad=cfg.ent_coef > 0)
-        values = self.critic(batch["input_ids"], batch["attention_mask"], batch["position_ids"])[:, p - 1 : -1]
         out = a2c_loss(logprobs, advantages, values, returns, entropy, mask, cfg.vf_coef, cfg.ent_coef)
         out["losses/grad_norm"] = self.optimise(out.pop("loss"))
         out["losses/explained_variance"] = explained_variance(exp.values, returns, mask)

@@ -63,7 +63,9 @@ class BestOfNPolicy:
         for prompt, response, score in zip(prompts, responses, chosen.tolist()):
             others = torch.tensor([sample != response for sample in grouped[prompt]])
             scores = ref_scores[prompt]
-            shares.append(((scores < score).float() + 0.5 * ((scores == score) & others).float()).mean())
+            # Copies of the response itself count nowhere, even if a learned reward scores them a
+            # rounding error apart in another batch.
+            shares.append((((scores < score) & others).float() + 0.5 * ((scores == score) & others).float()).mean())
         f = torch.stack(shares)
         return best_of_n_log_ratio(logp, f, self.n)
 

@@ -17,7 +17,8 @@ class BestOfNConfig:
     kl_samples: int = 64
     """Reference samples per prompt for the Monte-Carlo estimate of the policy's KL to the reference."""
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    """How the n candidates (and the feedback candidates) are sampled."""
+    """How the feedback candidates are sampled (for a learned reward model). At evaluation the n
+    candidates are drawn with ``eval.sampling``, like every policy's samples, so the comparison is fair."""
 
     def __post_init__(self) -> None:
         if self.n < 1 or self.kl_samples < 1:

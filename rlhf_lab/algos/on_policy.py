@@ -77,6 +77,9 @@ class OnPolicyModule(pl.LightningModule):
     consumes = ("reward",)
     samples_per_prompt = 1
     """Responses sampled per prompt in a rollout; critic-free group baselines set it from their config."""
+    values_in_rollout = True
+    """Whether the rollout computes the critic's values; A2C, which updates once on fresh data, takes
+    them from the forward of its update instead (the same weights: one critic forward, not two)."""
 
     def __init__(self, cfg, inputs: AlgoInputs, critic: nn.Module | None = None) -> None:
         super().__init__()
@@ -130,7 +133,8 @@ class OnPolicyModule(pl.LightningModule):
         return collect_experience(
             self.policy, self.frozen.reference, self.frozen.reward, prompt_ids, prompt_mask,
             tokenizer=self.tokenizer, sampling=self.cfg.sampling, samples_per_prompt=self.samples_per_prompt,
-            critic=self.critic, missing_eos_penalty=self.cfg.missing_eos_penalty, generator=self.generator,
+            critic=self.critic if self.values_in_rollout else None, missing_eos_penalty=self.cfg.missing_eos_penalty,
+            generator=self.generator,
         )
 
     def iteration(self, exp: Experience) -> dict[str, torch.Tensor]:

@@ -56,9 +56,9 @@ class PolicyGradientModule(OnPolicyModule):
             return grpo_advantages(rewards, cfg.samples_per_prompt, scale_by_std=cfg.scale_by_std)
         # The baseline predates this batch, so the advantage stays an unbiased gradient estimate;
         # only the very first batch, having no past, is baselined by its own mean.
-        baseline = float(self.global_mean(rewards.mean())) if self.baseline is None else self.baseline
-        advantages = rewards - baseline
-        self.baseline = ema_baseline(self.baseline, float(self.global_mean(rewards.mean())), cfg.baseline_decay)
+        batch_mean = float(self.global_mean(rewards.mean()))
+        advantages = rewards - (batch_mean if self.baseline is None else self.baseline)
+        self.baseline = ema_baseline(self.baseline, batch_mean, cfg.baseline_decay)
         return advantages
 
     def minibatch_loss(self, exp: Experience, advantages: torch.Tensor, idx: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -71,7 +71,8 @@ class PolicyGradientModule(OnPolicyModule):
         out = {"losses/policy_loss": pg.loss.detach(), "losses/approx_kl": pg.approx_kl, "losses/clipfrac": pg.clipfrac}
         loss = pg.loss
         if cfg.kl_penalty == "loss":
-            kl = masked_mean(kl_k3(logprobs, exp.ref_logprobs[idx]), mask)
+            # Padding zeroed first: k3 exponentiates, and a pad token's log-prob can be below -88.
+            kl = masked_mean(kl_k3(logprobs * mask, exp.ref_logprobs[idx]), mask)
             loss = loss + cfg.kl_coef * kl
             out["losses/kl_loss"] = kl.detach()
         out["loss"] = loss

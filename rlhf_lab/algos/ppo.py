@@ -74,10 +74,11 @@ class PPOModule(OnPolicyModule):
         stats = self.minibatch_updates(
             exp.response_mask.shape[0], cfg.ppo_epochs, cfg.minibatch_size, lambda idx: self.minibatch_loss(exp, advantages, returns, idx)
         )
-        seq_kl = self.global_mean(((exp.logprobs - exp.ref_logprobs) * exp.response_mask).sum(1).mean())
         stats["rollout/non_score_reward"] = (rewards.sum(1) - exp.scores).mean()
         stats["rollout/kl_coef"] = torch.tensor(self.kl_ctl.value)
         stats["losses/explained_variance"] = explained_variance(exp.values, returns, exp.response_mask)
-        # Each rank samples its own rollout_batch_size prompts: the controller counts them all.
-        self.kl_ctl.update(float(seq_kl), cfg.rollout_batch_size * (self._trainer.world_size if self._trainer else 1))
+        if cfg.kl_controller == "adaptive":  # a fixed controller needs no host sync or all-reduce
+            seq_kl = self.global_mean(((exp.logprobs - exp.ref_logprobs) * exp.response_mask).sum(1).mean())
+            # Each rank samples its own rollout_batch_size prompts: the controller counts them all.
+            self.kl_ctl.update(float(seq_kl), cfg.rollout_batch_size * (self._trainer.world_size if self._trainer else 1))
         return stats
