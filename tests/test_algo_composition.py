@@ -396,3 +396,13 @@ def test_grpo_kl_loss_stays_finite_when_the_pad_token_is_very_unlikely(toy):
     losses = capture_loss(module)
     module.iteration(exp)
     assert torch.isfinite(losses[0])
+
+
+@pytest.mark.parametrize("cfg_cls", [PPOConfig, A2CConfig])
+@pytest.mark.parametrize("field,value,message", [
+    ("gamma", 1.5, "algo.gamma and algo.lam"), ("vf_coef", -0.1, "algo.vf_coef"),
+    ("critic_lr", 0.0, "algo.critic_lr"), ("critic_init", "value", "algo.critic_init"),
+])
+def test_actor_critic_configs_share_their_checks(cfg_cls, field, value, message):
+    with pytest.raises(ValueError, match=message):
+        cfg_cls(**{field: value})

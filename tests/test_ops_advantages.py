@@ -21,6 +21,8 @@ from rlhf_lab.ops.advantages import (
     rloo_advantages,
 )
 
+from test_ops_gae import random_batch  # right-padded batches with garbage in the padding
+
 
 def t(x, dtype=torch.float64):
     return torch.tensor(x, dtype=dtype)
@@ -83,19 +85,6 @@ def naive_nstep(rewards, values, mask, gamma, n):
             returns[b][s] = total
             advantages[b][s] = total - v[s]
     return torch.tensor(advantages, dtype=torch.float64), torch.tensor(returns, dtype=torch.float64)
-
-
-def random_batch(seed, batch=7, steps=11):
-    gen = torch.Generator().manual_seed(seed)
-    rewards = torch.randn(batch, steps, generator=gen, dtype=torch.float64)
-    values = torch.randn(batch, steps, generator=gen, dtype=torch.float64)
-    # varying valid lengths with right padding, including length 1 and the full length
-    lengths = [1, steps, 3, steps - 1, 5, 2, 7][:batch]
-    mask = (torch.arange(steps).unsqueeze(0) < torch.tensor(lengths).unsqueeze(1)).to(torch.float64)
-    # large garbage in the padding: it must not leak into the valid positions
-    rewards = torch.where(mask.bool(), rewards, torch.full_like(rewards, 1e3))
-    values = torch.where(mask.bool(), values, torch.full_like(values, -1e3))
-    return rewards, values, mask
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 5, 10, 11, 12, 50])

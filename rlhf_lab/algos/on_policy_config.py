@@ -46,3 +46,35 @@ class OnPolicyConfig:
                 f"algo.sampling.top_k={self.sampling.top_k} / top_p={self.sampling.top_p}: on-policy algorithms sample from "
                 "the full distribution (top_k=0, top_p=1.0), since their log-probs and KL are those of the unfiltered policy"
             )
+
+
+@dataclass
+class ActorCriticConfig(OnPolicyConfig):
+    """Fields of the algorithms with a learned critic (PPO, A2C)."""
+
+    critic_lr: Optional[float] = None
+    """Learning rate of the critic; null: same as ``lr``."""
+    gamma: float = 1.0
+    """Discount (1.0 for RLHF: the episode is one response)."""
+    lam: float = 0.95
+    """GAE lambda (Huang et al.: 0.95)."""
+    vf_coef: float = 0.1
+    """Weight of the value loss (Huang et al.: 0.1)."""
+    ent_coef: float = 0.0
+    """Entropy bonus weight (0 in most RLHF setups; Mnih et al.: 0.01 for Atari)."""
+    whiten_advantages: bool = True
+    """Normalise advantages to mean 0 / std 1 over each rollout batch (Huang et al.: on)."""
+    critic_init: str = "reward"
+    """Initialise the critic from the reward model, its normaliser folded into the head (Huang et al.;
+    from the policy when the reward is a rule), or from the policy."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not (0.0 <= self.gamma <= 1.0 and 0.0 <= self.lam <= 1.0):
+            raise ValueError(f"algo.gamma and algo.lam must be in [0, 1], got {self.gamma} and {self.lam}")
+        if self.vf_coef < 0 or self.ent_coef < 0:
+            raise ValueError("algo.vf_coef and algo.ent_coef must be >= 0")
+        if self.critic_lr is not None and self.critic_lr <= 0:
+            raise ValueError(f"algo.critic_lr must be > 0 or null, got {self.critic_lr}")
+        if self.critic_init not in ("reward", "policy"):
+            raise ValueError(f"algo.critic_init must be 'reward' or 'policy', got '{self.critic_init}'")

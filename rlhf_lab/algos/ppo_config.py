@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
-from rlhf_lab.algos.on_policy_config import OnPolicyConfig
+from rlhf_lab.algos.on_policy_config import ActorCriticConfig
 
 
 @dataclass
-class PPOConfig(OnPolicyConfig):
+class PPOConfig(ActorCriticConfig):
     """Schema of ``algo=ppo``. Defaults suit the toy task; the paper value is given where it differs."""
 
     name: str = "ppo"
-    critic_lr: Optional[float] = None
-    """Learning rate of the critic; null: same as ``lr``."""
     minibatch_size: int = 16
     """Sequences per gradient step."""
     ppo_epochs: int = 4
@@ -23,25 +20,12 @@ class PPOConfig(OnPolicyConfig):
     """Policy ratio clip epsilon (Schulman et al. 2017: 0.2)."""
     value_clip_range: float = 0.2
     """Value clip around the rollout's values (Huang et al.: 0.2)."""
-    vf_coef: float = 0.1
-    """Weight of the value loss (Huang et al.: 0.1)."""
-    ent_coef: float = 0.0
-    """Entropy bonus weight (0 in most RLHF setups)."""
-    gamma: float = 1.0
-    """Discount (1.0 for RLHF: the episode is one response)."""
-    lam: float = 0.95
-    """GAE lambda (Huang et al.: 0.95)."""
-    whiten_advantages: bool = True
-    """Normalise advantages to mean 0 / std 1 over each rollout batch (Huang et al.: on)."""
     kl_controller: str = "fixed"
     """fixed or adaptive (Ziegler et al. 2019)."""
     target_kl: float = 6.0
     """Adaptive controller: target KL per response, in nats."""
     kl_horizon: int = 10000
     """Adaptive controller: horizon in episodes."""
-    critic_init: str = "reward"
-    """Initialise the critic from the reward model, its normaliser folded into the head (Huang et al.;
-    from the policy when the reward is a rule), or from the policy."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -49,24 +33,16 @@ class PPOConfig(OnPolicyConfig):
             raise ValueError(f"algo.minibatch_size must be >= 1, got {self.minibatch_size}")
         if self.target_kl <= 0 or self.kl_horizon < 1:
             raise ValueError(f"algo needs target_kl > 0 and kl_horizon >= 1; got {self.target_kl}, {self.kl_horizon}")
-        if not (0.0 <= self.gamma <= 1.0 and 0.0 <= self.lam <= 1.0):
-            raise ValueError(f"algo.gamma and algo.lam must be in [0, 1], got {self.gamma} and {self.lam}")
         if self.value_clip_range <= 0:
             raise ValueError(f"algo.value_clip_range must be > 0, got {self.value_clip_range}")
-        if self.vf_coef < 0 or self.ent_coef < 0:
-            raise ValueError("algo.vf_coef and algo.ent_coef must be >= 0")
         if self.kl_controller == "adaptive" and self.rollout_batch_size > self.kl_horizon:
             raise ValueError(
                 f"algo.kl_horizon ({self.kl_horizon}) must be at least algo.rollout_batch_size ({self.rollout_batch_size}): "
                 "a shorter horizon moves the KL coefficient by more than 20% per iteration"
             )
-        if self.critic_lr is not None and self.critic_lr <= 0:
-            raise ValueError(f"algo.critic_lr must be > 0 or null, got {self.critic_lr}")
         if self.rollout_batch_size % self.minibatch_size:
             raise ValueError(f"algo.rollout_batch_size ({self.rollout_batch_size}) must be a multiple of algo.minibatch_size ({self.minibatch_size})")
         if self.kl_controller not in ("fixed", "adaptive"):
             raise ValueError(f"algo.kl_controller must be 'fixed' or 'adaptive', got '{self.kl_controller}'")
-        if self.critic_init not in ("reward", "policy"):
-            raise ValueError(f"algo.critic_init must be 'reward' or 'policy', got '{self.critic_init}'")
         if self.ppo_epochs < 1 or self.clip_range <= 0:
             raise ValueError("algo needs ppo_epochs >= 1 and clip_range > 0")
