@@ -1,10 +1,12 @@
-"""Command line: ``python -m rlhf_lab [overrides]`` runs an experiment; ``python -m rlhf_lab plugins`` lists plugins."""
+"""Command line: ``python -m rlhf_lab [overrides]`` runs an experiment; ``python -m rlhf_lab plugins`` lists
+plugins; ``python -m rlhf_lab describe [group | group=option | --markdown]`` explains every config key."""
 
 from __future__ import annotations
 
 import logging
 import sys
 import warnings
+from pathlib import Path
 
 log = logging.getLogger("rlhf_lab")
 
@@ -53,7 +55,7 @@ def summary_table(metrics: dict, algo: str):
     table.add_column("metric")
     table.add_column("sft", justify="right")
     table.add_column(algo, justify="right")
-    for figure in ("gold_reward", "proxy_reward", "kl", "response_length", "eos_rate", "perplexity"):
+    for figure in ("gold_reward", "proxy_reward", "kl", "response_length", "eos_rate", "perplexity", "bleu", "rouge_l", "distinct_1", "distinct_2"):
         if any(f"eval/{name}/{figure}" in metrics for name in ("sft", algo)):
             table.add_row(figure, cell("sft", figure), cell(algo, figure))
     if f"eval/{algo}/kl_closed_form" in metrics:
@@ -67,6 +69,20 @@ def summary_table(metrics: dict, algo: str):
     if "reward/accuracy" in metrics:
         table.add_row("reward-model held-out accuracy", "", f"{metrics['reward/accuracy']:.3f}")
     return table
+
+
+def print_paths(console) -> None:
+    """Where the run directory and each artifact are (``paths.json``), ready for the next command."""
+    import json
+
+    from hydra.core.hydra_config import HydraConfig
+
+    from rlhf_lab.pipeline import PATHS_FILE
+
+    path = Path(HydraConfig.get().runtime.output_dir) / PATHS_FILE
+    if path.is_file():
+        for name, where in json.loads(path.read_text()).items():
+            console.print(f"{name}: {where}", soft_wrap=True, highlight=False)
 
 
 def _quiet_libraries() -> None:
@@ -92,6 +108,8 @@ def hydra_entry() -> None:
 
     @hydra.main(version_base="1.3", config_path="pkg://rlhf_lab.conf", config_name="config")
     def app(cfg) -> float:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
         from rich.console import Console
 
         from rlhf_lab.errors import RlhfLabError
@@ -106,9 +124,15 @@ def hydra_entry() -> None:
             print(f"rlhf_lab: error: {exc}", file=sys.stderr)
             raise SystemExit(2) from None
         console = Console()
-        console.print(summary_table(metrics, cfg.algo.name))
-        for line in verdict_lines(metrics, cfg.algo.name):
-            console.print(line)
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            # The sweep ends with one table of every job (rlhf_lab.sweep); a job names itself only.
+            overrides = " ".join(HydraConfig.get().overrides.task) or "(no overrides)"
+            console.print(f"job {HydraConfig.get().job.num} ({overrides}) finished", soft_wrap=True, highlight=False)
+        elif not cfg.get("stop_after"):
+            console.print(summary_table(metrics, cfg.algo.name))
+            for line in verdict_lines(metrics, cfg.algo.name):
+                console.print(line)
+        print_paths(console)
         # A sweeper optimises the returned figure.
         return metrics.get(f"eval/{cfg.algo.name}/gold_reward", metrics.get(f"eval/{cfg.algo.name}/proxy_reward", 0.0))
 
@@ -121,6 +145,12 @@ def main() -> None:
     try:
         if len(sys.argv) > 1 and sys.argv[1] == "plugins":
             print_plugins()
+            return
+        if len(sys.argv) > 1 and sys.argv[1] == "describe":
+            from rlhf_lab import describe
+
+            args = sys.argv[2:]
+            print(describe.markdown() if args == ["--markdown"] else describe.text(args[0] if args else None), end="")
             return
         hydra_entry()
     except RlhfLabError as exc:  # plugin loading and registration, before Hydra's job starts

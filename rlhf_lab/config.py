@@ -13,6 +13,26 @@ from omegaconf import MISSING
 
 
 @dataclass
+class LoraSettings:
+    """LoRA adapters through peft (rlhf_lab/models/lora.py): the base weights stay frozen."""
+
+    r: int = 0
+    """Adapter rank; 0: no adapters, every weight trains."""
+    alpha: float = 16.0
+    """Scaling numerator: the adapter's update is multiplied by alpha / r."""
+    dropout: float = 0.0
+    """Dropout on the adapters' input."""
+    target_modules: Optional[list[str]] = None
+    """Names of the layers that get adapters (e.g. [q_proj, v_proj]); null: peft's default for the architecture."""
+    merge: bool = False
+    """Also save the final policy with its adapters merged (<run dir>/policy_merged), which plain transformers loads."""
+
+    def __post_init__(self) -> None:
+        if self.r < 0 or self.alpha <= 0 or not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"model.lora needs r >= 0, alpha > 0 and 0 <= dropout < 1; got r={self.r}, alpha={self.alpha}, dropout={self.dropout}")
+
+
+@dataclass
 class ModelConfig:
     """The starting policy (any Hugging Face causal LM)."""
 
@@ -20,6 +40,10 @@ class ModelConfig:
     """Local directory or hub name for ``AutoModelForCausalLM``; null: the task builds a tiny model."""
     dtype: str = "float32"
     """Weights dtype on load: float32, bfloat16 or float16."""
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    """LoRA for SFT, the policy, the critic and the reward model (r > 0); the reference is then the policy with its adapters off."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass of SFT, the policy and the critic: less memory, more compute."""
 
     def __post_init__(self) -> None:
         if self.dtype not in ("float32", "bfloat16", "float16"):
@@ -54,6 +78,9 @@ class SamplingConfig:
 class SFTConfig:
     """Supervised fine-tuning on the task's demonstrations (loss on response tokens only)."""
 
+    enabled: bool = True
+    """false: no SFT; the given model (``model.name_or_path``) is the start policy and the reference,
+    e.g. for a model that is already instruction-tuned or a policy from an earlier run."""
     lr: float = 1e-3
     """AdamW learning rate."""
     epochs: int = 8
@@ -68,6 +95,26 @@ class SFTConfig:
     def __post_init__(self) -> None:
         if self.lr <= 0 or self.epochs < 1 or self.batch_size < 1 or (self.max_examples is not None and self.max_examples < 1):
             raise ValueError(f"sft needs lr > 0, epochs >= 1, batch_size >= 1, max_examples >= 1 or null; got lr={self.lr}, epochs={self.epochs}, batch_size={self.batch_size}, max_examples={self.max_examples}")
+
+
+@dataclass
+class DataConfig:
+    """Length limits of prompts and responses, checked before any training (rlhf_lab/lengths.py)."""
+
+    max_prompt_tokens: Optional[int] = None
+    """Prompt limit; null: the model's positions less the largest max_new_tokens of the run."""
+    max_response_tokens: Optional[int] = None
+    """Limit on demonstration and preference responses; null: the positions left after the prompt."""
+    truncate: bool = False
+    """false: an item over its limit stops the run before any training, naming where the longest one is;
+    true: prompts are cut from the left (the end of a dialogue is kept), responses from the right,
+    and every cut and dropped item is counted in the data/ metrics."""
+
+    def __post_init__(self) -> None:
+        for key in ("max_prompt_tokens", "max_response_tokens"):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                raise ValueError(f"data.{key} must be >= 1 or null, got {value}")
 
 
 @dataclass
@@ -138,10 +185,15 @@ class RunConfig:
     """Top-level config: one experiment."""
 
     seed: int = 0
+    """Seeds every stage (data splits, initialisation, sampling); two runs with one seed give the same figures."""
     cache_dir: str = "outputs/cache"
     """Content-addressed artifact cache shared by runs (SFT, feedback and reward-model stages)."""
+    stop_after: Optional[str] = None
+    """Build up to this artifact and stop, printing its path: sft, preferences or reward_model
+    (null: the whole run, ending with policy optimisation and evaluation)."""
     model: ModelConfig = field(default_factory=ModelConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
+    data: DataConfig = field(default_factory=DataConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -149,6 +201,9 @@ class RunConfig:
     feedback: Any = MISSING
     reward: Any = MISSING
     algo: Any = MISSING
+
+
+STOP_POINTS = ("sft", "preferences", "reward_model")
 
 
 def register_engine_schemas() -> None:
@@ -159,6 +214,29 @@ def register_engine_schemas() -> None:
     store.store(name="base_config", node=RunConfig)
     store.store(group="schema/logger", name="base", node=LoggerConfig)
     store.store(group="schema/trainer", name="base", node=TrainerConfig)
+
+
+def check_known_keys(node: Any, key: str = "") -> None:
+    """Every key of ``node`` must be a field of its schema, at every depth. Hydra lets ``+group.key=...``
+    add a key that no schema has, and it would then be ignored without a word: refuse it, naming the
+    key and the valid ones. Dict-typed fields (e.g. ``reward.kwargs``) take any key."""
+    import dataclasses
+
+    from omegaconf import DictConfig, OmegaConf
+
+    from rlhf_lab.errors import RlhfLabError
+
+    if not isinstance(node, DictConfig):
+        return
+    schema = OmegaConf.get_type(node)
+    if not dataclasses.is_dataclass(schema):
+        return
+    fields = [f.name for f in dataclasses.fields(schema)]
+    for name in node.keys():
+        path = f"{key}.{name}" if key else str(name)
+        if name not in fields:
+            raise RlhfLabError(f"unknown config key '{path}': {schema.__name__} has {', '.join(fields)}")
+        check_known_keys(node._get_node(name), path)
 
 
 def to_object(node: Any, key: str) -> Any:

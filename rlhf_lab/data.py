@@ -24,6 +24,14 @@ def encode_response(tokenizer, response: str) -> list[int]:
     return tokenizer(RESPONSE_SEPARATOR + response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
 
 
+def encode_responses(tokenizer, responses: list[str]) -> list[list[int]]:
+    """:func:`encode_response` of many responses in one batched tokenizer call."""
+    if not responses:
+        return []
+    encoded = tokenizer([RESPONSE_SEPARATOR + r for r in responses], add_special_tokens=False)["input_ids"]
+    return [ids + [tokenizer.eos_token_id] for ids in encoded]
+
+
 def record_response_ids(tokenizer, record) -> list[list[int]]:
     """Token ids of each response of a preference record: the ids it carries, else its text encoded."""
     if record.response_ids is not None:
@@ -90,6 +98,8 @@ def accepts_logits_to_keep(model) -> bool:
     """Whether ``model.forward`` takes ``logits_to_keep`` (most Hugging Face causal LMs do)."""
     import inspect
 
+    # A peft wrapper passes the argument through to the model it wraps: ask that model.
+    model = model.get_base_model() if hasattr(model, "get_base_model") else model
     cls = type(model)
     cached = _LOGITS_TO_KEEP.get(cls)
     if cached is None:

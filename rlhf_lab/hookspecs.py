@@ -56,6 +56,7 @@ def rlhf_lab_register_feedback_sources(register: Register) -> None:
         reward model trains on; ``split`` is ``"train"`` or ``"heldout"``. If the source's attribute
         ``needs_candidates`` is true, the pipeline first samples ``responses_per_prompt`` candidates per
         prompt from the SFT policy, ``rounds`` times per training prompt; otherwise both lists are empty.
+        An optional ``stats`` dict of counts (e.g. ``feedback/train_skipped``) joins the run's metrics.
     """
 
 

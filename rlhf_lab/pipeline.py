@@ -33,12 +33,16 @@ from typing import Optional
 from omegaconf import DictConfig, OmegaConf
 
 from rlhf_lab.cache import ArtifactCache, artifact_key
-from rlhf_lab.config import SamplingConfig, to_object
+from rlhf_lab.config import STOP_POINTS, SamplingConfig, check_known_keys, to_object
 from rlhf_lab.errors import RlhfLabError
 from rlhf_lab.plugin_manager import get_plugin_manager
 from rlhf_lab.training import build_loggers, build_trainer, check_trainer_config, checkpoint_dir, close_loggers, inference_device
 
 log = logging.getLogger(__name__)
+
+
+PATHS_FILE = "paths.json"
+"""Written into the run directory: where the run directory, each artifact and the policy are."""
 
 
 def _plain(node) -> dict:
@@ -101,6 +105,7 @@ class Pipeline:
         self.cfg, self.run_dir, self.group = cfg, Path(run_dir), group
         self.registry = get_plugin_manager().registry
         self.cache = ArtifactCache(Path(cfg.cache_dir))
+        check_known_keys(cfg)
         # Every component is built from its validated dataclass config before any work, so a config
         # error stops the run at once.
         self.task_cfg = self._component_cfg("task")
@@ -113,9 +118,12 @@ class Pipeline:
         to_object(cfg.logger, "logger")
         self.algo = self.registry.get("algo", self.algo_cfg.name)
         self.consumes = tuple(self.algo.factory.consumes)
+        self.stop_after = cfg.get("stop_after")
+        if self.stop_after not in (None,) + STOP_POINTS:
+            raise RlhfLabError(f"stop_after must be one of {list(STOP_POINTS)} or null, got '{self.stop_after}'")
         self.task = self.registry.get("task", self.task_cfg.name).factory(self.task_cfg, cfg.seed)
         self.reward_component = None
-        if "reward" in self.consumes:
+        if "reward" in self.consumes or self.stop_after == "reward_model":
             self.reward_cfg = self._component_cfg("reward")
             self.reward_component = self.registry.get("reward", self.reward_cfg.name).factory(self.reward_cfg)
             for attribute in ("consumes", "reward_function"):
@@ -124,6 +132,9 @@ class Pipeline:
                         f"reward '{self.reward_cfg.name}' ({self._dist('reward')}) builds an object without `{attribute}`; "
                         "see the rlhf_lab_register_reward_models hook"
                     )
+            if self.stop_after == "reward_model" and "reward_model" not in self.reward_component.consumes:
+                raise RlhfLabError(f"stop_after=reward_model: reward={self.reward_cfg.name} has no model to train")
+        self.route = self._route()
         self.feedback_source = None
         if self.uses_preferences:
             self.feedback_cfg = self._component_cfg("feedback")
@@ -132,6 +143,10 @@ class Pipeline:
         # Candidates for labelling are sampled the way the policy will sample.
         self.candidate_sampling = getattr(self.algo_cfg, "sampling", None) or SamplingConfig()
         self.tokenizer = None
+        self.length_counts: dict[str, int] = {}
+        self.lora = self.model_cfg.lora if self.model_cfg.lora.r > 0 else None
+        self._lora_policy = None  # with LoRA: the policy to train, built beside its reference
+        self.length_limits = None  # set when data.truncate cuts demonstrations to fit
         self.timings: dict[str, float] = {}
         self._built: dict[str, object] = {}
 
@@ -144,12 +159,22 @@ class Pipeline:
         """The distribution (and version) providing the selected ``kind``: upgrading a plugin invalidates its artifacts."""
         return self.registry.get(kind, self.cfg[kind].name).distribution
 
+    def _route(self) -> set[str]:
+        """Every artifact this run builds: what ``stop_after`` names, or what the algorithm consumes
+        and the reference, with everything those need."""
+        route: set[str] = set()
+        pending = [self.stop_after] if self.stop_after else ["reference", *self.consumes]
+        while pending:
+            name = pending.pop()
+            if name not in route:
+                route.add(name)
+                pending.extend(self.needs(name))
+        return route
+
     @property
     def uses_preferences(self) -> bool:
-        """Whether preference records are collected: the algorithm or its reward model trains on them."""
-        return "preferences" in self.consumes or (
-            self.reward_component is not None and "reward_model" in self.reward_component.consumes
-        )
+        """Whether preference records are collected: the algorithm or the reward model it trains needs them."""
+        return "preferences" in self.route
 
     @property
     def preference_kind(self) -> str:
@@ -160,43 +185,101 @@ class Pipeline:
     def _check_overrides_are_used(self, overrides: list[str]) -> None:
         """A setting for a group this algorithm never uses would be silently ignored: refuse it."""
         unused = {}
-        if "reward" not in self.consumes:
+        if self.reward_component is None:
             unused["reward"] = "a reward"
         if not self.uses_preferences:
             unused["feedback"] = "preference feedback"
         for override in overrides:
             group = override.lstrip("+~").split("=", 1)[0].split(".", 1)[0]
+            # (algo stays: its sampling settings also draw the candidates that annotators label.)
+            if self.stop_after and (group in unused or group == "eval"):
+                raise RlhfLabError(
+                    f"'{override}': with stop_after={self.stop_after} this run builds only {sorted(self.route)}, "
+                    f"so '{group}' is never used. Drop this override."
+                )
             if group in unused:
                 consumed = ", ".join(self.consumes) or "nothing"
                 raise RlhfLabError(
                     f"'{override}': algo={self.algo_cfg.name} does not use {unused[group]} (it consumes: {consumed}"
-                    f"{'; the reward ' + self.reward_cfg.name + ' needs no feedback' if group == 'feedback' and self.reward_component else ''}). "
+                    f"{'; the reward ' + self.reward_cfg.name + ' needs no feedback' if group == 'feedback' and self.reward_component else ''}"
+                    f"{' (reward.path is a trained model)' if group == 'feedback' and getattr(self, 'reward_cfg', None) is not None and getattr(self.reward_cfg, 'path', None) else ''}). "
                     "Drop this override."
                 )
 
-    def _check_context_length(self, base: Path) -> None:
-        """The longest prompt plus the longest response must fit the model's positions."""
+    def _preflight(self, base: Path) -> None:
+        """Every prompt, demonstration and dataset preference record against the length limits, before
+        any training: stop at the longest offender, or (``data.truncate``) cut and count."""
         from transformers import AutoConfig
 
-        from rlhf_lab.data import encode_prompt
+        from rlhf_lab.data import encode_response, encode_responses
+        from rlhf_lab.lengths import LengthCheck, LengthLimits, model_positions
 
-        config = AutoConfig.from_pretrained(str(base))
-        limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
-        if not limit:
+        positions = model_positions(AutoConfig.from_pretrained(str(base)))
+        if positions is None:
             return
-        longest = max(len(encode_prompt(self.tokenizer, p)) for p in self.task.train_prompts + self.task.eval_prompts)
-        for key, sampling in (("algo.sampling", self.candidate_sampling), ("eval.sampling", self.eval_cfg.sampling)):
-            if longest + sampling.max_new_tokens > limit:
-                raise RlhfLabError(
-                    f"{key}.max_new_tokens={sampling.max_new_tokens} plus the longest prompt ({longest} tokens) "
-                    f"exceeds the model's {limit} positions"
+        data = to_object(self.cfg.data, "data")
+        max_new = max(s.max_new_tokens for s in (self.candidate_sampling, self.eval_cfg.sampling))
+        if max_new >= positions:
+            raise RlhfLabError(f"max_new_tokens={max_new} (algo.sampling or eval.sampling) leaves no room for a prompt in the model's {positions} positions")
+        limits = LengthLimits(positions, max_new, data.max_prompt_tokens, data.max_response_tokens)
+        check = LengthCheck(self.tokenizer, limits, data.truncate)
+        task, name = self.task, self.task_cfg.name
+
+        def where(prompt: str) -> str:
+            return task.sources.get(prompt, f"task '{name}'")
+
+        def fit_prompts(prompts: list[str]) -> list[str]:
+            fitted = [check.prompt(p, where(p)) for p in prompts]
+            return [p for p in fitted if p is not None]
+
+        def fit_demonstrations(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+            out = []
+            for prompt, response in pairs:
+                fitted = check.prompt(prompt, where(prompt))
+                if fitted is not None:
+                    check.response_ids(fitted, encode_response(self.tokenizer, response), where(prompt), "demonstration")
+                    out.append((fitted, response))
+            return out
+
+        task.train_prompts, task.eval_prompts = fit_prompts(task.train_prompts), fit_prompts(task.eval_prompts)
+        if self.sft_cfg.enabled:
+            task.sft_train = fit_demonstrations(task.sft_train)
+        task.sft_eval = fit_demonstrations(task.sft_eval)
+        if self.uses_preferences and not getattr(self.feedback_source, "needs_candidates", True):
+            # Records read from files: check them now, not after SFT has been paid for.
+            source_path = getattr(self.feedback_cfg, "path", None) or self.feedback_cfg.name
+            records = [r for split in ("train", "heldout")
+                       for r in self.feedback_source.collect([], [], kind=self.preference_kind, seed=self.cfg.seed, split=split)]
+            task_prompts, total = set(task.train_prompts) | set(task.eval_prompts), len(records)
+            shared = sum(r.prompt in task_prompts for r in records)
+            # One batched call of the fast tokenizer for every text, not one call per text.
+            check.encode_prompts([r.prompt for r in records])
+            texts = [text for r in records if r.response_ids is None for text in r.responses]
+            encoded = iter(encode_responses(self.tokenizer, texts))
+            for record in records:
+                spot = f"{source_path} ({record.meta.get('source', 'a record')})"
+                fitted = check.prompt(record.prompt, spot)
+                ids_list = record.response_ids or [next(encoded) for _ in record.responses]
+                for ids in ids_list if fitted is not None else ():
+                    check.response_ids(fitted, ids, spot, "preference response")
+            if total and not shared:
+                # The policy trains and is evaluated on the task's prompts, not the file's: say so.
+                log.warning(
+                    "none of the %d preference records' prompts is a prompt of task '%s': the reward model (or DPO) "
+                    "learns from %s, but the policy trains and is evaluated on the task's prompts; "
+                    "for the file's own prompts use task=dataset task.path=%s", total, name, source_path, source_path,
                 )
+        check.raise_if_over()
+        self.length_counts = check.log_counts()
+        self.length_limits = limits if data.truncate else None
 
     # --- the resolver -------------------------------------------------------------------------
 
     def needs(self, name: str) -> tuple[str, ...]:
         """The artifacts that ``name`` is built from."""
         if name == "reward_model":
+            if getattr(self.reward_cfg, "path", None):
+                return ()
             return ("preferences", "sft" if getattr(self.reward_cfg, "init_from_sft", True) else "base")
         if name == "reward":
             return tuple(self.reward_component.consumes)
@@ -231,19 +314,48 @@ class Pipeline:
 
             artifact = self._cached("base", key, build)
         self.tokenizer = load_tokenizer(str(artifact.path))
-        self._check_context_length(artifact.path)
+        self._check_memory(artifact.path)
+        self._preflight(artifact.path)
         return artifact
 
+    def _check_memory(self, base: Path) -> None:
+        """Refuse, before any work, a model whose policy stage cannot fit the device even without activations."""
+        from rlhf_lab import memory
+
+        parameters, trainable = memory.count_parameters(str(base), self.lora)
+        learned_reward = self.reward_component is not None and "reward_model" in self.reward_component.consumes
+        est = memory.estimate(
+            parameters, trainable, self.model_cfg.dtype, reference=self.lora is None,
+            reward_model=learned_reward and "reward" in self.consumes, critic=hasattr(self.algo_cfg, "critic_init"),
+        )
+        device = inference_device(self.cfg)
+        available = memory.device_memory_bytes(device)
+        log.info("memory: the policy stage needs at least %.2f GiB of %.1f GiB on %s", est.total / memory.GIB, available / memory.GIB, device)
+        if est.total > available:
+            raise RlhfLabError(memory.refusal(est, available, device, self.model_cfg.dtype, self.lora is not None))
+
     def build_sft(self, base: Artifact) -> Artifact:
+        """The SFT policy; with ``sft.enabled=false``, the base model itself."""
         from lightning.pytorch import seed_everything
 
         from rlhf_lab.models.loading import load_policy
+        from rlhf_lab.models.lora import add_policy_adapters, enable_gradient_checkpointing
         from rlhf_lab.stages.sft import SFTModule, demonstration_loader, tokenize_demonstrations
 
         config = {
-            "sft": _plain(self.cfg.sft), "task": _plain(self.cfg.task), "plugin": self._dist("task"),
+            "sft": _plain(self.cfg.sft), "task": _plain(self.cfg.task), "plugin": self._dist("task"), "data": _plain(self.cfg.data),
+            "files": _file_digests(_plain(self.cfg.task)),
             "dtype": self.model_cfg.dtype, "precision": self.cfg.trainer.precision, "seed": self.cfg.seed,
+            "lora": _plain(self.cfg.model.lora),
         }
+        if not self.sft_cfg.enabled:
+            log.info("sft: skipped (sft.enabled=false); start policy and reference: %s", base.path)
+            return base
+        if not self.task.sft_train:
+            raise RlhfLabError(
+                f"task '{self.task_cfg.name}' has no demonstrations to fine-tune on (no response column); "
+                "give one (task.columns.response=<column>) or start from the given model with sft.enabled=false"
+            )
         key = artifact_key("sft", config, [base.key])
 
         def build(out: Path) -> dict:
@@ -251,15 +363,22 @@ class Pipeline:
             c = self.sft_cfg
             examples = self.task.sft_train[: c.max_examples] if c.max_examples else self.task.sft_train
             pad = self.tokenizer.pad_token_id
-            train = demonstration_loader(tokenize_demonstrations(self.tokenizer, examples), pad, c.batch_size, True, self.cfg.seed)
-            val = demonstration_loader(tokenize_demonstrations(self.tokenizer, self.task.sft_eval), pad, 128, False, self.cfg.seed)
-            module = SFTModule(load_policy(str(base.path), self.model_cfg.dtype), c.lr, c.weight_decay, checkpoint_dir(self.run_dir, "sft"))
+            limits = self.length_limits
+            train = demonstration_loader(tokenize_demonstrations(self.tokenizer, examples, limits), pad, c.batch_size, True, self.cfg.seed)
+            val = demonstration_loader(tokenize_demonstrations(self.tokenizer, self.task.sft_eval, limits), pad, 128, False, self.cfg.seed)
+            policy = load_policy(str(base.path), self.model_cfg.dtype)
+            if self.lora is not None:
+                policy = add_policy_adapters(policy, self.lora)
+            if self.model_cfg.gradient_checkpointing:
+                enable_gradient_checkpointing(policy)
+            module = SFTModule(policy, c.lr, c.weight_decay, checkpoint_dir(self.run_dir, "sft"))
             trainer = build_trainer(self.cfg, "sft", self.run_dir, self.group, max_epochs=c.epochs)
             try:
                 trainer.fit(module, train, val)
             finally:
                 close_loggers(trainer.loggers)
-            module.model.save_pretrained(out)
+            # With LoRA the SFT policy is saved merged: every later stage loads a plain model.
+            (module.model.merge_and_unload() if self.lora is not None else module.model).save_pretrained(out)
             self.tokenizer.save_pretrained(out)
             return {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("sft/")}
 
@@ -270,8 +389,19 @@ class Pipeline:
         return Artifact(path, key, metrics)
 
     def build_reference(self, sft: Artifact):
-        """The SFT policy, frozen, in memory: the KL anchor of training and evaluation alike."""
+        """The SFT policy, frozen, in memory: the KL anchor of training and evaluation alike.
+
+        With LoRA, the policy to train is built here too (the SFT policy with fresh adapters), and the
+        reference is that network with its adapters off: one copy of the base weights for both.
+        """
         from rlhf_lab.models.loading import load_policy
+
+        if self.lora is not None:
+            from rlhf_lab.models.lora import AdapterDisabled, add_policy_adapters
+
+            policy = load_policy(str(sft.path), self.model_cfg.dtype, key=f"policy {sft.path}")
+            self._lora_policy = add_policy_adapters(policy, self.lora).to(inference_device(self.cfg))
+            return AdapterDisabled(self._lora_policy)
 
         model = load_policy(str(sft.path), self.model_cfg.dtype, key=f"reference {sft.path}")
         return model.eval().requires_grad_(False).to(inference_device(self.cfg))
@@ -295,6 +425,7 @@ class Pipeline:
             "kind": kind,
             "plugin": self._dist("feedback"),
             "task": _plain(self.cfg.task),
+            "data": _plain(self.cfg.data),
             "seed": self.cfg.seed,
         }
         key = artifact_key("preferences", config, [sft.key])
@@ -315,27 +446,52 @@ class Pipeline:
                 for record in records:
                     if record.response_ids is None:
                         record.response_ids = ids.get((record.prompt, tuple(record.responses)))
+                if self.length_limits is not None:
+                    records = self._cut_records(records)
                 write_jsonl(records, out / f"{split}.jsonl")
                 counts[f"feedback/{split}_records"] = len(records)
                 counts[f"feedback/{split}_pairs"] = sum(len(r.preference_pairs()) for r in records)
+            counts.update(getattr(source, "stats", {}))  # e.g. rows a dataset skipped
             return counts
 
         artifact = self._cached("preferences", key, build)
         log.info("feedback: %s", artifact.metrics)
         return artifact
 
-    def build_reward_model(self, preferences: Artifact, sft: Optional[Artifact] = None, base: Optional[Artifact] = None) -> Artifact:
+    def _cut_records(self, records: list) -> list:
+        """Records cut to the length limits (``data.truncate``; the pre-flight pass counted the cuts)."""
+        from rlhf_lab.data import record_response_ids
+        from rlhf_lab.lengths import LengthCheck
+
+        check, out = LengthCheck(self.tokenizer, self.length_limits, truncate=True), []
+        for record in records:
+            prompt = check.prompt(record.prompt, "")
+            if prompt is not None:
+                record.response_ids = [check.response_ids(prompt, ids, "", "") for ids in record_response_ids(self.tokenizer, record)]
+                record.prompt = prompt
+                out.append(record)
+        return out
+
+    def build_reward_model(self, preferences: Optional[Artifact] = None, sft: Optional[Artifact] = None, base: Optional[Artifact] = None) -> Artifact:
+        """The trained reward model (or the one ``reward.path`` names)."""
         from lightning.pytorch import seed_everything
+
+        if getattr(self.reward_cfg, "path", None):
+            from rlhf_lab.models.loading import model_fingerprint, resolve_model_path
+
+            path = resolve_model_path(self.reward_cfg.path, "reward.path")
+            return Artifact(Path(path), f"model:{model_fingerprint(path)}")
 
         from rlhf_lab.feedback.records import read_jsonl
         from rlhf_lab.models.loading import load_value_model
+        from rlhf_lab.models.lora import add_value_adapters, merge_value_adapters
         from rlhf_lab.models.value_model import RewardNormaliser
         from rlhf_lab.stages.reward import RewardModule, record_loader, score_records
 
         init = sft or base
         objective = self.reward_component
         config = {
-            "reward": _plain(self.cfg.reward), "plugin": self._dist("reward"),
+            "reward": _plain(self.cfg.reward), "plugin": self._dist("reward"), "lora": _plain(self.cfg.model.lora),
             "dtype": self.model_cfg.dtype, "precision": self.cfg.trainer.precision, "seed": self.cfg.seed,
         }
         key = artifact_key("reward_model", config, [preferences.key, init.key])
@@ -345,6 +501,8 @@ class Pipeline:
             c = self.reward_cfg
             train, heldout = read_jsonl(preferences.path / "train.jsonl"), read_jsonl(preferences.path / "heldout.jsonl")
             model = load_value_model(str(init.path), self.model_cfg.dtype)
+            if self.lora is not None:
+                add_value_adapters(model, self.lora)
             module = RewardModule(model, objective, c.lr, c.weight_decay, checkpoint_dir(self.run_dir, "reward"))
             trainer = build_trainer(self.cfg, "reward", self.run_dir, self.group, max_epochs=c.epochs)
             val = record_loader(heldout, objective, self.tokenizer, 64, False, self.cfg.seed)
@@ -354,6 +512,8 @@ class Pipeline:
                 close_loggers(trainer.loggers)
             # Normalise on the SFT policy's samples: the training candidates are exactly those.
             normaliser = RewardNormaliser.fit(score_records(model.to(inference_device(self.cfg)), self.tokenizer, train))
+            if self.lora is not None:
+                merge_value_adapters(model)  # saved as a plain model
             # Plain transformers pools at the last non-pad token: it needs the pad id in the config.
             model.model.config.pad_token_id = self.tokenizer.pad_token_id
             model.save_pretrained(out)
@@ -383,6 +543,7 @@ class Pipeline:
         inputs = AlgoInputs(
             sft=sft.path, reference=self.need("reference"), tokenizer=self.tokenizer, prompts=self.task.train_prompts,
             seed=self.cfg.seed, dtype=self.model_cfg.dtype, checkpoint_dir=checkpoint_dir(self.run_dir, "policy"),
+            policy=self._lora_policy, lora=self.lora, gradient_checkpointing=self.model_cfg.gradient_checkpointing,
             **{name: self.need(name) for name in self.consumes if name == "reward"},
             **{name: self.need(name).path for name in self.consumes if name == "preferences"},
         )
@@ -418,32 +579,72 @@ class Pipeline:
         if self.cfg.logger.name == "wandb":
             log.info("wandb group: %s", self.group)
         started = time.perf_counter()
+        if self.stop_after:
+            self.need(self.stop_after)
+            metrics = self._artifact_metrics()
+            metrics.update(self.timings)
+            metrics["time/total_seconds"] = round(time.perf_counter() - started, 2)
+            _write_atomic(self.run_dir / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+            self._write_paths()
+            return metrics
         handle, device = self.optimise()
-        metrics: dict = {}
-        for artifact in self._built.values():
-            if isinstance(artifact, Artifact):
-                metrics.update(artifact.metrics)
+        metrics = self._artifact_metrics()
 
         reference = ModelPolicy(self.need("reference").to(device), self.tokenizer)
         reward_fn = self._built.get("reward")
         with _timed(self.timings, "evaluate"):
             eval_metrics, samples = evaluate_policies(
                 {"sft": reference, self.algo_cfg.name: handle}, reference, reward_fn,
-                self.tokenizer, self.task, self.eval_cfg, self.cfg.seed,
+                self.tokenizer, self.task, self.eval_cfg, self.cfg.seed, limits=self.length_limits,
             )
         metrics.update(eval_metrics)
         metrics.update(self.timings)
         metrics["time/total_seconds"] = round(time.perf_counter() - started, 2)
         # The evaluation is a stage of its own for the loggers (csv/eval, a wandb run of job type eval).
         eval_loggers = build_loggers(self.cfg, "eval", self.run_dir, self.group)
+        columns = list(dict.fromkeys(c for s in samples for c in s))
         for logger in eval_loggers:
             logger.log_metrics(eval_metrics, step=0)
+            if hasattr(logger, "log_table") and samples:  # wandb: every policy's responses, side by side
+                logger.log_table(key="eval/samples", columns=columns, data=[[s.get(c) for c in columns] for s in samples], step=0)
         close_loggers(eval_loggers)
 
+        if self.lora is not None and self.lora.merge and handle.model is not None:
+            from rlhf_lab.models.lora import merged_copy
+
+            merged = merged_copy(handle.model)
+            merged.save_pretrained(self.run_dir / "policy_merged")
+            self.tokenizer.save_pretrained(self.run_dir / "policy_merged")
         _write_atomic(self.run_dir / "samples.jsonl", "".join(json.dumps(sample) + "\n" for sample in samples))
         _write_atomic(self.run_dir / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+        self._write_paths()
         get_plugin_manager().hook.rlhf_lab_run_finished(cfg=self.cfg, metrics=metrics, run_dir=self.run_dir)
         return metrics
+
+    def _artifact_metrics(self) -> dict:
+        metrics = {**self.task.stats, **self.length_counts}
+        for artifact in self._built.values():
+            if isinstance(artifact, Artifact):
+                metrics.update(artifact.metrics)
+        return metrics
+
+    def artifact_paths(self) -> dict[str, str]:
+        """Where this run's outputs are: the run directory, every disk artifact built, the policy."""
+        paths = {"run_dir": str(self.run_dir.resolve())}
+        for name in ("sft", "preferences", "reward_model"):
+            if isinstance(self._built.get(name), Artifact):
+                paths[name] = str(Path(self._built[name].path).resolve())
+        for name in ("policy", "policy_merged"):
+            if (self.run_dir / name).is_dir():
+                paths[name] = str((self.run_dir / name).resolve())
+        return paths
+
+    def _write_paths(self) -> None:
+        """``paths.json`` in the run directory, and the same lines in the log: the next command takes them."""
+        paths = self.artifact_paths()
+        _write_atomic(self.run_dir / PATHS_FILE, json.dumps(paths, indent=2) + "\n")
+        for name, path in paths.items():
+            log.info("%s: %s", name, path)
 
 
 def run(cfg: DictConfig, run_dir: Optional[Path] = None) -> dict:

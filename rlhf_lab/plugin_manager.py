@@ -16,6 +16,7 @@ from rlhf_lab.errors import RlhfLabError, UnknownComponentError
 
 BUILTIN_PLUGINS = (
     "rlhf_lab.tasks.toy",
+    "rlhf_lab.tasks.dataset",
     "rlhf_lab.feedback.simulated",
     "rlhf_lab.feedback.dataset",
     "rlhf_lab.rewards",

@@ -251,11 +251,14 @@ class ComparisonCallback(Callback):
             write_comparison(Path(config.hydra.sweep.dir))
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
-        """Write the comparison once every job has returned.
+        """Write the comparison once every job has returned, and print it: one table, a row per job
+        labelled by its overrides (the jobs themselves print no table of their own).
 
         :param config: the sweep's config, including the ``hydra`` node.
         """
-        write_comparison(Path(config.hydra.sweep.dir))
+        written = write_comparison(Path(config.hydra.sweep.dir))
+        if written:
+            print(written[0].read_text(), end="", flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:

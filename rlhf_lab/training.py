@@ -177,7 +177,11 @@ def adamw(params, lr: float, *, weight_decay: float = 0.0, eps: float = 1e-8):
     implementation is a tenth of an update's time. The maths is the same either way."""
     import torch
 
-    params = list(params)
+    # Frozen weights (LoRA's base) get no optimiser state; ``params`` may be tensors or param groups.
+    params = [
+        {**p, "params": [q for q in p["params"] if q.requires_grad]} if isinstance(p, dict) else p
+        for p in params if isinstance(p, dict) or p.requires_grad
+    ]
     try:
         return torch.optim.AdamW(params, lr=lr, eps=eps, weight_decay=weight_decay, fused=True)
     except (RuntimeError, ValueError):

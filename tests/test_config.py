@@ -41,7 +41,13 @@ def _compose(overrides: list[str]):
 def test_every_option_composes_and_builds(registry, group, option, tmp_path):
     prefs = tmp_path / "prefs.jsonl"
     prefs.write_text('{"prompt": "p", "responses": ["a", "b"], "ranking": [1, 0]}\n')
-    extra = {("feedback", "dataset"): [f"feedback.path={prefs}"], ("reward", "rule"): ["reward.function=rlhf_lab.rewards.rules:word_count"]}
+    prompts = tmp_path / "prompts.csv"
+    prompts.write_text("prompt,response\n" + "".join(f"p{i},r{i}\n" for i in range(10)))
+    extra = {
+        ("feedback", "dataset"): [f"feedback.path={prefs}"],
+        ("reward", "rule"): ["reward.function=rlhf_lab.rewards.rules:word_count"],
+        ("task", "dataset"): [f"task.path={prompts}"],
+    }
     overrides = [f"{group}={option}"] + extra.get((group, option), [])
     cfg = _compose(overrides)
     built = to_object(cfg[group], group)
@@ -138,5 +144,46 @@ def test_a_trainer_this_machine_cannot_build_fails_before_any_work(tmp_path):
 def test_responses_that_cannot_fit_the_model_fail_before_training(tmp_path):
     result = run_cli(["algo.sampling.max_new_tokens=70", f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}", "logger=csv"], cwd=tmp_path)
     assert result.returncode == 2
-    assert "algo.sampling.max_new_tokens=70 plus the longest prompt (9 tokens) exceeds the model's 64 positions" in result.stderr
+    assert "max_new_tokens=70 (algo.sampling or eval.sampling) leaves no room for a prompt in the model's 64 positions" in result.stderr
     assert not (tmp_path / "cache" / "sft").exists()
+    result = run_cli(["algo.sampling.max_new_tokens=60", f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}", "logger=csv"], cwd=tmp_path)
+    assert result.returncode == 2
+    assert "prompt of 9 tokens is over its limit of 4 (the model's 64 positions less max_new_tokens=60), the longest" in result.stderr
+    assert not (tmp_path / "cache" / "sft").exists()
+
+
+@pytest.mark.parametrize("override,message", [
+    ("+algo.lora_r=8", "unknown config key 'algo.lora_r': PPOConfig has name, lr,"),
+    ("+foo=1", "unknown config key 'foo': RunConfig has seed,"),
+    ("+algo.sampling.bar=2", "unknown config key 'algo.sampling.bar': SamplingConfig has temperature, top_k"),
+])
+def test_a_key_added_with_plus_that_no_schema_has_is_refused(registry, override, message):
+    from rlhf_lab.config import check_known_keys
+
+    with pytest.raises(RlhfLabError, match=message):
+        check_known_keys(_compose([override]))
+    check_known_keys(_compose(["reward=rule", "+reward.kwargs.n=3"]))  # a dict field takes any key
+
+
+def test_docs_config_md_is_the_schemas_own_description(registry):
+    """docs/config.md is generated; regenerate it with `python -m rlhf_lab describe --markdown > docs/config.md`."""
+    from rlhf_lab import describe
+
+    docs = Path(__file__).resolve().parent.parent / "docs" / "config.md"
+    assert docs.read_text() == describe.markdown()
+
+
+def test_every_config_key_says_what_it_means(registry):
+    from rlhf_lab import describe
+
+    undocumented = [k.name for _, _, keys in describe.sections() for k in keys if not k.doc]
+    assert not undocumented
+
+
+def test_describe_one_option_from_the_command_line(tmp_path):
+    result = run_cli(["describe", "algo=dpo"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("algo=dpo: ") and "algo.beta" in result.stdout and "algo.clip_range" not in result.stdout
+    assert "describe [group | group=option]" in run_cli(["--help"], cwd=tmp_path).stdout
+    unknown = run_cli(["describe", "algo=nope"], cwd=tmp_path)
+    assert unknown.returncode == 2 and "unknown algo 'nope'" in unknown.stderr

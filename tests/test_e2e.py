@@ -75,6 +75,10 @@ def test_multirun_reuses_upstream_stages_and_shares_a_wandb_group(tmp_path):
     args = ["-m", "algo.lr=1e-5,3e-5", *TINY, f"cache_dir={tmp_path / 'cache'}", f"hydra.sweep.dir={sweep}", "logger=wandb", "logger.mode=offline"]
     result = run_cli(args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
+    # One table for the sweep, a row per job labelled by its overrides; no per-job tables.
+    assert result.stdout.count("# Sweep comparison") == 1 and "held-out evaluation: sft vs" not in result.stdout
+    assert re.search(r"^\| 0 \| algo.lr=1e-05 \| ppo \|", result.stdout, re.M) and re.search(r"^\| 1 \| algo.lr=3e-05 \| ppo \|", result.stdout, re.M)
+    assert "job 0 (algo.lr=1e-05 " in result.stdout
     first, second = (sweep / "0" / "rlhf_lab.log").read_text(), (sweep / "1" / "rlhf_lab.log").read_text()
     for stage in ("sft", "preferences", "reward_model"):
         assert re.search(rf"{stage}: no cached artifact", first), stage
@@ -85,6 +89,10 @@ def test_multirun_reuses_upstream_stages_and_shares_a_wandb_group(tmp_path):
     groups = {re.search(r"wandb group: (\S+)", log).group(1) for log in (first, second)}
     assert groups == {"sweep"}
     assert list((sweep / "0" / "wandb").glob("offline-run-*")), "wandb ran offline in the run directory"
+    # Every policy's held-out responses, side by side, as a wandb table of the eval run.
+    (table,) = (sweep / "0" / "wandb").glob("offline-run-*/files/media/table/eval/samples_*.table.json")
+    content = json.loads(table.read_text())
+    assert content["columns"][:3] == ["prompt", "sft_response", "ppo_response"] and len(content["data"]) > 0
     lrs = [json.loads((sweep / j / "metrics.json").read_text()) for j in ("0", "1")]
     # Different learning rates move the policy by different amounts.
     assert lrs[0]["eval/ppo/kl"] != pytest.approx(lrs[1]["eval/ppo/kl"], rel=1e-3)

@@ -127,7 +127,7 @@ def test_cli_malformed_preference_file_exits_2_naming_the_line(tmp_path):
     args = [*TINY_NO_FEEDBACK, "feedback=dataset", f"feedback.path={tmp_path / 'prefs.jsonl'}", f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}", "logger=csv"]
     result = run_cli(args, cwd=tmp_path)
     assert result.returncode == 2
-    assert f"{tmp_path / 'prefs.jsonl'}:2: malformed preference record" in result.stderr
+    assert f"{tmp_path / 'prefs.jsonl'}:2: field 'prompt' is a int here but a str on an earlier line" in result.stderr
     assert "Traceback" not in result.stderr
     # Nothing half-built is left in the cache for a later run to trust.
     assert not list((tmp_path / "cache" / "preferences").glob("*/ARTIFACT_COMPLETE"))

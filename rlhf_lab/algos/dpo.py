@@ -102,10 +102,10 @@ class DPOModule(pl.LightningModule):
     def __init__(self, cfg: DPOConfig, inputs: AlgoInputs) -> None:
         super().__init__()
         from rlhf_lab.feedback.records import read_jsonl
-        from rlhf_lab.models.loading import disable_dropout, load_policy
+        from rlhf_lab.models.loading import disable_dropout
 
         self.cfg, self.inputs, self.tokenizer = cfg, inputs, inputs.tokenizer
-        self.policy = load_policy(str(inputs.sft), inputs.dtype, key=f"policy {inputs.sft}").train()
+        self.policy = inputs.load_policy().train()
         disable_dropout(self.policy)
         self.reference = [inputs.reference.eval().requires_grad_(False)]  # a list keeps it out of the module tree
         self.pairs = {

@@ -33,3 +33,18 @@ class AlgoInputs:
     checkpoint_dir: Optional[Path] = None
     reward: Any = None
     preferences: Optional[Path] = None
+    policy: Any = None
+    """The trainable policy when the pipeline built it (LoRA: the reference is a view of it); else None."""
+    lora: Any = None
+    """``model.lora`` (:class:`~rlhf_lab.config.LoraSettings`) when adapters are on, else None."""
+    gradient_checkpointing: bool = False
+
+    def load_policy(self):
+        """The policy to train: the one the pipeline built, else the SFT policy loaded from disk."""
+        from rlhf_lab.models.lora import enable_gradient_checkpointing
+        from rlhf_lab.models.loading import load_policy
+
+        policy = self.policy if self.policy is not None else load_policy(str(self.sft), self.dtype, key=f"policy {self.sft}")
+        if self.gradient_checkpointing:
+            enable_gradient_checkpointing(policy)
+        return policy

@@ -64,6 +64,14 @@ def build_critic(inputs: AlgoInputs, critic_init: str):
         critic.fold_normaliser(inputs.reward.normaliser)
     else:
         critic = load_value_model(str(inputs.sft), inputs.dtype, key=f"critic initialisation {inputs.sft}")
+    if inputs.lora is not None:
+        from rlhf_lab.models.lora import add_value_adapters
+
+        add_value_adapters(critic, inputs.lora)
+    if inputs.gradient_checkpointing:
+        from rlhf_lab.models.lora import enable_gradient_checkpointing
+
+        enable_gradient_checkpointing(critic.model)
     return critic.train()
 
 
@@ -83,12 +91,10 @@ class OnPolicyModule(pl.LightningModule):
 
     def __init__(self, cfg, inputs: AlgoInputs, critic: nn.Module | None = None) -> None:
         super().__init__()
-        from rlhf_lab.models.loading import load_policy
-
         self.automatic_optimization = False
         self.cfg, self.inputs = cfg, inputs
         self.tokenizer = inputs.tokenizer
-        self.policy = load_policy(str(inputs.sft), inputs.dtype, key=f"policy {inputs.sft}")
+        self.policy = inputs.load_policy()
         self.critic = critic
         self.frozen = _Frozen(inputs.reference, inputs.reward)
         for model in (self.policy, self.critic):
@@ -160,7 +166,7 @@ class OnPolicyModule(pl.LightningModule):
     # --- optimisation -------------------------------------------------------------------------------
 
     def trainable_parameters(self) -> list[nn.Parameter]:
-        params = list(self.policy.parameters())
+        params = [p for p in self.policy.parameters() if p.requires_grad]  # with LoRA: the adapters
         if self.critic is not None:
             params += [p for p in self.critic.parameters() if p.requires_grad]
         return params

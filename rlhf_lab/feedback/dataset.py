@@ -1,15 +1,47 @@
-"""Offline feedback: preference records read from JSONL files (format in :mod:`rlhf_lab.feedback.records`)."""
+"""Offline feedback: preference records read from the files people publish.
+
+The formats (native records, pairwise prompt/chosen/rejected, Anthropic HH-RLHF transcripts, chat
+message pairs, K-wise rankings, per-response ratings) are in :mod:`rlhf_lab.feedback.formats`; the
+file kinds (JSONL, JSON, CSV, Parquet, ``save_to_disk`` directories) in :mod:`rlhf_lab.datafiles`.
+"""
 
 from __future__ import annotations
 
+import logging
 import random
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import asdict, dataclass, field
 from typing import Optional
 
 from rlhf_lab import hookimpl
+from rlhf_lab.chat import load_chat_tokenizer
+from rlhf_lab.datafiles import read_table
 from rlhf_lab.errors import DataError, RlhfLabError
-from rlhf_lab.feedback.records import PreferenceRecord, read_jsonl
+from rlhf_lab.feedback.formats import FORMATS, parse_preferences
+from rlhf_lab.feedback.records import PreferenceRecord
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PreferenceColumns:
+    """The file's column names for each role (null: the role's own name); see docs/data.md."""
+
+    prompt: Optional[str] = None
+    """The prompt (text, or a message list)."""
+    chosen: Optional[str] = None
+    """pairwise, hh and chat formats: the preferred response (or transcript, or messages)."""
+    rejected: Optional[str] = None
+    """pairwise, hh and chat formats: the other one."""
+    responses: Optional[str] = None
+    """native format: the K responses."""
+    ranking: Optional[str] = None
+    """native format: response indices from best to worst."""
+    scores: Optional[str] = None
+    """native format: one rating per response."""
+    response: Optional[str] = None
+    """rating format: the rated response."""
+    score: Optional[str] = None
+    """rating format: its rating."""
 
 
 @dataclass
@@ -18,48 +50,80 @@ class DatasetFeedbackConfig:
 
     name: str = "dataset"
     path: Optional[str] = None
-    """JSONL file of preference records (required)."""
+    """Preference file (.jsonl, .json, .csv, .parquet), ``save_to_disk`` directory or hub name (required)."""
     heldout_path: Optional[str] = None
-    """Held-out records for reward-model accuracy; null: the last ``heldout_fraction`` of ``path``."""
+    """Held-out records for reward-model accuracy; null: a seeded ``heldout_fraction`` of ``path``."""
     heldout_fraction: float = 0.1
     """Share of ``path`` held out when there is no ``heldout_path``."""
+    format: str = "auto"
+    """auto (detected from the columns), native, pairwise, hh, chat or rating; see docs/data.md."""
+    columns: PreferenceColumns = field(default_factory=PreferenceColumns)
+    """Column names, for files that name them otherwise: ``feedback.columns.score=helpfulness``."""
+    on_bad_record: str = "error"
+    """error: a malformed row stops the run naming its file:line; skip: it is skipped and counted."""
+    split: str = "train"
+    """Split read from a multi-split ``save_to_disk`` directory or hub dataset (``heldout_path`` reads ``test``)."""
+    chat_tokenizer: Optional[str] = None
+    """Model directory whose tokenizer's chat template renders message-list prompts (null: the plain
+    template). conf/feedback/dataset.yaml sets it to ``${model.name_or_path}``."""
 
     def __post_init__(self) -> None:
         if not 0.0 < self.heldout_fraction < 1.0:
             raise ValueError(f"feedback.heldout_fraction must be in (0, 1), got {self.heldout_fraction}")
+        if self.format not in ("auto",) + FORMATS:
+            raise ValueError(f"feedback.format must be auto or one of {list(FORMATS)}, got '{self.format}'")
+        if self.on_bad_record not in ("error", "skip"):
+            raise ValueError(f"feedback.on_bad_record must be error or skip, got '{self.on_bad_record}'")
 
 
 class DatasetFeedback:
-    """Returns the records in ``path``; the candidates sampled by the pipeline are not used."""
+    """Returns the records read from ``path``; the candidates sampled by the pipeline are not used.
+
+    ``stats`` holds the counts of rows skipped (``feedback/<split>_skipped``) after each ``collect``.
+    """
 
     needs_candidates = False
 
     def __init__(self, cfg: DatasetFeedbackConfig, task) -> None:
         if not cfg.path:
-            raise RlhfLabError("feedback=dataset needs feedback.path=<file.jsonl>")
-        for key in ("path", "heldout_path"):
-            value = getattr(cfg, key)
-            if value and not Path(value).is_file():
-                raise DataError(f"feedback.{key}: preference file '{value}' not found")
+            raise RlhfLabError("feedback=dataset needs feedback.path=<file>")
         self.cfg = cfg
+        self.stats: dict[str, int] = {}
+        self._chat_tokenizer = None
+        self._loaded: dict[str, list[PreferenceRecord]] = {}
 
     def collect(self, prompts, candidates, kind: str, seed: int, split: str = "train") -> list[PreferenceRecord]:
         """The ``split`` ("train" or "heldout") records, checked to carry ``kind`` feedback."""
         if self.cfg.heldout_path:
-            return self._read(self.cfg.path if split == "train" else self.cfg.heldout_path, kind)
-        records = self._read(self.cfg.path, kind)
+            if split == "train":
+                return self._read("path", self.cfg.path, self.cfg.split, kind)
+            return self._read("heldout_path", self.cfg.heldout_path, "test", kind)
+        records = list(self._read("path", self.cfg.path, self.cfg.split, kind))
         # The split must not depend on which split is asked for first: shuffle with a fixed seed.
         random.Random(0).shuffle(records)
         n_held = max(1, int(len(records) * self.cfg.heldout_fraction))
+        if len(records) - n_held < 1:
+            raise DataError(f"{self.cfg.path}: {len(records)} record(s) cannot be split into training and held-out records")
         return records[n_held:] if split == "train" else records[:n_held]
 
-    @staticmethod
-    def _read(path: str, kind: str) -> list[PreferenceRecord]:
-        records = read_jsonl(path)
-        field = "ranking" if kind == "ranking" else "scores"
-        missing = [i for i, r in enumerate(records) if getattr(r, field) is None]
-        if missing:
-            raise RlhfLabError(f"{path}: record {missing[0] + 1} has no '{field}', which this reward model trains on")
+    def _read(self, key: str, source: str, split: str, kind: str) -> list[PreferenceRecord]:
+        if key not in self._loaded:
+            if self.cfg.chat_tokenizer and self._chat_tokenizer is None:
+                self._chat_tokenizer = load_chat_tokenizer(self.cfg.chat_tokenizer, "feedback.chat_tokenizer")
+            table = read_table(source, f"feedback.{key}", split)
+            records, skipped = parse_preferences(table, self.cfg.format, asdict(self.cfg.columns), self.cfg.on_bad_record, self._chat_tokenizer)
+            name = "train" if key == "path" else "heldout"
+            self.stats[f"feedback/{name}_skipped"] = sum(skipped.values())
+            if skipped:
+                log.warning("%s: skipped %d malformed record(s): %s", source, sum(skipped.values()), dict(skipped))
+            self._loaded[key] = records
+        records = self._loaded[key]
+        # Pairwise objectives take rated records too (their distinct scores order the pairs); a
+        # pointwise model needs the ratings themselves.
+        if kind != "ranking":
+            for record in records:
+                if record.scores is None:
+                    raise DataError(f"{record.meta.get('source', source)}: the record has no 'scores', which this reward model trains on")
         return records
 
 

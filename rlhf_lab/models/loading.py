@@ -6,7 +6,7 @@ from pathlib import Path
 
 from rlhf_lab.errors import RlhfLabError
 
-def _resolve(name_or_path: str, key: str) -> str:
+def resolve_model_path(name_or_path: str, key: str) -> str:
     """A local directory, or a hub name unchanged; a path that is no directory fails here, naming ``key``."""
     path = Path(name_or_path).expanduser()
     if path.is_dir():
@@ -33,7 +33,7 @@ def model_fingerprint(name_or_path: str) -> str:
 
 def _load(loader, name_or_path: str, key: str, **kwargs):
     try:
-        return loader.from_pretrained(_resolve(name_or_path, key), **kwargs)
+        return loader.from_pretrained(resolve_model_path(name_or_path, key), **kwargs)
     except (OSError, ValueError) as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise RlhfLabError(f"{key}: could not load '{name_or_path}': {first_line}") from None

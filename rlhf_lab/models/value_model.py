@@ -41,11 +41,14 @@ class RewardNormaliser:
         (Path(directory) / NORMALISER_FILE).write_text(json.dumps(asdict(self), indent=2) + "\n")
 
     @classmethod
-    def load(cls, directory: Path) -> "RewardNormaliser":
-        """The normaliser saved beside a reward model; a reward model without one is an error."""
+    def load(cls, directory: Path, missing_ok: bool = False) -> "RewardNormaliser":
+        """The normaliser saved beside a reward model; without one, an error (or, with ``missing_ok``,
+        the identity, for a reward model trained elsewhere)."""
         from rlhf_lab.errors import RlhfLabError
 
         path = Path(directory) / NORMALISER_FILE
+        if not path.is_file() and missing_ok:
+            return cls()
         if not path.is_file():
             raise RlhfLabError(f"{path} is missing: the reward model in {directory} has no normaliser")
         return cls(**json.loads(path.read_text()))

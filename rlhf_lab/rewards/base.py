@@ -63,7 +63,9 @@ class RewardObjective:
         from rlhf_lab.rewards.function import LearnedReward
 
         path = inputs["reward_model"].path
-        return LearnedReward(load_value_model(str(path), dtype, key=f"reward model {path}"), RewardNormaliser.load(path))
+        # A reward model given by path may come from elsewhere, without our normaliser: scores stay raw.
+        normaliser = RewardNormaliser.load(path, missing_ok=bool(getattr(self.cfg, "path", None)))
+        return LearnedReward(load_value_model(str(path), dtype, key=f"reward model {path}"), normaliser)
 
     @staticmethod
     def pair_accuracy(scores: torch.Tensor, batch: dict) -> tuple[int, int]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 
 @dataclass
@@ -20,6 +21,9 @@ class RewardConfig:
     """AdamW weight decay."""
     init_from_sft: bool = True
     """Start the backbone from the SFT policy (Ouyang et al. 2022) instead of the base model."""
+    path: Optional[str] = None
+    """A trained reward model directory (e.g. ``reward_model`` printed by an earlier run with
+    ``stop_after=reward_model``) to use instead of training one; no feedback is collected then."""
 
     def __post_init__(self) -> None:
         if self.lr <= 0 or self.epochs < 1 or self.batch_size < 1:

@@ -4,7 +4,8 @@ Each policy is reached through a :class:`~rlhf_lab.policy.PolicyHandle` (sample,
 so a policy that was never trained (best-of-n) is evaluated exactly like a trained one. Figures per
 policy: gold reward (where the task knows its utility), proxy reward (where the run has a reward
 function), KL to the reference, response length, EOS rate, perplexity on held-out demonstrations
-(where the policy is one network). Every mean comes with its standard error; each policy is compared
+(where the policy is one network), BLEU and ROUGE-L against reference answers (where the task has
+them), distinct-1 and distinct-2. Every mean comes with its standard error; each policy is compared
 with the baseline on the same prompts and seeds (paired differences, win rate with a bootstrap
 interval), so a verdict can tell a real change from noise.
 """
@@ -18,14 +19,15 @@ import torch
 from rlhf_lab.data import batched_pairs, decode_response
 from rlhf_lab.stages.sft import demonstration_loader, response_nll, tokenize_demonstrations
 from rlhf_lab.stats import mean_and_se, paired_difference, win_rate, win_rate_interval
+from rlhf_lab.text_metrics import corpus_bleu, distinct_n, rouge_l
 
 
 @torch.no_grad()
-def perplexity(policy, tokenizer, demonstrations) -> float:
-    """Token-level perplexity of the policy on held-out demonstration responses."""
+def perplexity(policy, tokenizer, demonstrations, limits=None) -> float:
+    """Token-level perplexity of the policy on held-out demonstration responses (cut to ``limits``)."""
     device = next(policy.parameters()).device
     total, count = 0.0, 0
-    for batch in demonstration_loader(tokenize_demonstrations(tokenizer, demonstrations), tokenizer.pad_token_id, 128, False, 0):
+    for batch in demonstration_loader(tokenize_demonstrations(tokenizer, demonstrations, limits), tokenizer.pad_token_id, 128, False, 0):
         batch = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
         nll, mask = response_nll(policy, batch)
         total += float((nll * mask).sum())
@@ -43,14 +45,15 @@ def _figure(metrics: dict, name: str, figure: str, values: list[float]) -> None:
     metrics[f"eval/{name}/{figure}"], metrics[f"eval/{name}/{figure}_se"] = mean_and_se(values)
 
 
-def evaluate_policies(policies: dict, reference, reward_fn, tokenizer, task, eval_cfg, seed: int, baseline: str = "sft"):
+def evaluate_policies(policies: dict, reference, reward_fn, tokenizer, task, eval_cfg, seed: int, baseline: str = "sft", limits=None):
     """Score every policy handle in ``policies`` on the task's held-out prompts.
 
     :param policies: name -> policy handle; must include ``baseline``.
     :param reference: the reference as a :class:`~rlhf_lab.policy.ModelPolicy` (KL is measured to it).
     :param reward_fn: the run's reward function (proxy reward), or None.
+    :param limits: length limits that demonstrations are cut to (``data.truncate=true``), or None.
     :returns: ``(metrics, samples)``: metrics named ``eval/<policy>/<figure>`` (see the module docstring),
-        samples are dicts (prompt, response per policy, gold per policy).
+        samples are dicts (prompt, response, gold and proxy reward per policy, the reference answer).
     """
     prompts = [p for p in task.eval_prompts for _ in range(eval_cfg.samples_per_prompt)]
     device = next(reference.model.parameters()).device
@@ -72,11 +75,18 @@ def evaluate_policies(policies: dict, reference, reward_fn, tokenizer, task, eva
             figures["proxy_reward"] = _proxy_scores(reward_fn, tokenizer, prompts, responses, device)
         if task.utility is not None:
             figures["gold_reward"] = [task.utility(p, t) for p, t in zip(prompts, texts[name])]
+        referenced = [i for i, p in enumerate(prompts) if p in task.references]
+        if referenced:
+            hypotheses, references = [texts[name][i] for i in referenced], [task.references[prompts[i]] for i in referenced]
+            figures["rouge_l"] = rouge_l(hypotheses, references)
+            metrics[f"eval/{name}/bleu"] = corpus_bleu(hypotheses, references)
         for figure, values in figures.items():
             _figure(metrics, name, figure, values)
+        for n in (1, 2):
+            metrics[f"eval/{name}/distinct_{n}"] = distinct_n(texts[name], n)
         metrics[f"eval/{name}/eos_rate"] = sum(bool(r) and r[-1] == tokenizer.eos_token_id for r in responses) / len(responses)
-        if policy.model is not None:
-            metrics[f"eval/{name}/perplexity"] = perplexity(policy.model, tokenizer, task.sft_eval)
+        if policy.model is not None and task.sft_eval:
+            metrics[f"eval/{name}/perplexity"] = perplexity(policy.model, tokenizer, task.sft_eval, limits)
         if hasattr(policy, "analytic_kl"):
             metrics[f"eval/{name}/kl_closed_form"] = policy.analytic_kl
         per_sample[name] = figures
@@ -84,7 +94,7 @@ def evaluate_policies(policies: dict, reference, reward_fn, tokenizer, task, eva
     for name, figures in per_sample.items():
         if name == baseline:
             continue
-        for figure in ("gold_reward", "proxy_reward", "response_length"):
+        for figure in ("gold_reward", "proxy_reward", "response_length", "rouge_l"):
             if figure in figures:
                 diff, se = paired_difference(figures[figure], base[figure])
                 metrics[f"eval/{name}/{figure}_diff"], metrics[f"eval/{name}/{figure}_diff_se"] = diff, se
@@ -99,6 +109,8 @@ def evaluate_policies(policies: dict, reference, reward_fn, tokenizer, task, eva
             "prompt": prompts[i],
             **{f"{n}_response": texts[n][i] for n in policies},
             **{f"{n}_gold": per_sample[n]["gold_reward"][i] for n in policies if "gold_reward" in per_sample[n]},
+            **{f"{n}_proxy": per_sample[n]["proxy_reward"][i] for n in policies if "proxy_reward" in per_sample[n]},
+            **({"reference": task.references[prompts[i]]} if prompts[i] in task.references else {}),
         }
         for i in range(len(prompts))
     ]

@@ -14,8 +14,17 @@ from rlhf_lab.ops.masked import masked_mean
 from rlhf_lab.ops.sequence import token_logprobs
 
 
-def tokenize_demonstrations(tokenizer, pairs: list[tuple[str, str]]) -> list[tuple[list[int], list[int]]]:
-    return [(encode_prompt(tokenizer, p), encode_response(tokenizer, r)) for p, r in pairs]
+def tokenize_demonstrations(tokenizer, pairs: list[tuple[str, str]], limits=None) -> list[tuple[list[int], list[int]]]:
+    """(prompt ids, response ids + EOS) per demonstration; with :class:`~rlhf_lab.lengths.LengthLimits`
+    (``data.truncate=true``), a response too long for the positions left after its prompt is cut from
+    the right (and so ends without EOS)."""
+    out = []
+    for p, r in pairs:
+        prompt, response = encode_prompt(tokenizer, p), encode_response(tokenizer, r)
+        if limits is not None:
+            response = response[: max(1, limits.response_limit(len(prompt)))]
+        out.append((prompt, response))
+    return out
 
 
 def demonstration_loader(examples, pad_id: int, batch_size: int, shuffle: bool, seed: int) -> DataLoader:

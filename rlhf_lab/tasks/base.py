@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -17,6 +17,9 @@ class Task:
     :param sft_eval: held-out demonstrations, used for validation loss and perplexity.
     :param utility: the hidden gold utility ``utility(prompt, response) -> float`` where the task
         knows one (simulated annotators and gold evaluation need it), else None.
+    :param references: reference answers of held-out prompts (prompt -> text), for BLEU and ROUGE-L.
+    :param sources: where each prompt came from (prompt -> ``file:line``), for error messages.
+    :param stats: counts the task reports as metrics (e.g. rows skipped while reading).
     :param build_base_model: writes a tokenizer and an untrained causal LM with ``save_pretrained``
         into the given directory, for tasks that ship no model (None: ``model.name_or_path`` is required).
     """
@@ -27,3 +30,6 @@ class Task:
     sft_eval: list[tuple[str, str]]
     utility: Optional[Callable[[str, str], float]] = None
     build_base_model: Optional[Callable[[Path], None]] = None
+    references: dict[str, str] = field(default_factory=dict)
+    sources: dict[str, str] = field(default_factory=dict)
+    stats: dict[str, float] = field(default_factory=dict)

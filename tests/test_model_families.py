@@ -1,0 +1,70 @@
+"""Models people use: Llama, Qwen2 and Mistral shapes, loaded from a directory through from_pretrained,
+with a tokenizer that has no pad token. Left-padded generation must equal generation alone, and a
+whole run must go through the CLI."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rlhf_lab.data import encode_prompt, pad_left
+from rlhf_lab.models.loading import load_policy, load_tokenizer
+from rlhf_lab.rollout import generate
+
+from conftest import read_metrics, run_cli
+
+PROMPTS = ["describe the quiet garden .", "tell me about the famous old river over there .", "what ?"]
+
+
+@pytest.fixture(scope="module")
+def tokenizer_without_pad(tmp_path_factory):
+    """The toy task's BPE tokenizer, saved again without a pad token (as many LLM tokenizers ship)."""
+    from transformers import PreTrainedTokenizerFast
+
+    from rlhf_lab.tasks.toy import EOS_TOKEN, ToyTaskConfig, make_toy_task
+
+    toy = tmp_path_factory.mktemp("toy")
+    make_toy_task(ToyTaskConfig(num_sft_examples=200), seed=0).build_base_model(toy)
+    backend = load_tokenizer(str(toy)).backend_tokenizer
+    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token=EOS_TOKEN, bos_token=EOS_TOKEN)
+
+
+def _model_dir(root, family: str, tokenizer):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    shape = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                 vocab_size=len(tokenizer), max_position_embeddings=128, eos_token_id=tokenizer.eos_token_id)
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(family, **shape))
+    with torch.no_grad():  # larger weights: greedy continuations then depend on positions and history
+        for parameter in model.parameters():
+            parameter.normal_(0.0, 0.2)
+    model.save_pretrained(root)
+    tokenizer.save_pretrained(root)
+    return root
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "mistral"])
+def test_left_padded_generation_equals_each_prompt_alone(tmp_path, family, tokenizer_without_pad):
+    path = _model_dir(tmp_path, family, tokenizer_without_pad)
+    tokenizer, model = load_tokenizer(str(path)), load_policy(str(path)).eval()
+    assert tokenizer.pad_token_id == tokenizer.eos_token_id  # no pad token: EOS pads
+    encoded = [encode_prompt(tokenizer, p) for p in PROMPTS]
+    ids, mask = pad_left(encoded, tokenizer.pad_token_id)
+    batch = generate(model, ids, mask, eos_token_id=-1, pad_token_id=tokenizer.pad_token_id, max_new_tokens=6, temperature=0.0)
+    for row, prompt in enumerate(encoded):
+        alone = torch.tensor([prompt])
+        single = generate(model, alone, torch.ones_like(alone), eos_token_id=-1, pad_token_id=tokenizer.pad_token_id, max_new_tokens=6, temperature=0.0)
+        assert batch.response_ids[row].tolist() == single.response_ids[0].tolist(), f"{family}: row {row} depends on its padding"
+
+
+def test_a_llama_directory_runs_sft_and_rloo_through_the_cli(tmp_path, tokenizer_without_pad):
+    path = _model_dir(tmp_path / "llama", "llama", tokenizer_without_pad)
+    args = [f"model.name_or_path={path}", "task.num_sft_examples=200", "sft.epochs=1", "algo=rloo", "reward=rule",
+            "reward.function=rlhf_lab.rewards.rules:word_count", "algo.total_episodes=32", "algo.rollout_batch_size=16",
+            "eval.samples_per_prompt=1", "trainer.progress_bar=none", "logger=csv",
+            f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}"]
+    result = run_cli(args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = read_metrics(tmp_path / "run")
+    assert "eval/rloo/proxy_reward" in metrics and "eval/rloo/gold_reward" in metrics
