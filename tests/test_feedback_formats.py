@@ -77,6 +77,13 @@ def test_chat_pairs_without_prompt_render_the_shared_conversation(tmp_path):
     assert record.responses == ["Blue.", "No."]
 
 
+def test_chat_pairs_that_differ_before_the_reply_are_refused(tmp_path):
+    rows = [{"chosen": [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Blue."}],
+             "rejected": [{"role": "user", "content": "Name a fruit."}, {"role": "assistant", "content": "No."}]}]
+    with pytest.raises(DataError, match=r"c.jsonl:1: malformed preference record: 'chosen' and 'rejected' differ before their last message"):
+        parse(write_jsonl(tmp_path / "c.jsonl", rows))
+
+
 def test_chat_pairs_with_a_message_prompt_use_the_tokenizer_chat_template(tmp_path, toy_tokenizer):
     tokenizer = toy_tokenizer
     tokenizer.chat_template = "{% for m in messages %}<{{ m.role }}>{{ m.content }}|{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}"

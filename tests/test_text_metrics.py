@@ -12,6 +12,7 @@ def test_distinct_n_by_hand():
     assert distinct_n(texts, 1) == pytest.approx(2 / 5)  # a b a a b: {a, b}
     assert distinct_n(texts, 2) == pytest.approx(2 / 3)  # (a b) (b a) (a b)
     assert distinct_n(["a"], 2) == 0.0
+    assert distinct_n(["a b", "a b"], 1) == pytest.approx(2 / 4)  # a policy repeating itself scores low
 
 
 def test_rouge_l_by_hand():

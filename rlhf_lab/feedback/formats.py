@@ -69,7 +69,7 @@ class BadRecords:
     def handle(self, where: str, problem: str) -> None:
         if self.policy == "error":
             raise DataError(f"{where}: malformed preference record: {problem} (feedback.on_bad_record=skip skips such rows)")
-        self.skipped[problem.split(":")[0]] += 1
+        self.skipped[problem] += 1
 
 
 def parse_preferences(
