@@ -83,6 +83,14 @@ def collate_pairs(prompts: list[list[int]], responses: list[list[int]], pad_id: 
     return join(*pad_left(prompts, pad_id), *pad_right(responses, pad_id))
 
 
+def collate_sequences(prompts: list[list[int]], responses: list[list[int]], pad_id: int) -> dict:
+    """Each prompt and its response as one right-padded sequence (no ``prompt_len``): for a model that
+    scores whole sequences at their last token, this layout pads to the longest prompt + response
+    instead of the longest prompt plus the longest response."""
+    ids, mask = pad_right([p + r for p, r in zip(prompts, responses)], pad_id)
+    return {"input_ids": ids, "attention_mask": mask, "position_ids": position_ids_from_mask(mask)}
+
+
 def batched_pairs(tokenizer, prompts: list[str], responses: list[list[int]], batch_size: int, device):
     """Batches (on ``device``) of prompt texts with response token ids, in the shared layout, in order."""
     for start in range(0, len(prompts), batch_size):

@@ -146,6 +146,23 @@ class Experience:
     def response_ids(self) -> torch.Tensor:
         return self.batch["input_ids"][:, self.batch["prompt_len"] :]
 
+    def rows(self, idx: torch.Tensor) -> tuple[dict, int]:
+        """The batch of rows ``idx`` without the columns that are padding in every one of them (left of
+        the prompts, right of the responses), and the response width kept: slice each (B, R) tensor
+        of these rows with ``[idx, :width]``. A minibatch then costs what its own rows hold, not what
+        the longest prompt and response of the whole rollout hold; the maths is the same, since the
+        cut columns are masked out for every row and position ids are kept."""
+        batch = {k: (v[idx] if torch.is_tensor(v) else v) for k, v in self.batch.items()}
+        p, filled = batch["prompt_len"], batch["attention_mask"].bool().any(0)
+        # Column p - 1 (every prompt's last token) and column p (every response's first) stay.
+        first = filled[:p].int().argmax()
+        last = filled.size(0) - 1 - filled.flip(0).int().argmax()
+        first, last = torch.stack([first, last]).tolist()  # one host sync
+        for key in ("input_ids", "attention_mask", "position_ids"):
+            batch[key] = batch[key][:, first : last + 1]
+        batch["prompt_len"] = p - first
+        return batch, last + 1 - p
+
 
 @torch.no_grad()
 def collect_experience(

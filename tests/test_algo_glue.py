@@ -29,6 +29,7 @@ from rlhf_lab.algos.policy_gradient_config import GRPOConfig, RLOOConfig
 from rlhf_lab.algos.ppo import PPOModule
 from rlhf_lab.algos.ppo_config import PPOConfig
 from rlhf_lab.errors import NonFiniteLossError
+from rlhf_lab.rollout import Experience
 
 
 def bare(cls, **attrs):
@@ -227,12 +228,17 @@ def ppo_minibatch_case(ent_coef, logits):
     module, _ = ppo_module(ent_coef=ent_coef, minibatch_size=2)
     module.policy = None  # its forward is replaced by ``logits``
     module.critic = lambda ids, mask, pos: torch.tensor([[0.0, 0.1, 0.2, 0.3], [0.0, -0.1, -0.2, -0.3]])
-    exp = SimpleNamespace(
-        batch={"prompt_len": 1, "input_ids": torch.tensor([[5, 0, 1, 2], [5, 2, 2, 0]]), "attention_mask": None, "position_ids": None},
-        response_mask=torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]]),
-        logprobs=torch.full((2, 3), -1.0), values=torch.zeros(2, 3),
-    )
+    exp = experience(logprobs=torch.full((2, 3), -1.0), ref_logprobs=torch.zeros(2, 3), values=torch.zeros(2, 3))
     return module, exp
+
+
+def experience(**per_token) -> Experience:
+    """Two rows: a one-token prompt, then responses of 3 and 2 tokens (the second padded)."""
+    response_mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+    attention_mask = torch.cat([torch.ones(2, 1), response_mask], dim=1).long()
+    batch = {"prompt_len": 1, "input_ids": torch.tensor([[5, 0, 1, 2], [5, 2, 2, 0]]), "attention_mask": attention_mask,
+             "position_ids": torch.arange(4).expand(2, 4)}
+    return Experience(batch, response_mask, scores=torch.zeros(2), has_eos=torch.ones(2, dtype=torch.bool), group_ids=torch.zeros(2, dtype=torch.long), **per_token)
 
 
 def test_ppo_entropy_bonus_reaches_the_gradient(monkeypatch):
@@ -287,11 +293,7 @@ def test_grpo_minibatch_loss_reports_its_terms(monkeypatch):
     cfg = GRPOConfig(total_episodes=4, rollout_batch_size=1, samples_per_prompt=2, minibatch_size=2, kl_coef=0.1)
     module = bare(PolicyGradientModule, cfg=cfg, baseline=None, policy=None)
     logp = math.log(0.25)
-    exp = SimpleNamespace(
-        batch={"prompt_len": 1, "input_ids": torch.tensor([[5, 0, 1, 2], [5, 2, 2, 0]])},
-        response_mask=torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]]),
-        logprobs=torch.full((2, 3), logp), ref_logprobs=torch.full((2, 3), logp - 0.5),
-    )
+    exp = experience(logprobs=torch.full((2, 3), logp), ref_logprobs=torch.full((2, 3), logp - 0.5))
     advantages = torch.tensor([[1.0, 1.0, 1.0], [-1.0, -1.0, 0.0]])
     out = module.minibatch_loss(exp, advantages, torch.tensor([0, 1]))
     k3 = math.exp(-0.5) - 1 + 0.5

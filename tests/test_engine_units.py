@@ -277,23 +277,33 @@ RANKED = [
 
 
 def _check_layout(batch, records, tokenizer):
-    """Each response appears once, in order, after its record's prompt (left-padded) tokens."""
-    p = batch["prompt_len"]
+    """Each response appears once, in order, right after its record's prompt, right-padded."""
     flat = [(r, resp) for r in records for resp in r.responses]
-    assert batch["input_ids"].shape[0] == len(flat)
-    row = 0
-    for record in records:
-        rows = list(range(row, row + len(record.responses)))
-        for other in rows[1:]:
-            assert torch.equal(batch["input_ids"][other, :p], batch["input_ids"][rows[0], :p])
-            assert torch.equal(batch["attention_mask"][other, :p], batch["attention_mask"][rows[0], :p])
-        prompt = encode_prompt(tokenizer, record.prompt)
-        assert batch["input_ids"][rows[0], p - len(prompt) : p].tolist() == prompt
-        row += len(rows)
-    for i, (_, resp) in enumerate(flat):
-        expected = encode_response(tokenizer, resp)
-        assert batch["input_ids"][i, p : p + len(expected)].tolist() == expected
-        assert int(batch["attention_mask"][i, p:].sum()) == len(expected)
+    assert batch["input_ids"].shape[0] == len(flat) and "prompt_len" not in batch
+    assert batch["input_ids"].shape[1] == max(len(encode_prompt(tokenizer, r.prompt)) + len(encode_response(tokenizer, x)) for r, x in flat)
+    for i, (record, resp) in enumerate(flat):
+        expected = encode_prompt(tokenizer, record.prompt) + encode_response(tokenizer, resp)
+        assert batch["input_ids"][i, : len(expected)].tolist() == expected
+        assert batch["attention_mask"][i].tolist() == [1] * len(expected) + [0] * (batch["input_ids"].shape[1] - len(expected))
+        assert batch["position_ids"][i, : len(expected)].tolist() == list(range(len(expected)))
+
+
+def test_reward_scores_do_not_depend_on_the_batch_layout(tokenizer, toy_dir):
+    """The reward model trains on compact right-padded sequences but scores rollouts in the shared
+    left/right-padded layout: the same sequence must get the same score in both."""
+    from rlhf_lab.data import collate_pairs
+    from rlhf_lab.models.loading import load_value_model
+
+    model = load_value_model(str(toy_dir)).eval()
+    prompts = [encode_prompt(tokenizer, r.prompt) for r in RANKED for _ in r.responses]
+    responses = [encode_response(tokenizer, x) for r in RANKED for x in r.responses]
+    compact = PairwiseObjective(PairwiseRewardConfig()).collate(RANKED, tokenizer)
+    shared = collate_pairs(prompts, responses, tokenizer.pad_token_id)
+    with torch.no_grad():
+        a = model.sequence_scores(compact["input_ids"], compact["attention_mask"], compact["position_ids"])
+        b = model.sequence_scores(shared["input_ids"], shared["attention_mask"], shared["position_ids"])
+    assert_close(a, b, rtol=1e-5, atol=1e-5)
+    assert a.unique().numel() == a.numel()  # the scores differ between sequences: the check has teeth
 
 
 def test_pairwise_collate(tokenizer):
@@ -303,9 +313,6 @@ def test_pairwise_collate(tokenizer):
     assert batch["pair_better"].dtype == torch.long
     assert_close(batch["targets"], torch.zeros(5))
     _check_layout(batch, RANKED, tokenizer)
-    # The two records have different prompts.
-    p = batch["prompt_len"]
-    assert not torch.equal(batch["input_ids"][0, :p], batch["input_ids"][3, :p])
 
 
 def test_pointwise_collate_uses_scores(tokenizer):
@@ -359,3 +366,30 @@ def test_cycling_sampler_passes():
     assert list(sampler) == order  # iterating again restarts from the seed
     assert list(CyclingSampler(size=5, num_samples=12, seed=0)) == order
     assert list(CyclingSampler(size=5, num_samples=12, seed=1)) != order
+
+
+def test_minibatch_rows_cut_shared_padding_and_keep_the_maths(model, tokenizer):
+    """Experience.rows drops the columns every chosen row pads (long prompts and long responses of
+    other rows), and the policy's response logits of those rows are unchanged."""
+    from rlhf_lab.data import collate_pairs, response_logits
+    from rlhf_lab.rollout import Experience
+
+    prompts = [encode_prompt(tokenizer, p) for p in ("what ?", "tell me about the famous old river over there .", "hi .", "describe the cat .")]
+    responses = [encode_response(tokenizer, r) for r in ("the cat is good .", "fine .", "the cat is lovely and great and pleasant and good .", "ok .")]
+    batch = collate_pairs(prompts, responses, tokenizer.pad_token_id)
+    p, width = batch["prompt_len"], batch["input_ids"].shape[1] - batch["prompt_len"]
+    response_mask = batch["attention_mask"][:, p:].float()
+    zeros = torch.zeros_like(response_mask)
+    exp = Experience(batch, response_mask, zeros, zeros, torch.zeros(4), torch.ones(4, dtype=torch.bool), torch.arange(4))
+    idx = torch.tensor([3, 0])  # neither the longest prompt (row 1) nor the longest response (row 2)
+    rows, kept = exp.rows(idx)
+    own_prompt, own_response = max(len(prompts[0]), len(prompts[3])), max(len(responses[0]), len(responses[3]))
+    assert own_prompt < p and own_response < width  # there is padding to cut
+    assert rows["prompt_len"] == own_prompt and kept == own_response
+    assert rows["input_ids"].shape == (2, own_prompt + own_response)
+    with torch.no_grad():
+        full = response_logits(model, {k: (v[idx] if torch.is_tensor(v) else v) for k, v in batch.items()})
+        cut = response_logits(model, rows)
+    mask = response_mask[idx, :kept].bool()
+    assert_close(cut[mask], full[:, :kept][mask], rtol=1e-5, atol=1e-5)
+    assert (response_mask[idx, kept:] == 0).all()  # nothing cut that a row needed

@@ -63,16 +63,16 @@ class PolicyGradientModule(OnPolicyModule):
 
     def minibatch_loss(self, exp: Experience, advantages: torch.Tensor, idx: torch.Tensor) -> dict[str, torch.Tensor]:
         cfg = self.cfg
-        batch = {k: (v[idx] if torch.is_tensor(v) else v) for k, v in exp.batch.items()}
+        batch, width = exp.rows(idx)
         p = batch["prompt_len"]
-        mask = exp.response_mask[idx]
+        mask = exp.response_mask[idx, :width]
         logprobs = token_logprobs(response_logits(self.policy, batch, cfg.sampling.temperature), batch["input_ids"][:, p:])
-        pg = ppo_policy_loss(logprobs, exp.logprobs[idx], advantages[idx], mask, cfg.clip_range)
+        pg = ppo_policy_loss(logprobs, exp.logprobs[idx, :width], advantages[idx, :width], mask, cfg.clip_range)
         out = {"losses/policy_loss": pg.loss.detach(), "losses/approx_kl": pg.approx_kl, "losses/clipfrac": pg.clipfrac}
         loss = pg.loss
         if cfg.kl_penalty == "loss":
             # Padding zeroed first: k3 exponentiates, and a pad token's log-prob can be below -88.
-            kl = masked_mean(kl_k3(logprobs * mask, exp.ref_logprobs[idx]), mask)
+            kl = masked_mean(kl_k3(logprobs * mask, exp.ref_logprobs[idx, :width]), mask)
             loss = loss + cfg.kl_coef * kl
             out["losses/kl_loss"] = kl.detach()
         out["loss"] = loss

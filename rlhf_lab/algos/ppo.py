@@ -52,14 +52,14 @@ class PPOModule(OnPolicyModule):
     def minibatch_loss(self, exp: Experience, advantages: torch.Tensor, returns: torch.Tensor, idx: torch.Tensor) -> dict[str, torch.Tensor]:
         """Losses on the rows ``idx``; ``advantages`` are the (whitened) ones of the whole rollout."""
         cfg = self.cfg
-        batch = {k: (v[idx] if torch.is_tensor(v) else v) for k, v in exp.batch.items()}
+        batch, width = exp.rows(idx)
         p = batch["prompt_len"]
-        mask = exp.response_mask[idx]
+        mask = exp.response_mask[idx, :width]
         logits = response_logits(self.policy, batch, cfg.sampling.temperature)
         logprobs, entropy = logprobs_and_entropy(logits, batch["input_ids"][:, p:], entropy_grad=cfg.ent_coef > 0)
         values = self.critic(batch["input_ids"], batch["attention_mask"], batch["position_ids"])[:, p - 1 : -1]
-        pg = ppo_policy_loss(logprobs, exp.logprobs[idx], advantages[idx], mask, cfg.clip_range)
-        vf_loss, vf_clipfrac = clipped_value_loss(values, exp.values[idx], returns[idx], mask, cfg.value_clip_range)
+        pg = ppo_policy_loss(logprobs, exp.logprobs[idx, :width], advantages[idx, :width], mask, cfg.clip_range)
+        vf_loss, vf_clipfrac = clipped_value_loss(values, exp.values[idx, :width], returns[idx, :width], mask, cfg.value_clip_range)
         entropy = masked_mean(entropy, mask)
         loss = pg.loss + cfg.vf_coef * vf_loss - cfg.ent_coef * entropy
         return {

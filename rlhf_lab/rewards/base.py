@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from rlhf_lab.data import collate_pairs, encode_prompt, record_response_ids
+from rlhf_lab.data import collate_sequences, encode_prompt, record_response_ids
 from rlhf_lab.feedback.records import PreferenceRecord
 from rlhf_lab.rewards.configs import RewardConfig
 
@@ -47,7 +47,8 @@ class RewardObjective:
             for b, w in record.preference_pairs():
                 better.append(offset + b)
                 worse.append(offset + w)
-        batch = collate_pairs(prompts, responses, tokenizer.pad_token_id)
+        # A reward model scores whole sequences: the compact right-padded layout is enough.
+        batch = collate_sequences(prompts, responses, tokenizer.pad_token_id)
         batch["pair_better"] = torch.tensor(better, dtype=torch.long)
         batch["pair_worse"] = torch.tensor(worse, dtype=torch.long)
         batch["targets"] = torch.tensor(targets, dtype=torch.float)
