@@ -12,11 +12,40 @@ import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import ClassVar, Optional
 
 from rlhf_lab.errors import DataError
 
 LOADERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+
+
+@dataclass
+class FileSourceConfig:
+    """Fields shared by the schemas that read users' files (``task=dataset``, ``feedback=dataset``)."""
+
+    group: ClassVar[str] = ""
+    """The config group, for messages (``task``, ``feedback``)."""
+
+    name: str = "dataset"
+    path: Optional[str] = None
+    """A .jsonl, .json, .csv or .parquet file, a ``save_to_disk`` directory or a hub name (required)."""
+    heldout_path: Optional[str] = None
+    """Held-out rows from another source; null: a seeded ``heldout_fraction`` of ``path``."""
+    heldout_fraction: float = 0.1
+    """Share of ``path`` held out when there is no ``heldout_path``."""
+    split: str = "train"
+    """Split read from a multi-split directory or hub dataset (``heldout_path`` reads ``test``)."""
+    on_bad_record: str = "error"
+    """error: a malformed row stops the run naming its file:line; skip: it is skipped and counted."""
+    chat_tokenizer: Optional[str] = None
+    """Model directory whose tokenizer's chat template renders message-list prompts (null: the plain
+    template). The option's YAML sets it to ``${model.name_or_path}``."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.heldout_fraction < 1.0:
+            raise ValueError(f"{self.group}.heldout_fraction must be in (0, 1), got {self.heldout_fraction}")
+        if self.on_bad_record not in ("error", "skip"):
+            raise ValueError(f"{self.group}.on_bad_record must be error or skip, got '{self.on_bad_record}'")
 
 
 @dataclass

@@ -10,11 +10,11 @@ from __future__ import annotations
 import logging
 import random
 from dataclasses import asdict, dataclass, field
-from typing import Optional
+from typing import ClassVar, Optional
 
 from rlhf_lab import hookimpl
 from rlhf_lab.chat import load_chat_tokenizer
-from rlhf_lab.datafiles import read_table
+from rlhf_lab.datafiles import FileSourceConfig, read_table
 from rlhf_lab.errors import DataError, RlhfLabError
 from rlhf_lab.feedback.formats import FORMATS, parse_preferences
 from rlhf_lab.feedback.records import PreferenceRecord
@@ -45,35 +45,24 @@ class PreferenceColumns:
 
 
 @dataclass
-class DatasetFeedbackConfig:
+class DatasetFeedbackConfig(FileSourceConfig):
     """Schema of ``feedback=dataset``."""
 
-    name: str = "dataset"
+    group: ClassVar[str] = "feedback"
+
     path: Optional[str] = None
     """Preference file (.jsonl, .json, .csv, .parquet), ``save_to_disk`` directory or hub name (required)."""
     heldout_path: Optional[str] = None
     """Held-out records for reward-model accuracy; null: a seeded ``heldout_fraction`` of ``path``."""
-    heldout_fraction: float = 0.1
-    """Share of ``path`` held out when there is no ``heldout_path``."""
     format: str = "auto"
     """auto (detected from the columns), native, pairwise, hh, chat or rating; see docs/data.md."""
     columns: PreferenceColumns = field(default_factory=PreferenceColumns)
     """Column names, for files that name them otherwise: ``feedback.columns.score=helpfulness``."""
-    on_bad_record: str = "error"
-    """error: a malformed row stops the run naming its file:line; skip: it is skipped and counted."""
-    split: str = "train"
-    """Split read from a multi-split ``save_to_disk`` directory or hub dataset (``heldout_path`` reads ``test``)."""
-    chat_tokenizer: Optional[str] = None
-    """Model directory whose tokenizer's chat template renders message-list prompts (null: the plain
-    template). conf/feedback/dataset.yaml sets it to ``${model.name_or_path}``."""
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.heldout_fraction < 1.0:
-            raise ValueError(f"feedback.heldout_fraction must be in (0, 1), got {self.heldout_fraction}")
+        super().__post_init__()
         if self.format not in ("auto",) + FORMATS:
             raise ValueError(f"feedback.format must be auto or one of {list(FORMATS)}, got '{self.format}'")
-        if self.on_bad_record not in ("error", "skip"):
-            raise ValueError(f"feedback.on_bad_record must be error or skip, got '{self.on_bad_record}'")
 
 
 class DatasetFeedback:

@@ -20,11 +20,11 @@ from __future__ import annotations
 import os
 import random
 from dataclasses import asdict, dataclass, field
-from typing import Optional
+from typing import ClassVar, Optional
 
 from rlhf_lab import hookimpl
 from rlhf_lab.chat import check_messages, load_chat_tokenizer, render_prompt, split_reply
-from rlhf_lab.datafiles import Table, read_table
+from rlhf_lab.datafiles import FileSourceConfig, Table, read_table
 from rlhf_lab.errors import DataError, RlhfLabError
 from rlhf_lab.feedback.formats import parse_preferences
 from rlhf_lab.tasks.base import Task
@@ -44,33 +44,22 @@ class TaskColumns:
 
 
 @dataclass
-class DatasetTaskConfig:
+class DatasetTaskConfig(FileSourceConfig):
     """Schema of ``task=dataset``."""
 
-    name: str = "dataset"
+    group: ClassVar[str] = "task"
+
     path: Optional[str] = None
     """Prompt file (.jsonl, .json, .csv, .parquet), ``save_to_disk`` directory or hub name (required)."""
     heldout_path: Optional[str] = None
     """Held-out prompts for evaluation (and demonstrations for perplexity); null: a seeded ``heldout_fraction`` of ``path``."""
-    heldout_fraction: float = 0.1
-    """Share of ``path`` held out when there is no ``heldout_path``."""
-    split: str = "train"
-    """Split read from a multi-split directory or hub dataset (``heldout_path`` reads ``test``)."""
     columns: TaskColumns = field(default_factory=TaskColumns)
     """Column names, for files that name them otherwise: ``task.columns.prompt=question``."""
     max_rows: Optional[int] = None
     """Use at most this many rows of ``path`` (null: all)."""
-    on_bad_record: str = "error"
-    """error: a malformed row stops the run naming its file:line; skip: it is skipped and counted."""
-    chat_tokenizer: Optional[str] = None
-    """Model directory whose tokenizer's chat template renders messages (null: the plain template).
-    conf/task/dataset.yaml sets it to ``${model.name_or_path}``."""
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.heldout_fraction < 1.0:
-            raise ValueError(f"task.heldout_fraction must be in (0, 1), got {self.heldout_fraction}")
-        if self.on_bad_record not in ("error", "skip"):
-            raise ValueError(f"task.on_bad_record must be error or skip, got '{self.on_bad_record}'")
+        super().__post_init__()
         if self.max_rows is not None and self.max_rows < 1:
             raise ValueError(f"task.max_rows must be >= 1 or null, got {self.max_rows}")
 
