@@ -22,7 +22,7 @@ from rlhf_lab.ops.sequence import position_ids_from_mask
 from rlhf_lab.rewards.configs import PairwiseRewardConfig, PointwiseRewardConfig
 from rlhf_lab.rewards.pairwise import PairwiseObjective
 from rlhf_lab.rewards.pointwise import PointwiseObjective
-from rlhf_lab.rollout import generate
+from rlhf_lab.rollout import generate, sample_responses
 from rlhf_lab.tasks.toy import ToyTaskConfig, make_toy_task
 
 # Prompts of different token lengths (7, 9, 5, 5 tokens with the toy tokenizer), so the batch is left-padded.
@@ -393,3 +393,88 @@ def test_minibatch_rows_cut_shared_padding_and_keep_the_maths(model, tokenizer):
     mask = response_mask[idx, :kept].bool()
     assert_close(cut[mask], full[:, :kept][mask], rtol=1e-5, atol=1e-5)
     assert (response_mask[idx, kept:] == 0).all()  # nothing cut that a row needed
+
+
+# --------------------------------------------------------------------------------------------------
+# rlhf_lab.rollout.sample_responses and the policy handles built on it
+# --------------------------------------------------------------------------------------------------
+
+
+def expected_greedy(model, tokenizer, prompt):
+    """The greedy response of one prompt alone, cut after the first EOS (kept), from the naive decoder."""
+    ids, mask = batch_of(tokenizer, [prompt])
+    tokens = naive_greedy(model, ids, mask, MAX_NEW)[0].tolist()
+    eos = tokenizer.eos_token_id
+    return tokens[: tokens.index(eos) + 1] if eos in tokens else tokens
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 8])
+def test_sample_responses_groups_k_samples_per_prompt_in_prompt_order(model, tokenizer, batch_size):
+    """Greedy samples: each prompt's group holds k copies of that prompt's own greedy response, however
+    the flat batch is chunked (catches wrong chunk slicing, regrouping, or lost EOS cuts)."""
+    from rlhf_lab.config import SamplingConfig
+
+    sampling = SamplingConfig(temperature=0, max_new_tokens=MAX_NEW, batch_size=batch_size)
+    grouped = sample_responses(model, tokenizer, PROMPTS, sampling, samples_per_prompt=2, seed=0)
+    assert len(grouped) == len(PROMPTS)
+    for prompt, group in zip(PROMPTS, grouped):
+        assert group == [expected_greedy(model, tokenizer, prompt)] * 2
+
+
+def test_sample_responses_is_seeded_and_restores_the_training_mode(model, tokenizer):
+    from rlhf_lab.config import SamplingConfig
+
+    sampling = SamplingConfig(temperature=1.0, max_new_tokens=MAX_NEW, batch_size=4)
+    model.train()
+    try:
+        first = sample_responses(model, tokenizer, PROMPTS[:2], sampling, samples_per_prompt=3, seed=5)
+        assert model.training, "the caller's training mode must come back"
+        again = sample_responses(model, tokenizer, PROMPTS[:2], sampling, samples_per_prompt=3, seed=5)
+        other = sample_responses(model, tokenizer, PROMPTS[:2], sampling, samples_per_prompt=3, seed=6)
+    finally:
+        model.eval()
+    assert first == again
+    assert first != other
+    assert [len(g) for g in first] == [3, 3]
+    assert all(1 <= len(r) <= MAX_NEW for g in first for r in g)
+    # Dropout off while sampling: the same seed gives the same samples whether the model was training or not.
+    assert sample_responses(model, tokenizer, PROMPTS[:2], sampling, samples_per_prompt=3, seed=5) == first
+
+
+def test_best_of_n_factory_wraps_the_reference_with_the_configured_n(model, tokenizer):
+    from rlhf_lab.algos.best_of_n import best_of_n
+    from rlhf_lab.algos.best_of_n_config import BestOfNConfig
+    from rlhf_lab.algos.inputs import AlgoInputs
+    from rlhf_lab.config import SamplingConfig
+
+    reward = object()
+    cfg = BestOfNConfig(n=5, kl_samples=7, sampling=SamplingConfig(temperature=0.7))
+    handle = best_of_n(cfg, AlgoInputs(sft=None, reference=model, tokenizer=tokenizer, prompts=[], seed=0, reward=reward))
+    assert (handle.n, handle.kl_samples, handle.sampling, handle.reward_fn) == (5, 7, cfg.sampling, reward)
+    assert handle.base.model is model and handle.base.tokenizer is tokenizer
+    assert best_of_n.consumes == ("reward",)
+
+
+@pytest.mark.parametrize("module_path", ["rlhf_lab.algos.on_policy:OnPolicyModule", "rlhf_lab.algos.dpo:DPOModule"])
+def test_policy_handle_is_the_trained_policy(model, tokenizer, module_path):
+    import importlib
+
+    import lightning.pytorch as pl
+
+    module_name, cls_name = module_path.split(":")
+    cls = getattr(importlib.import_module(module_name), cls_name)
+    module = cls.__new__(cls)
+    pl.LightningModule.__init__(module)
+    module.policy, module.tokenizer = model, tokenizer
+    handle = module.policy_handle()
+    assert handle.model is model and handle.tokenizer is tokenizer
+
+
+@pytest.mark.parametrize("filtering", [{"top_k": 1}, {"top_p": 1e-6}])
+def test_sample_responses_applies_top_k_and_top_p(model, tokenizer, filtering):
+    """Keeping one token (top-k 1, or a vanishing nucleus) at temperature 1 is greedy decoding."""
+    from rlhf_lab.config import SamplingConfig
+
+    sampling = SamplingConfig(temperature=1.0, max_new_tokens=MAX_NEW, batch_size=4, **filtering)
+    grouped = sample_responses(model, tokenizer, PROMPTS, sampling, samples_per_prompt=2, seed=3)
+    assert grouped == [[expected_greedy(model, tokenizer, p)] * 2 for p in PROMPTS]
