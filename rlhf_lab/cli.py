@@ -1,5 +1,6 @@
 """Command line: ``python -m rlhf_lab [overrides]`` runs an experiment; ``python -m rlhf_lab plugins`` lists
-plugins; ``python -m rlhf_lab describe [group | group=option | --markdown]`` explains every config key."""
+plugins; ``python -m rlhf_lab describe [group | group=option | --markdown]`` explains every config key;
+``python -m rlhf_lab label ...`` runs a labelling campaign (rlhf_lab/labelling/cli.py)."""
 
 from __future__ import annotations
 
@@ -145,6 +146,11 @@ def main() -> None:
     try:
         if len(sys.argv) > 1 and sys.argv[1] == "plugins":
             print_plugins()
+            return
+        if len(sys.argv) > 1 and sys.argv[1] == "label":
+            from rlhf_lab.labelling.cli import main as label_main
+
+            label_main(sys.argv[2:])
             return
         if len(sys.argv) > 1 and sys.argv[1] == "describe":
             from rlhf_lab import describe

@@ -58,6 +58,18 @@ def _file_digests(config: dict) -> dict:
     return digests
 
 
+def gold_agreement(records, utility) -> float:
+    """Share of the records' (better, worse) pairs that the task's hidden utility orders the same way
+    (a utility tie counts 1/2): how well a feedback source agrees with the gold annotator."""
+    agree = total = 0.0
+    for record in records:
+        utilities = [utility(record.prompt, r) for r in record.responses]
+        for better, worse in record.preference_pairs():
+            agree += 1.0 if utilities[better] > utilities[worse] else 0.5 if utilities[better] == utilities[worse] else 0.0
+            total += 1
+    return agree / total if total else float("nan")
+
+
 def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
@@ -451,6 +463,8 @@ class Pipeline:
                 write_jsonl(records, out / f"{split}.jsonl")
                 counts[f"feedback/{split}_records"] = len(records)
                 counts[f"feedback/{split}_pairs"] = sum(len(r.preference_pairs()) for r in records)
+                if self.task.utility is not None and records:
+                    counts[f"feedback/{split}_gold_agreement"] = gold_agreement(records, self.task.utility)
             counts.update(getattr(source, "stats", {}))  # e.g. rows a dataset skipped
             return counts
 

@@ -19,6 +19,7 @@ BUILTIN_PLUGINS = (
     "rlhf_lab.tasks.dataset",
     "rlhf_lab.feedback.simulated",
     "rlhf_lab.feedback.dataset",
+    "rlhf_lab.feedback.human",
     "rlhf_lab.rewards",
     "rlhf_lab.algos",
 )

@@ -1,0 +1,183 @@
+"""``python -m rlhf_lab label ...``: run a labelling campaign by hand.
+
+    label create       --db D --campaign C [--redundancy 3 --expert-threshold 0.5 --aggregation majority --ask-rating]
+    label add-labeller --db D --campaign C --name alice [--role crowd|expert|admin|app]   (prints the token once)
+    label add-items    --db D --campaign C --file items.jsonl [--batch B]   ({"prompt", "responses", "gold"?} per line)
+    label serve        --db D --campaign C [--host 127.0.0.1 --port 8765]
+    label terminal     --db D --campaign C --labeller alice   (label in this terminal, no browser)
+    label status       --db D --campaign C
+    label export       --db D --campaign C --out records.jsonl [--method majority|dawid_skene] [--batch B] [--keep-flagged]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from rlhf_lab.errors import DataError, RlhfLabError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m rlhf_lab label", description="Run a labelling campaign.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help)
+        sub.add_argument("--db", required=True, help="SQLite database of the campaign")
+        sub.add_argument("--campaign", default="default", help="campaign name (default: default)")
+        return sub
+
+    create = command("create", "create a campaign with its settings")
+    create.add_argument("--redundancy", type=int, default=1)
+    create.add_argument("--expert-threshold", type=float, default=0.5)
+    create.add_argument("--aggregation", choices=["majority", "dawid_skene"], default="majority")
+    create.add_argument("--ask-rating", action="store_true")
+    labeller = command("add-labeller", "add a labeller and print their token")
+    labeller.add_argument("--name", required=True)
+    labeller.add_argument("--role", choices=["crowd", "expert", "admin", "app"], default="crowd")
+    items = command("add-items", "add items from a JSONL file")
+    items.add_argument("--file", required=True)
+    items.add_argument("--batch", default="main")
+    serve = command("serve", "serve the labelling app")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8765)
+    terminal = command("terminal", "label in this terminal")
+    terminal.add_argument("--labeller", required=True)
+    command("status", "print progress and quality figures")
+    export = command("export", "write aggregated preference records")
+    export.add_argument("--out", required=True)
+    export.add_argument("--method", choices=["majority", "dawid_skene"])
+    export.add_argument("--batch")
+    export.add_argument("--keep-flagged", action="store_true", help="keep the labels of flagged labellers")
+    return parser
+
+
+def _open(args, create: bool = False):
+    from rlhf_lab.labelling.campaign import Campaign, CampaignSettings
+    from rlhf_lab.labelling.store import LabelStore
+
+    if not create and not Path(args.db).is_file():
+        raise RlhfLabError(f"--db {args.db}: no such database (create the campaign first: label create)")
+    store = LabelStore(Path(args.db))
+    if create:
+        settings = CampaignSettings(redundancy=args.redundancy, expert_threshold=args.expert_threshold, aggregation=args.aggregation, ask_rating=args.ask_rating)
+        return Campaign(store, args.campaign, settings)
+    if store.campaign_settings(args.campaign) is None:
+        raise RlhfLabError(f"--campaign {args.campaign}: no such campaign in {args.db}")
+    return Campaign(store, args.campaign)
+
+
+def read_items(path: Path) -> list[dict]:
+    """Items from JSONL: ``prompt``, ``responses`` (2 or more texts), optional ``gold`` ranking and ``key``."""
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    items = []
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            raw = json.loads(line)
+            if not isinstance(raw, dict) or set(raw) - {"prompt", "responses", "gold", "key"}:
+                raise ValueError("expected an object with 'prompt', 'responses' and optionally 'gold', 'key'")
+            if not isinstance(raw.get("prompt"), str) or not isinstance(raw.get("responses"), list) or len(raw["responses"]) < 2 or not all(isinstance(r, str) for r in raw["responses"]):
+                raise ValueError("'prompt' must be text and 'responses' a list of at least two texts")
+            if "gold" in raw and sorted(raw["gold"]) != list(range(len(raw["responses"]))):
+                raise ValueError("'gold' must rank the response indices, best first")
+        except ValueError as error:
+            raise DataError(f"{path}:{lineno}: {error}") from None
+        items.append(raw)
+    if not items:
+        raise DataError(f"{path}: no items")
+    return items
+
+
+def terminal_session(campaign, labeller, read=input, write=print) -> int:
+    """Label item after item at a terminal: ``a``/``b``/``t``/``s`` for two responses, or the response
+    numbers best first (``2 1 3``) for more; ``q`` quits. Returns the labels saved."""
+    from rlhf_lab.labelling.server import display_order
+    from rlhf_lab.labelling.store import Label
+
+    saved = 0
+    while True:
+        item = campaign.next_item(labeller)
+        if item is None:
+            write("Nothing left to label. Thank you!")
+            return saved
+        order = display_order(labeller.id, item.id, len(item.responses))
+        write("\n=== prompt ===\n" + item.prompt)
+        for position, index in enumerate(order):
+            write(f"--- response {chr(65 + position)} [{position + 1}] ---\n{item.responses[index]}")
+        pair = len(order) == 2
+        shown = time.monotonic()
+        while True:
+            answer = read("A better (a), B better (b), tie (t), skip (s), quit (q): " if pair else "ranking, best first (e.g. 2 1 3), skip (s), quit (q): ").strip().lower()
+            if answer == "q":
+                return saved
+            label = Label(item.id, labeller.id, seconds=time.monotonic() - shown)
+            if answer == "s":
+                label.skip = True
+            elif pair and answer in ("a", "b"):
+                label.ranking = [order[0], order[1]] if answer == "a" else [order[1], order[0]]
+            elif pair and answer == "t":
+                label.tie = True
+            elif not pair:
+                try:
+                    positions = [int(x) - 1 for x in answer.replace(",", " ").split()]
+                except ValueError:
+                    positions = []
+                if sorted(positions) != list(range(len(order))):
+                    write(f"give each number 1-{len(order)} once")
+                    continue
+                label.ranking = [order[p] for p in positions]
+            else:
+                write("a, b, t, s or q")
+                continue
+            campaign.submit(labeller, label)
+            saved += 1
+            break
+
+
+def main(argv: list[str]) -> None:
+    """Entry of ``python -m rlhf_lab label``."""
+    from rlhf_lab.feedback.records import write_jsonl
+
+    args = _parser().parse_args(argv)
+    if args.command == "create":
+        campaign = _open(args, create=True)
+        print(f"campaign '{campaign.name}' in {args.db}: {json.dumps(asdict(campaign.settings))}")
+        return
+    campaign = _open(args)
+    if args.command == "add-labeller":
+        try:
+            token = campaign.store.add_labeller(campaign.name, args.name, args.role)
+        except ValueError as error:
+            raise RlhfLabError(str(error)) from None
+        print(token)
+        print(f"# keep it: only its hash is stored. Link: http://<host>:<port>/{'status' if args.role == 'admin' else ''}#token={token}", file=sys.stderr)
+    elif args.command == "add-items":
+        ids = campaign.store.add_items(campaign.name, args.batch, read_items(Path(args.file)))
+        print(f"{len(ids)} items in batch '{args.batch}' ({len(set(ids))} distinct)")
+    elif args.command == "serve":
+        from rlhf_lab.labelling.server import LabelServer
+
+        try:
+            server = LabelServer(campaign, args.host, args.port)
+        except OSError as error:
+            raise RlhfLabError(f"--port {args.port}: cannot serve on {args.host}: {error}") from None
+        print(f"serving campaign '{campaign.name}' at {server.url} (labellers open {server.url}/#token=<their token>; Ctrl-C stops)")
+        server.server.run(sockets=[server.sock])
+    elif args.command == "terminal":
+        labeller = campaign.store.labeller(campaign.name, args.labeller)
+        if labeller is None or labeller.role not in ("crowd", "expert"):
+            raise RlhfLabError(f"--labeller {args.labeller}: no crowd or expert labeller of that name in campaign '{campaign.name}'")
+        print(f"{terminal_session(campaign, labeller)} labels saved")
+    elif args.command == "status":
+        print(json.dumps(campaign.status(), indent=2))
+    elif args.command == "export":
+        result = campaign.export(batch=args.batch, method=args.method, exclude_flagged=not args.keep_flagged)
+        write_jsonl(result.records, Path(args.out))
+        print(f"{len(result.records)} records to {args.out} ({result.unresolved} unresolved, {result.by_expert} decided by an expert)")
