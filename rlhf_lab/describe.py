@@ -80,7 +80,8 @@ def _default(field: dataclasses.Field) -> str:
         return str(value).lower()
     if isinstance(value, (dict, list)) and not value:
         return "{}" if isinstance(value, dict) else "[]"
-    return repr(value) if isinstance(value, str) and not value else str(value)
+    # Empty or multi-line text is shown quoted, so a table row stays one line.
+    return repr(value) if isinstance(value, str) and (not value or "\n" in value) else str(value)
 
 
 def keys(schema: type, prefix: str) -> Iterator[Key]:

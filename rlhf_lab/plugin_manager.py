@@ -20,6 +20,7 @@ BUILTIN_PLUGINS = (
     "rlhf_lab.feedback.simulated",
     "rlhf_lab.feedback.dataset",
     "rlhf_lab.feedback.human",
+    "rlhf_lab.feedback.ai_judge",
     "rlhf_lab.rewards",
     "rlhf_lab.algos",
 )

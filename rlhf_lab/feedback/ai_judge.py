@@ -1,0 +1,324 @@
+"""``feedback=ai_judge``: AI feedback from a language model and a constitution (RLAIF).
+
+``mode: compare`` (Bai et al. 2022, Constitutional AI, RL phase; Lee et al. 2023, RLAIF): for each pair
+of candidates the judge reads a prompt built from ``template`` (the principles, the user prompt, the two
+responses) and the preference is read off its next-token probabilities of the two labels (" A", " B"),
+renormalised over those two. (Labels of several tokens are scored whole.) The pair is asked in both orders and the two answers averaged:
+
+    P(i better) = ( P(A | i shown first) + P(B | j shown first) ) / 2
+
+so a judge that favours whichever response comes first gains nothing from it; the mean of
+``P(A)`` over both orders minus 1/2 is reported as ``feedback/judge_position_bias``. K > 2 candidates
+are ranked by the sum of their pairwise probabilities.
+
+``mode: critique_revise`` (Constitutional AI, supervised phase): the judge critiques each candidate
+against a principle drawn from the constitution, then rewrites it; the revision is recorded as
+preferred over the original.
+
+The judge is any local Hugging Face causal LM (``model``), or a plugin's client (``client:
+"package.module:factory"``; ``factory(cfg)`` returns an object with ``label_probabilities(texts,
+labels)`` and ``generate(texts, max_new_tokens)``, the two methods of :class:`LocalJudge`).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import random
+import string
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from rlhf_lab import hookimpl
+from rlhf_lab.errors import RlhfLabError
+from rlhf_lab.feedback.records import PreferenceRecord
+
+log = logging.getLogger("rlhf_lab")
+
+DEFAULT_PRINCIPLES = [
+    "Choose the response that answers the request most directly and stays on its topic.",
+    "Choose the response that is more helpful, honest and harmless.",
+    "Choose the response that is clearer and better written, without needless length.",
+]
+
+DEFAULT_TEMPLATE = (
+    "Principles:\n{principles}\n\nRequest: {prompt}\n\nResponse A: {response_a}\n\nResponse B: {response_b}\n\n"
+    "Following the principles, which response is better? Answer A or B.\nAnswer:"
+)
+DEFAULT_CRITIQUE_TEMPLATE = "Request: {prompt}\nResponse: {response}\nCritique the response by this principle: {principle}\nCritique:"
+DEFAULT_REVISION_TEMPLATE = (
+    "Request: {prompt}\nResponse: {response}\nCritique: {critique}\nRewrite the response so that it follows: {principle}\nRevision:"
+)
+
+TEMPLATE_FIELDS = {
+    "template": ({"prompt", "response_a", "response_b"}, {"principles"}),
+    "critique_template": ({"prompt", "response", "principle"}, set()),
+    "revision_template": ({"prompt", "response", "critique", "principle"}, set()),
+}
+
+
+@dataclass
+class AIJudgeConfig:
+    """Schema of ``feedback=ai_judge``."""
+
+    name: str = "ai_judge"
+    model: Optional[str] = None
+    """The judge: a local causal-LM directory or hub name (or set ``client``)."""
+    client: Optional[str] = None
+    """A plugin's judge client instead of a local model: 'package.module:factory', called with this config."""
+    mode: str = "compare"
+    """'compare': preferences from the judge's label probabilities, both orders; 'critique_revise': revisions preferred over originals."""
+    principles: list[str] = field(default_factory=lambda: list(DEFAULT_PRINCIPLES))
+    """The constitution, one principle per item."""
+    principles_file: Optional[str] = None
+    """A text file with one principle per line (lines starting with # are comments); replaces ``principles``."""
+    template: str = DEFAULT_TEMPLATE
+    """Judge prompt of compare mode; fields {principles}, {prompt}, {response_a}, {response_b}."""
+    labels: list[str] = field(default_factory=lambda: [" A", " B"])
+    """The two answers whose next-token probabilities give the preference (their first tokens must differ)."""
+    critique_template: str = DEFAULT_CRITIQUE_TEMPLATE
+    """Critique prompt of critique_revise mode; fields {prompt}, {response}, {principle}."""
+    revision_template: str = DEFAULT_REVISION_TEMPLATE
+    """Revision prompt; fields {prompt}, {response}, {critique}, {principle}."""
+    max_new_tokens: int = 64
+    """Longest critique or revision (greedy decoding)."""
+    responses_per_prompt: int = 2
+    """Candidates per prompt in compare mode (critique_revise revises one)."""
+    rounds: int = 1
+    """Times each training prompt is sent for judging (fresh candidates each time)."""
+    tie_margin: float = 0.0
+    """In compare mode, a pair with |P(i better) - 1/2| <= this is a tie and gives no record (K = 2)."""
+    batch_size: int = 16
+    """Judge prompts per forward pass."""
+    dtype: str = "float32"
+    """Dtype of a local judge model."""
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("compare", "critique_revise"):
+            raise ValueError(f"mode must be 'compare' or 'critique_revise', got '{self.mode}'")
+        if (self.model is None) == (self.client is None):
+            raise ValueError("give exactly one of model (a local causal LM or hub name) and client ('package.module:factory')")
+        if self.responses_per_prompt < 2 or self.rounds < 1 or self.batch_size < 1 or self.max_new_tokens < 1:
+            raise ValueError("responses_per_prompt >= 2, rounds >= 1, batch_size >= 1 and max_new_tokens >= 1 are needed")
+        if not 0 <= self.tie_margin < 0.5:
+            raise ValueError(f"tie_margin must be in [0, 0.5), got {self.tie_margin}")
+        if len(self.labels) != 2 or len(set(self.labels)) != 2 or not all(self.labels):
+            raise ValueError(f"labels must be two different non-empty strings, got {self.labels}")
+        for name, (needed, optional) in TEMPLATE_FIELDS.items():
+            used = {f for _, f, _, _ in string.Formatter().parse(getattr(self, name)) if f is not None}
+            if not needed <= used or used - needed - optional:
+                raise ValueError(
+                    f"{name} must use the fields {sorted(needed)}{' (and optionally ' + str(sorted(optional)) + ')' if optional else ''}; "
+                    f"it uses {sorted(used)}"
+                )
+        if not self.principles and self.principles_file is None:
+            raise ValueError("the constitution is empty: give principles or principles_file")
+
+
+def read_principles(path: str) -> list[str]:
+    """One principle per non-empty line; ``#`` starts a comment line."""
+    file = Path(path)
+    if not file.is_file():
+        raise RlhfLabError(f"feedback.principles_file: {path} not found")
+    principles = [line.strip() for line in file.read_text(encoding="utf-8").splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    if not principles:
+        raise RlhfLabError(f"feedback.principles_file: {path} holds no principle")
+    return principles
+
+
+class LocalJudge:
+    """A local causal LM as judge: label probabilities at the end of a prompt, and greedy generation."""
+
+    def __init__(self, name_or_path: str, dtype: str = "float32", batch_size: int = 16, device=None) -> None:
+        from rlhf_lab.models.loading import load_policy, load_tokenizer, resolve_model_path
+
+        path = resolve_model_path(name_or_path, "feedback.model")
+        self.tokenizer = load_tokenizer(path, key="feedback.model")
+        self.model = load_policy(path, dtype, key="feedback.model").eval().requires_grad_(False)
+        if device is not None:
+            self.model.to(device)
+        self.batch_size = batch_size
+        self.positions = getattr(self.model.config, "max_position_embeddings", None) or getattr(self.model.config, "n_positions", None)
+
+    def _encode(self, texts: list[str], room: int) -> list[list[int]]:
+        from rlhf_lab.data import encode_prompt
+
+        encoded = [encode_prompt(self.tokenizer, t) for t in texts]
+        if self.positions is not None:
+            longest = max(range(len(encoded)), key=lambda i: len(encoded[i]))
+            if len(encoded[longest]) + room > self.positions:
+                raise RlhfLabError(
+                    f"feedback=ai_judge: a judge prompt is {len(encoded[longest])} tokens (+{room} to generate), over the judge model's "
+                    f"{self.positions} positions (feedback.model). Shorten feedback.template or the principles, or use a larger judge. "
+                    f"The prompt begins: {texts[longest][:120]!r}"
+                )
+        return encoded
+
+    def label_sequences(self, labels: list[str]) -> list[list[int]]:
+        """The token ids of each label; they must be non-empty and differ."""
+        ids = [self.tokenizer(label, add_special_tokens=False)["input_ids"] for label in labels]
+        if any(not i for i in ids) or len({tuple(i) for i in ids}) != len(ids):
+            raise RlhfLabError(f"feedback.labels {labels}: their tokens under the judge's tokenizer must exist and differ, got {ids}")
+        return ids
+
+    def label_probabilities(self, texts: list[str], labels: list[str]) -> list[list[float]]:
+        """For each text, the probabilities of continuing it with each label, renormalised over the labels.
+
+        Labels of one token each need one forward per text (the next-token distribution); longer labels
+        (" A" is two tokens for some tokenizers) are scored whole, one forward per (text, label).
+        """
+        import torch
+
+        from rlhf_lab.data import pad_left
+        from rlhf_lab.ops.sequence import position_ids_from_mask
+
+        sequences = self.label_sequences(labels)
+        longest = max(len(s) for s in sequences)
+        encoded = self._encode(texts, room=longest)
+        device = next(self.model.parameters()).device
+        single = longest == 1
+        out: list[list[float]] = []
+        with torch.no_grad():
+            for start in range(0, len(encoded), self.batch_size):
+                chunk = encoded[start : start + self.batch_size]
+                rows = chunk if single else [ids + label for ids in chunk for label in sequences]
+                ids, mask = pad_left(rows, self.tokenizer.pad_token_id)
+                ids, mask = ids.to(device), mask.to(device)
+                logits = self.model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask)).logits.float()
+                if single:
+                    scores = logits[:, -1, [s[0] for s in sequences]]
+                else:
+                    logprobs = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None])[..., 0]
+                    lengths = [len(s) for s in sequences] * len(chunk)
+                    scores = torch.stack([row[-n:].sum() for row, n in zip(logprobs, lengths)]).view(len(chunk), len(sequences))
+                out.extend(torch.softmax(scores, dim=-1).tolist())
+        return out
+
+    def generate(self, texts: list[str], max_new_tokens: int) -> list[str]:
+        """Greedy continuations of each text, up to EOS or ``max_new_tokens``."""
+        from rlhf_lab.config import SamplingConfig
+        from rlhf_lab.data import decode_response
+        from rlhf_lab.rollout import sample_responses
+
+        self._encode(texts, room=max_new_tokens)
+        sampling = SamplingConfig(temperature=0.0, max_new_tokens=max_new_tokens, batch_size=self.batch_size)
+        grouped = sample_responses(self.model, self.tokenizer, texts, sampling, samples_per_prompt=1, seed=0)
+        return [decode_response(self.tokenizer, group[0]) for group in grouped]
+
+
+def load_client(spec: str, cfg):
+    """A plugin's judge client from 'package.module:factory'."""
+    module_name, _, attr = spec.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError, ValueError) as error:
+        raise RlhfLabError(f"feedback.client '{spec}': cannot import it ({error}); give 'package.module:factory'") from None
+    client = factory(cfg)
+    for method in ("label_probabilities", "generate"):
+        if not callable(getattr(client, method, None)):
+            raise RlhfLabError(f"feedback.client '{spec}': the client has no {method}() method")
+    return client
+
+
+def pair_preferences(judge, cfg: AIJudgeConfig, principles: str, prompt_pairs: list[tuple[str, str, str]]) -> tuple[list[float], list[float]]:
+    """P(first better) of each (prompt, first, second), asked in both orders, and the mean P(label A).
+
+    :returns: ``(p_first_better, p_label_a)`` per pair, where ``p_label_a`` is the judge's average
+        probability of answering A over the two orders (1/2 for a judge without position bias).
+    """
+    texts = []
+    for prompt, first, second in prompt_pairs:
+        texts.append(cfg.template.format(principles=principles, prompt=prompt, response_a=first, response_b=second))
+        texts.append(cfg.template.format(principles=principles, prompt=prompt, response_a=second, response_b=first))
+    probabilities = judge.label_probabilities(texts, list(cfg.labels)) if texts else []
+    better, label_a = [], []
+    for k in range(len(prompt_pairs)):
+        forward, swapped = probabilities[2 * k], probabilities[2 * k + 1]
+        better.append((forward[0] + swapped[1]) / 2)
+        label_a.append((forward[0] + swapped[0]) / 2)
+    return better, label_a
+
+
+class AIJudgeFeedback:
+    """Preferences (or revisions) from an AI judge and a constitution."""
+
+    needs_candidates = True
+
+    def __init__(self, cfg: AIJudgeConfig, task) -> None:
+        self.cfg = cfg
+        self.principles = read_principles(cfg.principles_file) if cfg.principles_file else list(cfg.principles)
+        self.responses_per_prompt = cfg.responses_per_prompt if cfg.mode == "compare" else 1
+        self.rounds = cfg.rounds
+        self.stats: dict[str, float] = {}
+        self._judge = None
+
+    @property
+    def judge(self):
+        if self._judge is None:
+            self._judge = load_client(self.cfg.client, self.cfg) if self.cfg.client else LocalJudge(self.cfg.model, self.cfg.dtype, self.cfg.batch_size)
+        return self._judge
+
+    def collect(self, prompts: list[str], candidates: list[list[str]], kind: str, seed: int, split: str = "train") -> list[PreferenceRecord]:
+        if kind != "ranking":
+            raise RlhfLabError("feedback=ai_judge gives preferences (rankings); a pointwise reward model needs ratings")
+        if self.cfg.mode == "critique_revise":
+            return self._revise(prompts, candidates, seed, split)
+        return self._compare(prompts, candidates, split)
+
+    def _compare(self, prompts: list[str], candidates: list[list[str]], split: str) -> list[PreferenceRecord]:
+        constitution = "\n".join(f"- {p}" for p in self.principles)
+        pairs, owners = [], []
+        for n, (prompt, responses) in enumerate(zip(prompts, candidates)):
+            for i in range(len(responses)):
+                for j in range(i + 1, len(responses)):
+                    pairs.append((prompt, responses[i], responses[j]))
+                    owners.append((n, i, j))
+        better, label_a = pair_preferences(self.judge, self.cfg, constitution, pairs)
+        wins: dict[int, list[float]] = {}
+        pair_p: dict[int, dict] = {}
+        for (n, i, j), p in zip(owners, better):
+            k = len(candidates[n])
+            wins.setdefault(n, [0.0] * k)
+            wins[n][i] += p
+            wins[n][j] += 1.0 - p
+            pair_p.setdefault(n, {})[f"{i}>{j}"] = round(p, 6)
+        records, ties = [], 0
+        for n, (prompt, responses) in enumerate(zip(prompts, candidates)):
+            if len(responses) == 2 and abs(pair_p[n]["0>1"] - 0.5) <= self.cfg.tie_margin:
+                ties += 1
+                continue
+            ranking = sorted(range(len(responses)), key=lambda r: (-wins[n][r], r))
+            records.append(PreferenceRecord(prompt=prompt, responses=list(responses), ranking=ranking, annotator="ai_judge",
+                                            meta={"p_better": pair_p[n]}))
+        self.stats[f"feedback/{split}_judge_ties"] = ties
+        if label_a:
+            self.stats[f"feedback/{split}_judge_position_bias"] = sum(label_a) / len(label_a) - 0.5
+        return records
+
+    def _revise(self, prompts: list[str], candidates: list[list[str]], seed: int, split: str) -> list[PreferenceRecord]:
+        rng = random.Random(seed)
+        jobs = [(prompt, response, rng.choice(self.principles)) for prompt, responses in zip(prompts, candidates) for response in responses]
+        critiques = self.judge.generate(
+            [self.cfg.critique_template.format(prompt=p, response=r, principle=c) for p, r, c in jobs], self.cfg.max_new_tokens
+        )
+        revisions = self.judge.generate(
+            [self.cfg.revision_template.format(prompt=p, response=r, critique=k, principle=c) for (p, r, c), k in zip(jobs, critiques)],
+            self.cfg.max_new_tokens,
+        )
+        records, unchanged = [], 0
+        for (prompt, response, principle), critique, revision in zip(jobs, critiques, revisions):
+            if not revision.strip() or revision.strip() == response.strip():
+                unchanged += 1
+                continue
+            records.append(PreferenceRecord(prompt=prompt, responses=[revision, response], ranking=[0, 1], annotator="ai_judge:revision",
+                                            meta={"principle": principle, "critique": critique}))
+        self.stats[f"feedback/{split}_unrevised"] = unchanged
+        if not records:
+            raise RlhfLabError(f"feedback=ai_judge (critique_revise): the judge revised none of the {len(jobs)} {split} responses")
+        return records
+
+
+@hookimpl
+def rlhf_lab_register_feedback_sources(register):
+    register("ai_judge", AIJudgeFeedback, AIJudgeConfig)
