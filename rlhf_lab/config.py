@@ -166,6 +166,20 @@ class LoggerConfig:
 
 
 @dataclass
+class LoopConfig:
+    """``loop.*``: iterated RLHF (rlhf_lab/loop.py)."""
+
+    rounds: int = 1
+    """Rounds of feedback -> reward model -> policy. Each round after the first samples candidates from the
+    current policy, has them labelled, retrains the reward model on every label so far and optimises the
+    policy again from where it is (DPO: on every record so far). Every round is evaluated."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.rounds, int) or self.rounds < 1:
+            raise ValueError(f"loop.rounds must be an integer >= 1, got {self.rounds}")
+
+
+@dataclass
 class EvalConfig:
     """Final evaluation on held-out prompts."""
 
@@ -197,6 +211,7 @@ class RunConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    loop: LoopConfig = field(default_factory=LoopConfig)
     task: Any = MISSING
     feedback: Any = MISSING
     reward: Any = MISSING

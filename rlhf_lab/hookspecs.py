@@ -82,7 +82,8 @@ def rlhf_lab_register_algorithms(register: Register) -> None:
         ``policy_handle()`` method, or a :class:`~rlhf_lab.policy.PolicyHandle` when there is nothing
         to train (best-of-n). The factory must have an attribute ``consumes``, a tuple naming what the
         pipeline must build for it besides the SFT policy and the reference: ``"reward"`` (a reward
-        function) and/or ``"preferences"`` (preference records). Nothing else is built.
+        function) and/or ``"preferences"`` (preference records). Nothing else is built. A factory
+        whose result trains nothing sets ``trains_policy = False`` (``loop.rounds`` refuses it).
     """
 
 
@@ -91,7 +92,8 @@ def rlhf_lab_register_algorithms(register: Register) -> None:
 
 @hookspec
 def rlhf_lab_callbacks(cfg: Any, stage: str) -> list:
-    """Extra Lightning callbacks for the ``Trainer`` of ``stage`` (``"sft"``, ``"reward"``, ``"policy"``).
+    """Extra Lightning callbacks for the ``Trainer`` of ``stage`` (``"sft"``, ``"reward"``, ``"policy"``; in a
+    loop, ``"reward_round<r>"`` and ``"policy_round<r>"`` for rounds after the first).
 
     Called once per trained stage; the results of all plugins are concatenated.
 

@@ -49,13 +49,18 @@ def _plain(node) -> dict:
     return OmegaConf.to_container(node, resolve=True)
 
 
-def _file_digests(config: dict) -> dict:
-    """SHA-256 of every config value that names an existing file, so edited data invalidates the cache."""
+def _file_digests(config: dict, skip: tuple = ()) -> dict:
+    """SHA-256 of every config value that names an existing file, so edited data invalidates the cache.
+    ``skip``: keys naming files that are not inputs (a label database, which grows as people label)."""
     digests = {}
     for key, value in config.items():
-        if isinstance(value, str) and Path(value).is_file():
+        if key not in skip and isinstance(value, str) and Path(value).is_file():
             digests[key] = hashlib.sha256(Path(value).read_bytes()).hexdigest()
     return digests
+
+
+ROUND_SEED_STRIDE = 1000
+"""Seed offset between loop rounds, so each round samples and labels afresh."""
 
 
 def gold_agreement(records, utility) -> float:
@@ -125,6 +130,7 @@ class Pipeline:
         self.model_cfg = to_object(cfg.model, "model")
         self.sft_cfg = to_object(cfg.sft, "sft")
         self.eval_cfg = to_object(cfg.eval, "eval")
+        self.loop = to_object(cfg.loop, "loop")
         to_object(cfg.trainer, "trainer")
         check_trainer_config(cfg)
         to_object(cfg.logger, "logger")
@@ -161,6 +167,9 @@ class Pipeline:
         self.length_limits = None  # set when data.truncate cuts demonstrations to fit
         self.timings: dict[str, float] = {}
         self._built: dict[str, object] = {}
+        from rlhf_lab.loop import check_loop
+
+        check_loop(self)
 
     def _component_cfg(self, kind: str):
         node = self.cfg[kind]
@@ -418,21 +427,23 @@ class Pipeline:
         model = load_policy(str(sft.path), self.model_cfg.dtype, key=f"reference {sft.path}")
         return model.eval().requires_grad_(False).to(inference_device(self.cfg))
 
-    def build_preferences(self, sft: Artifact) -> Artifact:
+    def build_preferences(self, sft: Artifact, policy: Optional[Artifact] = None, round_: int = 1, previous: Optional[Artifact] = None) -> Artifact:
         """Preference records for training and held-out accuracy: ``train.jsonl``, ``heldout.jsonl``.
 
         Candidates sampled from the SFT policy keep their token ids in the records, so whatever trains
-        on them (a reward model, DPO) sees exactly the tokens the policy produced.
+        on them (a reward model, DPO) sees exactly the tokens the policy produced. In a later round of
+        a loop (``round_ > 1``) the candidates come from ``policy`` and the records of ``previous``
+        (every earlier round) come first in the files; the counts describe this round's new records.
         """
         from rlhf_lab.data import decode_response
-        from rlhf_lab.feedback.records import write_jsonl
+        from rlhf_lab.feedback.records import read_jsonl, write_jsonl
         from rlhf_lab.models.loading import load_policy
         from rlhf_lab.rollout import sample_responses
 
         source, kind = self.feedback_source, self.preference_kind
         config = {
             "feedback": _plain(self.cfg.feedback),
-            "files": _file_digests(_plain(self.cfg.feedback)),
+            "files": _file_digests(_plain(self.cfg.feedback), skip=getattr(type(self.feedback_cfg), "unhashed_files", ())),
             "sampling": asdict(self.candidate_sampling),
             "kind": kind,
             "plugin": self._dist("feedback"),
@@ -440,16 +451,21 @@ class Pipeline:
             "data": _plain(self.cfg.data),
             "seed": self.cfg.seed,
         }
-        key = artifact_key("preferences", config, [sft.key])
+        upstream = [sft.key]
+        if round_ > 1:
+            config["round"] = round_
+            upstream += [policy.key, previous.key]
+        key = artifact_key("preferences", config, upstream)
+        sampler = policy or sft
 
         def build(out: Path) -> dict:
             counts = {}
-            policy = load_policy(str(sft.path), self.model_cfg.dtype).to(inference_device(self.cfg)) if source.needs_candidates else None
+            policy = load_policy(str(sampler.path), self.model_cfg.dtype).to(inference_device(self.cfg)) if source.needs_candidates else None
             for split, prompts in (("train", self.task.train_prompts * getattr(source, "rounds", 1)), ("heldout", self.task.eval_prompts)):
                 candidates: list[list[str]] = []
                 ids: dict[tuple, list[list[int]]] = {}
-                # Independent draws for the two splits: held-out noise must not mirror training noise.
-                seed = self.cfg.seed + (0 if split == "train" else 1)
+                # Independent draws for the two splits (held-out noise must not mirror training noise), and per round.
+                seed = self.cfg.seed + ROUND_SEED_STRIDE * (round_ - 1) + (0 if split == "train" else 1)
                 if policy is not None:
                     grouped = sample_responses(policy, self.tokenizer, prompts, self.candidate_sampling, samples_per_prompt=source.responses_per_prompt, seed=seed)
                     candidates = [[decode_response(self.tokenizer, r) for r in group] for group in grouped]
@@ -460,11 +476,14 @@ class Pipeline:
                         record.response_ids = ids.get((record.prompt, tuple(record.responses)))
                 if self.length_limits is not None:
                     records = self._cut_records(records)
-                write_jsonl(records, out / f"{split}.jsonl")
                 counts[f"feedback/{split}_records"] = len(records)
                 counts[f"feedback/{split}_pairs"] = sum(len(r.preference_pairs()) for r in records)
                 if self.task.utility is not None and records:
                     counts[f"feedback/{split}_gold_agreement"] = gold_agreement(records, self.task.utility)
+                if previous is not None:
+                    records = read_jsonl(previous.path / f"{split}.jsonl") + records
+                    counts[f"feedback/{split}_records_total"] = len(records)
+                write_jsonl(records, out / f"{split}.jsonl")
             counts.update(getattr(source, "stats", {}))  # e.g. rows a dataset skipped
             return counts
 
@@ -486,7 +505,7 @@ class Pipeline:
                 out.append(record)
         return out
 
-    def build_reward_model(self, preferences: Optional[Artifact] = None, sft: Optional[Artifact] = None, base: Optional[Artifact] = None) -> Artifact:
+    def build_reward_model(self, preferences: Optional[Artifact] = None, sft: Optional[Artifact] = None, base: Optional[Artifact] = None, stage: str = "reward") -> Artifact:
         """The trained reward model (or the one ``reward.path`` names)."""
         from lightning.pytorch import seed_everything
 
@@ -517,8 +536,8 @@ class Pipeline:
             model = load_value_model(str(init.path), self.model_cfg.dtype)
             if self.lora is not None:
                 add_value_adapters(model, self.lora)
-            module = RewardModule(model, objective, c.lr, c.weight_decay, checkpoint_dir(self.run_dir, "reward"))
-            trainer = build_trainer(self.cfg, "reward", self.run_dir, self.group, max_epochs=c.epochs)
+            module = RewardModule(model, objective, c.lr, c.weight_decay, checkpoint_dir(self.run_dir, stage))
+            trainer = build_trainer(self.cfg, stage, self.run_dir, self.group, max_epochs=c.epochs)
             val = record_loader(heldout, objective, self.tokenizer, 64, False, self.cfg.seed)
             try:
                 trainer.fit(module, record_loader(train, objective, self.tokenizer, c.batch_size, True, self.cfg.seed), val)
@@ -543,14 +562,98 @@ class Pipeline:
         """The run-time reward function, frozen, on the inference device."""
         return self.reward_component.reward_function(inputs, self.tokenizer, self.model_cfg.dtype).to(inference_device(self.cfg))
 
+    def round_reward(self, preferences: Artifact, round_: int):
+        """(reward model artifact or None, reward function or None) of a loop round: round 1's are the
+        run's own; a later round retrains the reward model on ``preferences`` (every record so far)."""
+        if "reward" not in self.consumes:
+            return None, None
+        learned = "reward_model" in self.reward_component.consumes
+        if round_ == 1:
+            return (self.need("reward_model") if learned else None), self.need("reward")
+        init = "sft" if getattr(self.reward_cfg, "init_from_sft", True) else "base"
+        model = self.build_reward_model(preferences=preferences, stage=f"reward_round{round_}", **{init: self.need(init)})
+        reward = self.reward_component.reward_function({"reward_model": model}, self.tokenizer, self.model_cfg.dtype)
+        return model, reward.to(inference_device(self.cfg))
+
+    def train_policy(self, start: Artifact, reward, reward_model: Optional[Artifact], preferences: Optional[Artifact], round_: int) -> Artifact:
+        """The policy of a loop round, trained from ``start`` and cached (a restarted loop resumes after it)."""
+        import lightning.pytorch as pl
+
+        from rlhf_lab.algos.inputs import AlgoInputs
+
+        stage = "policy" if round_ == 1 else f"policy_round{round_}"
+        config = {
+            "algo": _plain(self.cfg.algo), "plugin": self._dist("algo"), "reward": _plain(self.cfg.reward) if reward is not None else None,
+            "dtype": self.model_cfg.dtype, "precision": self.cfg.trainer.precision, "seed": self.cfg.seed, "round": round_,
+            "prompts": hashlib.sha256(json.dumps(self.task.train_prompts).encode()).hexdigest(),
+        }
+        upstream = [start.key] + ([reward_model.key] if reward_model is not None else [])
+        upstream += [preferences.key] if "preferences" in self.consumes else []
+        key = artifact_key("policy", config, upstream)
+
+        def build(out: Path) -> dict:
+            inputs = AlgoInputs(
+                sft=start.path, reference=self.need("reference"), tokenizer=self.tokenizer, prompts=self.task.train_prompts,
+                seed=self.cfg.seed, dtype=self.model_cfg.dtype, checkpoint_dir=checkpoint_dir(self.run_dir, stage),
+                gradient_checkpointing=self.model_cfg.gradient_checkpointing,
+                reward=reward if "reward" in self.consumes else None,
+                preferences=preferences.path if "preferences" in self.consumes else None,
+            )
+            module, _ = self._fit_algorithm(inputs, stage, seed=self.cfg.seed + round_ - 1)
+            if not isinstance(module, pl.LightningModule):
+                raise RlhfLabError(f"loop: algo={self.algo_cfg.name} returned no trainable module")
+            module.policy.save_pretrained(out)
+            self.tokenizer.save_pretrained(out)
+            return {}
+
+        with _timed(self.timings, stage):
+            return self._cached("policy", key, build)
+
+    def evaluate(self, handle, device, reward_fn, stage: str = "eval") -> tuple[dict, list]:
+        """A policy handle against the SFT policy on the held-out prompts; the figures also go to the
+        loggers of their own ``stage`` (``csv/eval/``, a wandb run of job type eval with the samples)."""
+        from rlhf_lab.policy import ModelPolicy
+        from rlhf_lab.stages.evaluate import evaluate_policies
+
+        reference = ModelPolicy(self.need("reference").to(device), self.tokenizer)
+        with _timed(self.timings, "evaluate" if stage == "eval" else stage):
+            eval_metrics, samples = evaluate_policies(
+                {"sft": reference, self.algo_cfg.name: handle}, reference, reward_fn,
+                self.tokenizer, self.task, self.eval_cfg, self.cfg.seed, limits=self.length_limits,
+            )
+        eval_loggers = build_loggers(self.cfg, stage, self.run_dir, self.group)
+        columns = list(dict.fromkeys(c for s in samples for c in s))
+        for logger in eval_loggers:
+            logger.log_metrics(eval_metrics, step=0)
+            if hasattr(logger, "log_table") and samples:  # wandb: every policy's responses, side by side
+                logger.log_table(key=f"{stage}/samples", columns=columns, data=[[s.get(c) for c in columns] for s in samples], step=0)
+        close_loggers(eval_loggers)
+        return eval_metrics, samples
+
+    def _fit_algorithm(self, inputs, stage: str, seed: int):
+        """The algorithm built from ``inputs`` and, if it is a Lightning module, fitted by one Trainer.
+
+        :returns: ``(module or policy handle, trainer or None)``.
+        """
+        import lightning.pytorch as pl
+        from lightning.pytorch import seed_everything
+
+        seed_everything(seed, verbose=False)
+        result = self.algo.factory(self.algo_cfg, inputs)
+        if not isinstance(result, pl.LightningModule):
+            return result, None
+        trainer = build_trainer(self.cfg, stage, self.run_dir, self.group, max_epochs=getattr(result, "max_epochs", 1))
+        try:
+            trainer.fit(result)
+        finally:
+            close_loggers(trainer.loggers)
+        return result, trainer
+
     def optimise(self):
         """Build the algorithm from what it consumes; train it if it is a Lightning module.
 
         :returns: ``(policy handle, device it is on)``.
         """
-        import lightning.pytorch as pl
-        from lightning.pytorch import seed_everything
-
         from rlhf_lab.algos.inputs import AlgoInputs
 
         sft = self.need("sft")
@@ -562,15 +665,9 @@ class Pipeline:
             **{name: self.need(name).path for name in self.consumes if name == "preferences"},
         )
         with _timed(self.timings, "policy"):
-            seed_everything(self.cfg.seed, verbose=False)
-            result = self.algo.factory(self.algo_cfg, inputs)
-            if not isinstance(result, pl.LightningModule):
+            result, trainer = self._fit_algorithm(inputs, "policy", seed=self.cfg.seed)
+            if trainer is None:
                 return result, inference_device(self.cfg)  # a policy that trains nothing (best-of-n)
-            trainer = build_trainer(self.cfg, "policy", self.run_dir, self.group, max_epochs=getattr(result, "max_epochs", 1))
-            try:
-                trainer.fit(result)
-            finally:
-                close_loggers(trainer.loggers)
             # Into a fresh directory, then renamed: no stale shards of an earlier run mix in.
             out, tmp = self.run_dir / "policy", self.run_dir / ".policy.tmp"
             shutil.rmtree(tmp, ignore_errors=True)
@@ -586,9 +683,6 @@ class Pipeline:
     # --- the whole run ------------------------------------------------------------------------
 
     def run(self) -> dict:
-        from rlhf_lab.policy import ModelPolicy
-        from rlhf_lab.stages.evaluate import evaluate_policies
-
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if self.cfg.logger.name == "wandb":
             log.info("wandb group: %s", self.group)
@@ -601,29 +695,22 @@ class Pipeline:
             _write_atomic(self.run_dir / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True) + "\n")
             self._write_paths()
             return metrics
-        handle, device = self.optimise()
-        metrics = self._artifact_metrics()
+        handle = None
+        if self.loop.rounds > 1:
+            from rlhf_lab.loop import run_rounds
 
-        reference = ModelPolicy(self.need("reference").to(device), self.tokenizer)
-        reward_fn = self._built.get("reward")
-        with _timed(self.timings, "evaluate"):
-            eval_metrics, samples = evaluate_policies(
-                {"sft": reference, self.algo_cfg.name: handle}, reference, reward_fn,
-                self.tokenizer, self.task, self.eval_cfg, self.cfg.seed, limits=self.length_limits,
-            )
+            eval_metrics, samples, policy = run_rounds(self)
+            metrics = self._artifact_metrics()
+            self._publish_policy(policy.path)
+        else:
+            handle, device = self.optimise()
+            metrics = self._artifact_metrics()
+            eval_metrics, samples = self.evaluate(handle, device, self._built.get("reward"))
         metrics.update(eval_metrics)
         metrics.update(self.timings)
         metrics["time/total_seconds"] = round(time.perf_counter() - started, 2)
-        # The evaluation is a stage of its own for the loggers (csv/eval, a wandb run of job type eval).
-        eval_loggers = build_loggers(self.cfg, "eval", self.run_dir, self.group)
-        columns = list(dict.fromkeys(c for s in samples for c in s))
-        for logger in eval_loggers:
-            logger.log_metrics(eval_metrics, step=0)
-            if hasattr(logger, "log_table") and samples:  # wandb: every policy's responses, side by side
-                logger.log_table(key="eval/samples", columns=columns, data=[[s.get(c) for c in columns] for s in samples], step=0)
-        close_loggers(eval_loggers)
 
-        if self.lora is not None and self.lora.merge and handle.model is not None:
+        if self.lora is not None and self.lora.merge and handle is not None and handle.model is not None:
             from rlhf_lab.models.lora import merged_copy
 
             merged = merged_copy(handle.model)
@@ -634,6 +721,14 @@ class Pipeline:
         self._write_paths()
         get_plugin_manager().hook.rlhf_lab_run_finished(cfg=self.cfg, metrics=metrics, run_dir=self.run_dir)
         return metrics
+
+    def _publish_policy(self, path: Path) -> None:
+        """The last round's cached policy, copied to ``<run dir>/policy`` (fresh directory, then renamed)."""
+        out, tmp = self.run_dir / "policy", self.run_dir / ".policy.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(path, tmp, ignore=shutil.ignore_patterns("metrics.json", "ARTIFACT_COMPLETE"))
+        shutil.rmtree(out, ignore_errors=True)
+        os.replace(tmp, out)
 
     def _artifact_metrics(self) -> dict:
         metrics = {**self.task.stats, **self.length_counts}

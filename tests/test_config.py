@@ -45,6 +45,7 @@ def test_every_option_composes_and_builds(registry, group, option, tmp_path):
     prompts.write_text("prompt,response\n" + "".join(f"p{i},r{i}\n" for i in range(10)))
     extra = {
         ("feedback", "dataset"): [f"feedback.path={prefs}"],
+        ("feedback", "ai_judge"): ["feedback.model=a/judge"],  # loaded only when it judges
         ("reward", "rule"): ["reward.function=rlhf_lab.rewards.rules:word_count"],
         ("task", "dataset"): [f"task.path={prompts}"],
     }

@@ -109,3 +109,36 @@ def test_human_feedback_config_checks(tmp_path):
             HumanFeedbackConfig(**bad)
     result = run_cli(["feedback=human", "feedback.labellers=[':expert']", f"hydra.run.dir={tmp_path / 'r'}", f"cache_dir={tmp_path / 'c'}"], cwd=tmp_path)
     assert result.returncode == 2 and "feedback" in result.stderr and "name:role" in result.stderr
+
+
+def test_collect_goes_on_at_the_quota_and_adds_the_deployments_feedback(tmp_path):
+    import threading
+    import time
+    from types import SimpleNamespace
+
+    from rlhf_lab.feedback.human import HumanFeedback
+    from rlhf_lab.labelling.campaign import Campaign
+
+    db = tmp_path / "labels.db"
+    store = LabelStore(db)
+    Campaign(store, "default")
+    app_token = store.add_labeller("default", "shop", "app")
+    (logged,) = store.add_items("default", "online", [{"prompt": "from prod", "responses": ["x", "y"]}], source="online")
+    store.submit(store.labeller_for_token(app_token), Label(logged, store.labeller("default", "shop").id, ranking=[1, 0]))
+
+    cfg = HumanFeedbackConfig(db=str(db), labellers=["ann"], port=0, poll_seconds=0.05, quota=0.5)
+    source = HumanFeedback(cfg, SimpleNamespace(utility=None))
+    prompts, candidates = [f"p{i}" for i in range(10)], [[f"a{i}", f"b{i}"] for i in range(10)]
+    result = {}
+    worker = threading.Thread(target=lambda: result.update(records=source.collect(prompts, candidates, kind="ranking", seed=7)))
+    worker.start()
+    while not LabelStore(db).items("default", batch="train-seed7"):
+        time.sleep(0.05)
+    ann = store.labeller("default", "ann")
+    for item in store.items("default", batch="train-seed7")[:5]:  # half of the items: the quota
+        store.submit(ann, Label(item.id, ann.id, ranking=[1, 0]))
+    worker.join(timeout=120)
+    records = result["records"]
+    assert sorted(r.prompt for r in records if r.annotator == "human:majority") == [f"p{i}" for i in range(5)]
+    assert [(r.prompt, r.ranking) for r in records if r.annotator.startswith("online")] == [("from prod", [1, 0])]
+    assert source.stats["feedback/train_online_records"] == 1

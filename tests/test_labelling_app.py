@@ -345,3 +345,32 @@ def test_store_survives_reopening_and_keeps_only_token_hashes(tmp_path):
     with pytest.raises(ValueError, match="role"):
         reopened.add_labeller("c", "zed", "boss")
     assert json.loads(json.dumps(reopened.campaign_settings("c")))["redundancy"] == 3
+
+
+def test_online_feedback_becomes_records_once_for_the_next_round(app):
+    def log(prompt, responses):
+        return app.post("/api/online/responses", "shop", {"prompt": prompt, "responses": responses}).json()["item_id"]
+
+    pair = log("hi", ["a", "b"])
+    up, down, also_up = log("q", ["good answer"]), log("q", ["bad answer"]), log("q", ["fine answer"])
+    rated_low, rated_high = log("r", ["meh"]), log("r", ["great"])
+    log("unanswered", ["x"])
+    app.post("/api/online/feedback", "shop", {"item_id": pair, "choice": 1})
+    for item_id, thumb in ((up, 1), (down, -1), (also_up, 1)):
+        app.post("/api/online/feedback", "shop", {"item_id": item_id, "thumb": thumb})
+    app.post("/api/online/feedback", "shop", {"item_id": rated_low, "rating": 2})
+    app.post("/api/online/feedback", "shop", {"item_id": rated_high, "rating": 6})
+    records = app.campaign.online_records("train-round2")
+    got = sorted((r.prompt, r.responses, r.ranking, r.annotator) for r in records)
+    assert got == sorted([
+        ("hi", ["a", "b"], [1, 0], "online:choice"),
+        # thumbs on one prompt: up beats down twice; the two ups tie and give no record
+        ("q", ["good answer", "bad answer"], [0, 1], "online:thumb"),
+        ("q", ["fine answer", "bad answer"], [0, 1], "online:thumb"),
+        ("r", ["great", "meh"], [0, 1], "online:rating"),
+    ])
+    assert len(app.campaign.online_records("train-round2")) == 4  # a restarted round gets the same ones
+    assert app.campaign.online_records("train-round3") == []  # ... and the next round none of them again
+    late = log("late", ["x", "y"])
+    app.post("/api/online/feedback", "shop", {"item_id": late, "choice": 0})
+    assert [r.prompt for r in app.campaign.online_records("train-round3")] == ["late"]

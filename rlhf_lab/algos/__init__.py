@@ -22,4 +22,4 @@ def rlhf_lab_register_algorithms(register):
     for name, schema in (("reinforce", ReinforceConfig), ("rloo", RLOOConfig), ("grpo", GRPOConfig)):
         register(name, lazy_factory("rlhf_lab.algos.policy_gradient:PolicyGradientModule", consumes=("reward",)), schema)
     register("dpo", lazy_factory("rlhf_lab.algos.dpo:DPOModule", consumes=("preferences",)), DPOConfig)
-    register("best_of_n", lazy_factory("rlhf_lab.algos.best_of_n:best_of_n", consumes=("reward",)), BestOfNConfig)
+    register("best_of_n", lazy_factory("rlhf_lab.algos.best_of_n:best_of_n", consumes=("reward",), trains_policy=False), BestOfNConfig)

@@ -76,3 +76,4 @@ def best_of_n(cfg: BestOfNConfig, inputs: AlgoInputs) -> BestOfNPolicy:
 
 
 best_of_n.consumes = ("reward",)
+best_of_n.trains_policy = False

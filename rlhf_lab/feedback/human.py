@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import random
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import ClassVar, Optional
 
 from rlhf_lab import hookimpl
 from rlhf_lab.errors import RlhfLabError
@@ -35,6 +36,10 @@ REPEAT_GAP = 10
 @dataclass
 class HumanFeedbackConfig:
     """Schema of ``feedback=human``."""
+
+    # The label database is not an input of the preferences artifact but where its labels are kept: its
+    # growing content must not change the cache key (a restarted round would otherwise start anew).
+    unhashed_files: ClassVar[tuple[str, ...]] = ("db",)
 
     name: str = "human"
     db: str = "outputs/labelling/labels.db"
@@ -59,6 +64,10 @@ class HumanFeedbackConfig:
     """'majority' or 'dawid_skene'."""
     exclude_flagged: bool = True
     """Leave out the labels of labellers flagged by the quality checks."""
+    quota: float = 1.0
+    """Share of each split's items that must be done before the run goes on (the records come from every labelled item)."""
+    include_online: bool = True
+    """Add the training records that a deployment's feedback gave since the last round (docs/labelling.md)."""
     ask_rating: bool = False
     """Also ask for a 1-7 rating (kept in the database; the records use the ranking)."""
     gold_fraction: float = 0.0
@@ -81,8 +90,8 @@ class HumanFeedbackConfig:
     def __post_init__(self) -> None:
         if self.responses_per_prompt < 2 or self.rounds < 1 or self.redundancy < 1:
             raise ValueError("feedback=human needs responses_per_prompt >= 2, rounds >= 1, redundancy >= 1")
-        if not 0 <= self.gold_fraction <= 1 or not 0 <= self.repeat_fraction <= 1:
-            raise ValueError("gold_fraction and repeat_fraction must be in [0, 1]")
+        if not 0 <= self.gold_fraction <= 1 or not 0 <= self.repeat_fraction <= 1 or not 0 < self.quota <= 1:
+            raise ValueError("gold_fraction and repeat_fraction must be in [0, 1], quota in (0, 1]")
         if self.aggregation not in ("majority", "dawid_skene"):
             raise ValueError(f"aggregation must be 'majority' or 'dawid_skene', got '{self.aggregation}'")
         if not 0 <= self.port <= 65535 or self.bot_labellers < 0 or not self.bot_beta > 0 or not self.poll_seconds > 0:
@@ -215,6 +224,10 @@ class HumanFeedback:
             f"feedback/{split}_by_expert": result.by_expert,
             f"feedback/{split}_labels": sum(r.meta["labels"] for r in result.records),
         })
+        if split == "train" and self.cfg.include_online:
+            online = campaign.online_records(batch)
+            result.records.extend(online)
+            self.stats["feedback/train_online_records"] = len(online)
         if status["krippendorff_alpha"] is not None:
             self.stats["feedback/krippendorff_alpha"] = status["krippendorff_alpha"]
         flagged = [q["name"] for q in status["labellers"] if q["flags"]]
@@ -255,7 +268,7 @@ class HumanFeedback:
         started, last_report = time.monotonic(), 0.0
         while True:
             done, total = campaign.batch_progress(batch)
-            if done >= total:
+            if done >= math.ceil(self.cfg.quota * total):
                 return
             if self._bot_errors:
                 raise RlhfLabError(f"feedback=human: a bot labeller failed: {self._bot_errors[0]}")

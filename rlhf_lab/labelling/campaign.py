@@ -158,6 +158,14 @@ class Campaign:
             "labellers": [asdict(q) for q in self.quality()],
         }
 
+    def online_records(self, batch: str) -> list:
+        """Records from the deployment's feedback not used by an earlier batch (claimed by ``batch``)."""
+        from rlhf_lab.labelling.quality import online_records
+
+        ids = set(self.store.claim_online(self.name, batch))
+        items = [i for i in self.store.items(self.name, source="online") if i.id in ids]
+        return online_records(items, [l for l in self.store.labels(self.name) if l.item_id in ids])
+
     def excluded_ids(self, exclude_flagged: bool) -> set[int]:
         """Labellers whose labels are left out: excluded by hand, and flagged ones if asked."""
         people = self.store.labellers(self.name)

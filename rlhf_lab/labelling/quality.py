@@ -274,6 +274,33 @@ def aggregate(items: list[Item], labels: list[Label], roles: dict[int, str], exc
     return result
 
 
+def online_records(items: list[Item], labels: list[Label]) -> list[PreferenceRecord]:
+    """Records from a deployment's feedback: a choice between two logged responses is a ranking of the
+    two; thumbs (or 1-7 ratings) on different responses to one prompt give one record per pair of
+    responses with different scores, the higher preferred. Thumbs and ratings are not mixed."""
+    answer = {label.item_id: label for label in labels}
+    records, scored = [], defaultdict(list)
+    for item in items:
+        label = answer.get(item.id)
+        if label is None:
+            continue
+        if label.ranking is not None and len(item.responses) == 2:
+            records.append(PreferenceRecord(prompt=item.prompt, responses=list(item.responses), ranking=list(label.ranking),
+                                            annotator="online:choice", meta={"item_ids": [item.id]}))
+        elif len(item.responses) == 1 and (label.thumb is not None or label.rating is not None):
+            kind, score = ("thumb", label.thumb) if label.thumb is not None else ("rating", label.rating)
+            scored[(item.prompt, kind)].append((score, item.responses[0], item.id))
+    for (prompt, kind), answers in scored.items():
+        for a in range(len(answers)):
+            for b in range(a + 1, len(answers)):
+                (score_a, text_a, id_a), (score_b, text_b, id_b) = answers[a], answers[b]
+                if score_a != score_b and text_a != text_b:
+                    better, worse = (text_a, text_b) if score_a > score_b else (text_b, text_a)
+                    records.append(PreferenceRecord(prompt=prompt, responses=[better, worse], ranking=[0, 1],
+                                                    annotator=f"online:{kind}", meta={"item_ids": [id_a, id_b]}))
+    return records
+
+
 def should_route_to_expert(labels: list[Label], k: int, redundancy: int, threshold: float) -> bool:
     """Once ``redundancy`` crowd labels are in, an item whose agreement is under ``threshold`` goes to an expert."""
     answered = [l for l in labels if not l.skip]

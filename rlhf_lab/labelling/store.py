@@ -51,6 +51,9 @@ CREATE TABLE IF NOT EXISTS labels (
     UNIQUE (item_id, labeller_id)
 );
 CREATE INDEX IF NOT EXISTS labels_labeller ON labels (labeller_id);
+CREATE TABLE IF NOT EXISTS online_used (
+    item_id INTEGER PRIMARY KEY REFERENCES items (id), batch TEXT NOT NULL
+);
 """
 
 
@@ -382,6 +385,21 @@ class LabelStore:
             row["item_id"], row["labeller_id"], json.loads(row["ranking"]) if row["ranking"] else None,
             bool(row["tie"]), bool(row["skip"]), row["rating"], row["thumb"], row["reason"], row["seconds"], row["created"],
         )
+
+    def claim_online(self, campaign: str, batch: str) -> list[int]:
+        """Ids of the online items with feedback that no other batch has used yet, now claimed by
+        ``batch`` (claiming again for the same batch, after a restart, returns the same ids)."""
+        with self._write() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO online_used (item_id, batch) SELECT i.id, ? FROM items i"
+                " WHERE i.campaign = ? AND i.source = 'online' AND EXISTS (SELECT 1 FROM labels l WHERE l.item_id = i.id)",
+                (batch, campaign),
+            )
+            rows = db.execute(
+                "SELECT u.item_id FROM online_used u JOIN items i ON i.id = u.item_id WHERE i.campaign = ? AND u.batch = ? ORDER BY u.item_id",
+                (campaign, batch),
+            ).fetchall()
+        return [r[0] for r in rows]
 
     def count_labels(self, campaign: str) -> int:
         """Labels stored for the campaign."""
