@@ -325,7 +325,10 @@ def test_online_feedback_logs_responses_and_takes_thumbs_ratings_and_choices(app
     assert labels[one].thumb == -1 and labels[two].ranking == [1, 0]
     # Online items are not offered to labellers and are counted apart.
     assert app.next("ann") is None
-    assert app.get("/api/status", "admin").json()["online_items"] == 2
+    status = app.get("/api/status", "admin").json()
+    assert status["online_items"] == 2
+    assert status["online"] == {"items": 2, "with_feedback": 2, "thumbs": 1, "thumbs_up_share": 0.0, "ratings": 0,
+                                "mean_rating": None, "choices": 1}
 
 
 def test_store_survives_reopening_and_keeps_only_token_hashes(tmp_path):

@@ -142,6 +142,7 @@ def test_a_labeller_labels_with_a_click_and_a_key_in_a_real_browser(tmp_path, br
     store = LabelStore(tmp_path / "labels.db")
     campaign = Campaign(store, "c", CampaignSettings(redundancy=1))
     token = store.add_labeller("c", "ann")
+    admin = store.add_labeller("c", "boss", "admin")
     hostile = "<img src=x onerror=\"window.pwned=1\"><script>window.pwned=1</script>"
     store.add_items("c", "b", [
         {"prompt": hostile, "responses": ["first answer " + hostile, "second answer\n" + "long line " * 200]},
@@ -168,6 +169,11 @@ def test_a_labeller_labels_with_a_click_and_a_key_in_a_real_browser(tmp_path, br
         page.wait_for_selector("#task[hidden]", state="attached")
         assert "Nothing left" in page.text_content("#message")
         assert page.evaluate("window.pwned") is None
+        status = browser.new_page()
+        status.goto(f"{server.url}/status#token={admin}")
+        expect(status.locator("#labellers tbody tr")).to_have_count(1)
+        assert status.text_content("#labellers tbody tr td") == "ann"
+        assert status.text_content("#batches tbody tr").replace(" ", "") == "b33"
     labels = {store.item(l.item_id).prompt: l for l in store.labels("c")}
     first, second, third = (labels[p] for p in (hostile, "second prompt", "third prompt"))
     first_item, second_item, third_item = (store.item(l.item_id) for l in (first, second, third))

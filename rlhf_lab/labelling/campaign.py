@@ -150,6 +150,7 @@ class Campaign:
             "gold_items": sum(i.gold is not None for i in items.values()),
             "repeated_items": sum(i.repeat_of is not None for i in items.values()),
             "online_items": sum(i.source == "online" for i in items.values()),
+            "online": self._online_figures(items, labels),
             "labels": len(labels),
             "needs_expert": sum(i.needs_expert for i in items.values()),
             "batches": batches,
@@ -165,6 +166,22 @@ class Campaign:
         ids = set(self.store.claim_online(self.name, batch))
         items = [i for i in self.store.items(self.name, source="online") if i.id in ids]
         return online_records(items, [l for l in self.store.labels(self.name) if l.item_id in ids])
+
+    @staticmethod
+    def _online_figures(items: dict, labels: list[Label]) -> dict:
+        """What a deployment sent: logged items, feedback per kind, the share of thumbs up, the mean rating."""
+        online = [l for l in labels if items[l.item_id].source == "online"]
+        thumbs = [l.thumb for l in online if l.thumb is not None]
+        ratings = [l.rating for l in online if l.rating is not None]
+        return {
+            "items": sum(i.source == "online" for i in items.values()),
+            "with_feedback": len(online),
+            "thumbs": len(thumbs),
+            "thumbs_up_share": sum(t > 0 for t in thumbs) / len(thumbs) if thumbs else None,
+            "ratings": len(ratings),
+            "mean_rating": sum(ratings) / len(ratings) if ratings else None,
+            "choices": sum(l.ranking is not None for l in online),
+        }
 
     def excluded_ids(self, exclude_flagged: bool) -> set[int]:
         """Labellers whose labels are left out: excluded by hand, and flagged ones if asked."""

@@ -29,7 +29,10 @@ async function load(token) {
    ["mean per-item agreement", fixed(status.mean_item_agreement)],
    ["items routed to an expert", status.needs_expert],
    ["gold items", status.gold_items], ["repeated items", status.repeated_items],
-   ["online items", status.online_items]].forEach(function ([name, value]) {
+   ["online items (with feedback)", status.online.items + " (" + status.online.with_feedback + ")"],
+   ["online thumbs (share up)", status.online.thumbs + " (" + fixed(status.online.thumbs_up_share) + ")"],
+   ["online ratings (mean)", status.online.ratings + " (" + fixed(status.online.mean_rating) + ")"],
+   ["online choices", status.online.choices]].forEach(function ([name, value]) {
     const row = document.createElement("tr");
     cell(row, name); cell(row, value);
     summary.append(row);
