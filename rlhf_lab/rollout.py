@@ -16,7 +16,7 @@ from typing import Optional
 import torch
 
 from rlhf_lab.data import accepts_logits_to_keep, join, response_logits
-from rlhf_lab.ops.sampling import filter_logits
+from rlhf_lab.ops.sampling import filter_logits, gumbel_max
 from rlhf_lab.ops.sequence import position_ids_from_mask, token_logprobs, truncate_after_eos
 
 FINISHED_CHECK_EVERY = 4
@@ -91,7 +91,7 @@ def _sample(logits: torch.Tensor, temperature: float, top_k: int, top_p: float, 
     if temperature == 0:
         return logits.argmax(-1), torch.zeros(logits.shape[0], device=logits.device)
     logp = torch.log_softmax(filter_logits(logits.float() / temperature, top_k, top_p), dim=-1)
-    token = torch.multinomial(logp.exp(), 1, generator=generator)
+    token = gumbel_max(logp, generator)
     return token.squeeze(-1), logp.gather(-1, token).squeeze(-1)
 
 

@@ -172,6 +172,24 @@ def test_training_step_logs_the_rollout_statistics():
     assert reward_kw == {"prog_bar": True, "logger": False, "batch_size": 2}
 
 
+def test_training_step_logs_only_on_the_rollouts_the_trainer_writes():
+    """With log_every_n_steps = 3 the figures of rollouts 3 and 6 are logged, and every rollout still
+    trains (catches logging skipped for good, or on the wrong rollouts)."""
+    from types import SimpleNamespace
+
+    exp = fake_experience()
+    module = bare(OnPolicyModule)
+    module.rollout = lambda ids, mask: exp
+    iterations, logged = [], []
+    module.iteration = lambda e: iterations.append(1) or {}
+    module.log_dict = lambda values, **kw: logged.append(len(iterations))
+    module.log = lambda name, value, **kw: None
+    module._trainer = SimpleNamespace(log_every_n_steps=3)
+    for step in range(7):
+        module.training_step({"prompt_ids": None, "prompt_mask": None}, step)
+    assert len(iterations) == 7 and logged == [3, 6]
+
+
 # --- PPO ---------------------------------------------------------------------------------------------
 
 

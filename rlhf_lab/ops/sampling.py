@@ -24,11 +24,23 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
     return logits
 
 
+def gumbel_max(logits: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """One index per row drawn from ``softmax(logits)`` (B, V), as (B, 1): ``argmax(logits + Gumbel noise)``.
+
+    Exactly a categorical draw (the Gumbel-max trick), and on the CPU about ten times cheaper than
+    ``torch.multinomial`` at a vocabulary of a few hundred, where the sampler's multinomial was an
+    eighth of a GRPO step. Rows of -inf logits (filtered tokens) are never drawn.
+    """
+    uniform = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=torch.float32)
+    # -log(U) ~ Exp(1); clamped so that U -> 1 cannot give log(0).
+    gumbel = -torch.log((-torch.log(uniform)).clamp_min(1e-20))
+    return (logits.float() + gumbel).argmax(-1, keepdim=True)
+
+
 def sample_next_token(
     logits: torch.Tensor, temperature: float, top_k: int, top_p: float, generator: torch.Generator | None
 ) -> torch.Tensor:
     """Draw one token per row from ``logits`` (B, V); ``temperature == 0`` means greedy."""
     if temperature == 0:
         return logits.argmax(-1)
-    probs = torch.softmax(filter_logits(logits.float() / temperature, top_k, top_p), dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    return gumbel_max(filter_logits(logits.float() / temperature, top_k, top_p), generator).squeeze(-1)
