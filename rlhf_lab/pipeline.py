@@ -683,7 +683,14 @@ class Pipeline:
     # --- the whole run ------------------------------------------------------------------------
 
     def run(self) -> dict:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        """Build what the run needs, train, evaluate, write the outputs; the run directory is claimed
+        for the whole run (a second run into it stops at once, ``run_lock.py``)."""
+        from rlhf_lab.run_lock import RunDirLock
+
+        with RunDirLock(self.run_dir):
+            return self._run()
+
+    def _run(self) -> dict:
         if self.cfg.logger.name == "wandb":
             log.info("wandb group: %s", self.group)
         started = time.perf_counter()

@@ -1,0 +1,80 @@
+"""One run per run directory: a second run started into a directory in use stops with a message.
+
+Hydra names run directories by the second they start in, so two identical runs started together get
+one directory; without a claim they would interleave their logs and overwrite each other's metrics,
+policy and checkpoints, and both exit 0. The run claims its directory by creating a lock file with
+``O_CREAT | O_EXCL`` (atomic on local disks and on NFS v3+), holding its host, pid and start time,
+and removes it when it ends, however it ends. A lock left by a run that died (its pid no longer runs on
+this host) is taken over; a lock from another host cannot be checked and is refused, naming the file.
+Hydra writes its own ``.hydra/`` files and log into the directory before the run starts, so a refused
+second run still leaves its composed config there (the first run's outputs are untouched).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from pathlib import Path
+
+from rlhf_lab.errors import RlhfLabError
+
+LOCK_NAME = ".rlhf_lab_run.lock"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, owned by someone else
+        return True
+    return True
+
+
+class RunDirLock:
+    """Claim ``run_dir`` for this process for the duration of a ``with`` block."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / LOCK_NAME
+        self.owner = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+    def _create(self) -> bool:
+        try:
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w") as fh:
+            json.dump(self.owner, fh)
+        return True
+
+    def __enter__(self) -> "RunDirLock":
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self._create():
+            return self
+        try:
+            holder = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            holder = {}
+        same_host = holder.get("host") == self.owner["host"]
+        pid = holder.get("pid")
+        if same_host and isinstance(pid, int) and not _alive(pid):
+            # The run that held it died without cleaning up: its directory is free again.
+            self.path.unlink(missing_ok=True)
+            if self._create():
+                return self
+        raise RlhfLabError(
+            f"run directory {self.run_dir} is in use by another run (pid {pid} on {holder.get('host', '?')}, started "
+            f"{holder.get('started', '?')}). Start concurrent runs in their own directories (hydra.run.dir=...), "
+            f"or delete {self.path} if that run is gone."
+        )
+
+    def __exit__(self, *exc) -> None:
+        try:
+            holder = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return
+        if holder == self.owner:
+            self.path.unlink(missing_ok=True)
