@@ -55,9 +55,10 @@ class FakeJudge:
 
 
 def judge_source(judge, **cfg) -> AIJudgeFeedback:
-    source = AIJudgeFeedback(AIJudgeConfig(client="unused:unused", **cfg), task=None)
-    source._judge = judge
-    return source
+    module = types.ModuleType("fake_judge_for_tests")
+    module.make = lambda cfg: judge
+    sys.modules["fake_judge_for_tests"] = module
+    return AIJudgeFeedback(AIJudgeConfig(client="fake_judge_for_tests:make", **cfg), task=None)
 
 
 def test_asking_both_orders_cancels_position_bias():
@@ -134,7 +135,12 @@ def test_principles_file_and_plugin_client(tmp_path, monkeypatch):
     with pytest.raises(RlhfLabError, match="no label_probabilities"):
         load_client("judge_plugin_for_tests:broken", None)
     with pytest.raises(RlhfLabError, match="not found"):
-        AIJudgeFeedback(AIJudgeConfig(client="a:b", principles_file=str(tmp_path / "missing.txt")), task=None)
+        AIJudgeFeedback(AIJudgeConfig(client="judge_plugin_for_tests:make", principles_file=str(tmp_path / "missing.txt")), task=None)
+    # Checked when the run is set up, not when the judge is first asked.
+    with pytest.raises(RlhfLabError, match="cannot import"):
+        AIJudgeFeedback(AIJudgeConfig(client="no_such_module_anywhere:make"), task=None)
+    with pytest.raises(RlhfLabError, match="does not exist"):
+        AIJudgeFeedback(AIJudgeConfig(model=str(tmp_path / "no_judge_here")), task=None)
 
 
 @pytest.fixture(scope="module")

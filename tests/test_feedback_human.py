@@ -107,6 +107,15 @@ def test_human_feedback_config_checks(tmp_path):
                 dict(aggregation="mean"), dict(gold_fraction=1.5), dict(port=70000)):
         with pytest.raises(ValueError):
             HumanFeedbackConfig(**bad)
+    from types import SimpleNamespace
+
+    from rlhf_lab.errors import RlhfLabError
+    from rlhf_lab.feedback.human import HumanFeedback
+
+    with pytest.raises(RlhfLabError, match="is a directory"):
+        HumanFeedback(HumanFeedbackConfig(db=str(tmp_path)), SimpleNamespace(utility=None))
+    with pytest.raises(RlhfLabError, match="hidden utility"):
+        HumanFeedback(HumanFeedbackConfig(db=str(tmp_path / "l.db"), bot_labellers=2), SimpleNamespace(utility=None))
     result = run_cli(["feedback=human", "feedback.labellers=[':expert']", f"hydra.run.dir={tmp_path / 'r'}", f"cache_dir={tmp_path / 'c'}"], cwd=tmp_path)
     assert result.returncode == 2 and "feedback" in result.stderr and "name:role" in result.stderr
 

@@ -252,6 +252,14 @@ class AIJudgeFeedback:
         self.rounds = cfg.rounds
         self.stats: dict[str, float] = {}
         self._judge = None
+        # Before any work: a client that does not import, or a judge directory that does not exist,
+        # is named now rather than after SFT and sampling.
+        if cfg.client:
+            self._judge = load_client(cfg.client, cfg)
+        else:
+            from rlhf_lab.models.loading import resolve_model_path
+
+            resolve_model_path(cfg.model, "feedback.model")
 
     @property
     def judge(self):

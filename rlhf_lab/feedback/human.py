@@ -134,6 +134,8 @@ class HumanFeedback:
     def __init__(self, cfg: HumanFeedbackConfig, task) -> None:
         if (cfg.bot_labellers or cfg.gold_fraction) and task.utility is None:
             raise RlhfLabError("feedback.bot_labellers and feedback.gold_fraction need a task with a hidden utility; this task has none")
+        if Path(cfg.db).is_dir():
+            raise RlhfLabError(f"feedback.db: {cfg.db} is a directory; give the path of the label database file")
         self.cfg, self.utility = cfg, task.utility
         self.responses_per_prompt, self.rounds = cfg.responses_per_prompt, cfg.rounds
         self.stats: dict[str, float] = {}
