@@ -5,7 +5,7 @@ Plugins implement the hooks in :mod:`rlhf_lab.hookspecs` with the :data:`hookimp
 
 import pluggy
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 hookimpl = pluggy.HookimplMarker("rlhf_lab")
 """Marker for plugin hook implementations: ``@rlhf_lab.hookimpl``."""
