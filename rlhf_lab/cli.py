@@ -5,7 +5,9 @@ plugins; ``python -m rlhf_lab describe [group | group=option | --markdown]`` exp
 from __future__ import annotations
 
 import logging
+import os
 import sys
+import traceback
 import warnings
 from pathlib import Path
 
@@ -97,6 +99,15 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=".*is smaller than the logging interval.*")
 
 
+_JOB_STARTED = [False]
+"""Set when Hydra calls the job: a Hydra exit before it is a config that did not compose (bad input)."""
+
+
+def _debug() -> bool:
+    """Tracebacks for errors the user can act on only when asked (Hydra's own switch)."""
+    return os.environ.get("HYDRA_FULL_ERROR") == "1"
+
+
 def hydra_entry() -> None:
     """The ``@hydra.main`` app (built after plugins have registered their config schemas)."""
     import hydra
@@ -117,11 +128,14 @@ def hydra_entry() -> None:
         from rlhf_lab.pipeline import run
         from rlhf_lab.stats import verdict_lines
 
+        _JOB_STARTED[0] = True
         _quiet_libraries()
         try:
             metrics = run(cfg)
         except RlhfLabError as exc:
             log.error("%s", exc)
+            if _debug():
+                traceback.print_exc()
             print(f"rlhf_lab: error: {exc}", file=sys.stderr)
             raise SystemExit(2) from None
         console = Console()
@@ -143,6 +157,8 @@ def hydra_entry() -> None:
 def main() -> None:
     from rlhf_lab.errors import RlhfLabError
 
+    _JOB_STARTED[0] = False
+
     try:
         if len(sys.argv) > 1 and sys.argv[1] == "plugins":
             print_plugins()
@@ -158,7 +174,16 @@ def main() -> None:
             args = sys.argv[2:]
             print(describe.markdown() if args == ["--markdown"] else describe.text(args[0] if args else None), end="")
             return
-        hydra_entry()
+        try:
+            hydra_entry()
+        except SystemExit as exc:
+            # Hydra reports an override it cannot parse or merge, or an unknown option, with its own
+            # message and exit status 1; a bad input exits 2 whoever reports it.
+            if exc.code == 1 and not _JOB_STARTED[0]:
+                raise SystemExit(2) from None
+            raise
     except RlhfLabError as exc:  # plugin loading and registration, before Hydra's job starts
+        if _debug():
+            traceback.print_exc()
         print(f"rlhf_lab: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -67,10 +67,11 @@ class SamplingConfig:
     which sample their whole rollout batch at once."""
 
     def __post_init__(self) -> None:
-        if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0 or self.max_new_tokens < 1:
+        if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0 or self.max_new_tokens < 1 or self.batch_size < 1:
             raise ValueError(
-                "sampling needs temperature >= 0, 0 < top_p <= 1, top_k >= 0 and max_new_tokens >= 1; got "
-                f"temperature={self.temperature}, top_p={self.top_p}, top_k={self.top_k}, max_new_tokens={self.max_new_tokens}"
+                "sampling needs temperature >= 0, 0 < top_p <= 1, top_k >= 0, max_new_tokens >= 1 and batch_size >= 1; got "
+                f"temperature={self.temperature}, top_p={self.top_p}, top_k={self.top_k}, max_new_tokens={self.max_new_tokens}, "
+                f"batch_size={self.batch_size}"
             )
 
 
@@ -252,6 +253,28 @@ def check_known_keys(node: Any, key: str = "") -> None:
         if name not in fields:
             raise RlhfLabError(f"unknown config key '{path}': {schema.__name__} has {', '.join(fields)}")
         check_known_keys(node._get_node(name), path)
+
+
+def check_finite_numbers(node: Any, key: str = "") -> None:
+    """Every number in the config must be finite. ``nan`` passes every ``<``/``>`` bound check (all
+    comparisons with it are false) and ``inf`` passes a lower bound, so both are refused here, once,
+    for every group and every plugin's schema, naming the key."""
+    import math
+
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    from rlhf_lab.errors import RlhfLabError
+
+    if isinstance(node, (DictConfig, ListConfig)):
+        node = OmegaConf.to_container(node, resolve=True)
+    if isinstance(node, dict):
+        for name, value in node.items():
+            check_finite_numbers(value, f"{key}.{name}" if key else str(name))
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            check_finite_numbers(value, f"{key}[{index}]")
+    elif isinstance(node, float) and not math.isfinite(node):
+        raise RlhfLabError(f"config '{key}' is {node}: every number must be finite")
 
 
 def to_object(node: Any, key: str) -> Any:

@@ -64,6 +64,15 @@ class Table:
         return f"{self.source}: row {index + 1}"
 
 
+def check_mapped_columns(table: Table, columns: Optional[dict], group: str) -> None:
+    """A ``<group>.columns.<ours>=<theirs>`` mapping must name a column the file has: a misspelt one
+    would otherwise be ignored, and the file read by its other columns."""
+    present = {k for row in table.rows for k, v in row.items() if v is not None}
+    for ours, theirs in (columns or {}).items():
+        if theirs and theirs not in present:
+            raise DataError(f"{table.source}: {group}.columns.{ours}={theirs}, but the file has no column '{theirs}' (it has {', '.join(sorted(present))})")
+
+
 def read_table(source: str, key: str, split: str = "train") -> Table:
     """Rows of ``source`` (a file, a ``save_to_disk`` directory, or a hub name); errors name ``key``.
 
@@ -72,6 +81,8 @@ def read_table(source: str, key: str, split: str = "train") -> Table:
     import datasets
 
     datasets.disable_progress_bars()
+    # Its parser failures are reported once, by the DataError below, not also logged by datasets.
+    datasets.utils.logging.set_verbosity(datasets.utils.logging.CRITICAL)
     path = Path(source).expanduser()
     if path.is_dir():
         return Table(source, _from_disk(path, key, split).to_list())
@@ -82,6 +93,11 @@ def read_table(source: str, key: str, split: str = "train") -> Table:
     loader = LOADERS.get(path.suffix.lower())
     if loader is None:
         raise DataError(f"{key}: '{source}' is not a .jsonl, .json, .csv or .parquet file, nor a save_to_disk directory")
+    data = path.read_bytes()
+    if not data.strip():
+        raise DataError(f"{source}: the file is empty")
+    if path.suffix.lower() in (".csv", ".json"):
+        _check_utf8(path, data)
     if path.suffix.lower() == ".jsonl":
         # Arrow's reader names no line and quietly casts a number to text in a text column: check first.
         _check_jsonl(path)
@@ -124,6 +140,17 @@ def _from_hub(name: str, key: str, split: str) -> Table:
     return Table(f"{name}[{split}]", dataset.to_list())
 
 
+def _check_utf8(path: Path, data: bytes) -> None:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line_start, line = data.rfind(b"\n", 0, exc.start) + 1, data.count(b"\n", 0, exc.start) + 1
+        raise DataError(
+            f"{path}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x} at column "
+            f"{exc.start - line_start + 1}); save the file as UTF-8"
+        ) from None
+
+
 def _jsonl_lines(path: Path) -> list[int]:
     with path.open("rb") as fh:
         return [number for number, line in enumerate(fh, start=1) if line.strip()]
@@ -133,8 +160,14 @@ def _check_jsonl(path: Path) -> None:
     """Raise :class:`DataError` at the first line that is no JSON object, or whose field types differ
     from the first line's."""
     first_types: dict[str, type] = {}
-    with path.open() as fh:
-        for number, line in enumerate(fh, start=1):
+    with path.open("rb") as fh:
+        for number, raw in enumerate(fh, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataError(
+                    f"{path}:{number}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at column {exc.start + 1}); save the file as UTF-8"
+                ) from None
             if not line.strip():
                 continue
             try:

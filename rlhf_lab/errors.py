@@ -35,3 +35,18 @@ def check_finite(loss, stage: str, step: int, checkpoint_dir=None, what: str = "
         last = Path(checkpoint_dir) / "last.ckpt"
         where = f"; the last good checkpoint is kept: {last}" if last.is_file() else f"; no checkpoint was written yet in {checkpoint_dir}"
     raise NonFiniteLossError(f"stage '{stage}', step {step}: {what} is {value}{where}")
+
+
+def check_weights_finite(model, stage: str) -> None:
+    """Raise :class:`NonFiniteLossError` if any weight of ``model`` is NaN or infinite: checked at the
+    end of every training stage, so a diverged model is stopped where it diverged, not downstream."""
+    import torch
+
+    bad = [name for name, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
+    if bad:
+        raise NonFiniteLossError(f"stage '{stage}' ended with NaN or infinite weights in {len(bad)} tensor(s), the first {bad[0]}; lower its learning rate")
+
+
+def nonfinite_figures(metrics: dict) -> list[str]:
+    """``name=value`` of every figure in ``metrics`` that is NaN or infinite."""
+    return [f"{k}={v}" for k, v in sorted(metrics.items()) if isinstance(v, float) and not math.isfinite(v)]

@@ -33,10 +33,10 @@ from typing import Optional
 from omegaconf import DictConfig, OmegaConf
 
 from rlhf_lab.cache import ArtifactCache, artifact_key
-from rlhf_lab.config import STOP_POINTS, SamplingConfig, check_known_keys, to_object
-from rlhf_lab.errors import RlhfLabError
-from rlhf_lab.plugin_manager import get_plugin_manager
-from rlhf_lab.training import build_loggers, build_trainer, check_trainer_config, checkpoint_dir, close_loggers, inference_device
+from rlhf_lab.config import STOP_POINTS, SamplingConfig, check_finite_numbers, check_known_keys, to_object
+from rlhf_lab.errors import RlhfLabError, check_weights_finite, nonfinite_figures
+from rlhf_lab.plugin_manager import call_hook, get_plugin_manager
+from rlhf_lab.training import build_loggers, build_trainer, check_logger, check_trainer_config, checkpoint_dir, close_loggers, inference_device
 
 log = logging.getLogger(__name__)
 
@@ -63,16 +63,17 @@ ROUND_SEED_STRIDE = 1000
 """Seed offset between loop rounds, so each round samples and labels afresh."""
 
 
-def gold_agreement(records, utility) -> float:
+def gold_agreement(records, utility) -> Optional[float]:
     """Share of the records' (better, worse) pairs that the task's hidden utility orders the same way
-    (a utility tie counts 1/2): how well a feedback source agrees with the gold annotator."""
+    (a utility tie counts 1/2): how well a feedback source agrees with the gold annotator; None
+    without a single pair (nothing was measured)."""
     agree = total = 0.0
     for record in records:
         utilities = [utility(record.prompt, r) for r in record.responses]
         for better, worse in record.preference_pairs():
             agree += 1.0 if utilities[better] > utilities[worse] else 0.5 if utilities[better] == utilities[worse] else 0.0
             total += 1
-    return agree / total if total else float("nan")
+    return agree / total if total else None
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -123,6 +124,7 @@ class Pipeline:
         self.registry = get_plugin_manager().registry
         self.cache = ArtifactCache(Path(cfg.cache_dir))
         check_known_keys(cfg)
+        check_finite_numbers(cfg)
         # Every component is built from its validated dataclass config before any work, so a config
         # error stops the run at once.
         self.task_cfg = self._component_cfg("task")
@@ -134,6 +136,7 @@ class Pipeline:
         to_object(cfg.trainer, "trainer")
         check_trainer_config(cfg)
         to_object(cfg.logger, "logger")
+        check_logger(cfg)
         self.algo = self.registry.get("algo", self.algo_cfg.name)
         self.consumes = tuple(self.algo.factory.consumes)
         self.stop_after = cfg.get("stop_after")
@@ -170,8 +173,12 @@ class Pipeline:
         from rlhf_lab.loop import check_loop
 
         check_loop(self)
+        self.cache.check_writable()
 
     def _component_cfg(self, kind: str):
+        if OmegaConf.is_missing(self.cfg, kind) or self.cfg[kind] is None:
+            names = ", ".join(c.name for c in self.registry.list(kind))
+            raise RlhfLabError(f"no {kind} is selected (the config group '{kind}' was removed or never set): add {kind}=<name>, one of {names}")
         node = self.cfg[kind]
         self.registry.get(kind, node.name)  # unknown name: lists what exists
         return to_object(node, kind)
@@ -361,7 +368,7 @@ class Pipeline:
 
         from rlhf_lab.models.loading import load_policy
         from rlhf_lab.models.lora import add_policy_adapters, enable_gradient_checkpointing
-        from rlhf_lab.stages.sft import SFTModule, demonstration_loader, tokenize_demonstrations
+        from rlhf_lab.stages.sft import SFTModule, check_converged, demonstration_loader, tokenize_demonstrations
 
         config = {
             "sft": _plain(self.cfg.sft), "task": _plain(self.cfg.task), "plugin": self._dist("task"), "data": _plain(self.cfg.data),
@@ -398,6 +405,10 @@ class Pipeline:
                 trainer.fit(module, train, val)
             finally:
                 close_loggers(trainer.loggers)
+            check_weights_finite(module.model, "sft")
+            vocab_size = getattr(policy.config, "vocab_size", None)
+            if "sft/val_loss" in trainer.callback_metrics and vocab_size:
+                check_converged(float(trainer.callback_metrics["sft/val_loss"]), vocab_size, c.lr)
             # With LoRA the SFT policy is saved merged: every later stage loads a plain model.
             (module.model.merge_and_unload() if self.lora is not None else module.model).save_pretrained(out)
             self.tokenizer.save_pretrained(out)
@@ -478,8 +489,9 @@ class Pipeline:
                     records = self._cut_records(records)
                 counts[f"feedback/{split}_records"] = len(records)
                 counts[f"feedback/{split}_pairs"] = sum(len(r.preference_pairs()) for r in records)
-                if self.task.utility is not None and records:
-                    counts[f"feedback/{split}_gold_agreement"] = gold_agreement(records, self.task.utility)
+                agreement = gold_agreement(records, self.task.utility) if self.task.utility is not None else None
+                if agreement is not None:
+                    counts[f"feedback/{split}_gold_agreement"] = agreement
                 if previous is not None:
                     records = read_jsonl(previous.path / f"{split}.jsonl") + records
                     counts[f"feedback/{split}_records_total"] = len(records)
@@ -543,6 +555,7 @@ class Pipeline:
                 trainer.fit(module, record_loader(train, objective, self.tokenizer, c.batch_size, True, self.cfg.seed), val)
             finally:
                 close_loggers(trainer.loggers)
+            check_weights_finite(model, stage)
             # Normalise on the SFT policy's samples: the training candidates are exactly those.
             normaliser = RewardNormaliser.fit(score_records(model.to(inference_device(self.cfg)), self.tokenizer, train))
             if self.lora is not None:
@@ -647,6 +660,8 @@ class Pipeline:
             trainer.fit(result)
         finally:
             close_loggers(trainer.loggers)
+        if hasattr(result, "policy"):
+            check_weights_finite(result.policy, stage)
         return result, trainer
 
     def optimise(self):
@@ -699,7 +714,7 @@ class Pipeline:
             metrics = self._artifact_metrics()
             metrics.update(self.timings)
             metrics["time/total_seconds"] = round(time.perf_counter() - started, 2)
-            _write_atomic(self.run_dir / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+            self._write_metrics(metrics)
             self._write_paths()
             return metrics
         handle = None
@@ -724,10 +739,22 @@ class Pipeline:
             merged.save_pretrained(self.run_dir / "policy_merged")
             self.tokenizer.save_pretrained(self.run_dir / "policy_merged")
         _write_atomic(self.run_dir / "samples.jsonl", "".join(json.dumps(sample) + "\n" for sample in samples))
-        _write_atomic(self.run_dir / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True) + "\n")
         self._write_paths()
-        get_plugin_manager().hook.rlhf_lab_run_finished(cfg=self.cfg, metrics=metrics, run_dir=self.run_dir)
+        self._write_metrics(metrics)
+        call_hook("rlhf_lab_run_finished", cfg=self.cfg, metrics=metrics, run_dir=self.run_dir)
         return metrics
+
+    def _write_metrics(self, metrics: dict) -> None:
+        """``metrics.json``, only if every figure is a finite number: a NaN or infinite figure fails the
+        run, naming the figures (they go to ``metrics.nonfinite.json``, the other outputs stay)."""
+        bad = nonfinite_figures(metrics)
+        if bad:
+            _write_atomic(self.run_dir / "metrics.nonfinite.json", json.dumps({k: str(v) for k, v in metrics.items()}, indent=2, sort_keys=True) + "\n")
+            raise RlhfLabError(
+                f"the run produced {len(bad)} figure(s) that are not finite numbers: {', '.join(bad[:8])}; no metrics.json was written "
+                f"(every figure is in {self.run_dir / 'metrics.nonfinite.json'}; the policy and samples are kept in {self.run_dir})"
+            )
+        _write_atomic(self.run_dir / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True) + "\n")
 
     def _publish_policy(self, path: Path) -> None:
         """The last round's cached policy, copied to ``<run dir>/policy`` (fresh directory, then renamed)."""

@@ -191,9 +191,34 @@ def build_plugin_manager(load_entry_points: bool | None = None, extra_plugins: t
                 _store_schema(_kind, name, schema)
                 registry.add(Component(_kind, name, factory, schema, _plugin, _dist))
 
-            impl.function(**{arg: register for arg in impl.argnames})
+            try:
+                impl.function(**{arg: register for arg in impl.argnames})
+            except RlhfLabError:
+                raise
+            except Exception as exc:
+                raise RlhfLabError(f"plugin '{plugin_name}' ({dist}) failed in its hook {hook_name}: {type(exc).__name__}: {exc}") from exc
     pm.registry = registry
     return pm
+
+
+def call_hook(name: str, **kwargs: Any) -> list:
+    """Call the run-phase hook ``name`` like pluggy does (last registered first, None results dropped),
+    but an implementation that raises stops the run with one message naming its plugin."""
+    pm = get_plugin_manager()
+    dists = _distribution_names(pm)
+    results = []
+    for impl in reversed(getattr(pm.hook, name).get_hookimpls()):
+        try:
+            result = impl.function(**{arg: kwargs[arg] for arg in impl.argnames})
+        except RlhfLabError:
+            raise
+        except Exception as exc:
+            plugin = pm.get_name(impl.plugin) or repr(impl.plugin)
+            dist = dists.get(id(impl.plugin), "rlhf_lab (built-in)")
+            raise RlhfLabError(f"plugin '{plugin}' ({dist}) failed in its hook {name}: {type(exc).__name__}: {exc}") from exc
+        if result is not None:
+            results.append(result)
+    return results
 
 
 _PM: pluggy.PluginManager | None = None

@@ -51,9 +51,12 @@ class RunDirLock:
         return True
 
     def __enter__(self) -> "RunDirLock":
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        if self._create():
-            return self
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            if self._create():
+                return self
+        except OSError as exc:
+            raise RlhfLabError(f"run directory {self.run_dir}: cannot write there ({exc.strerror or exc}); choose another with hydra.run.dir=...") from None
         try:
             holder = json.loads(self.path.read_text())
         except (OSError, ValueError):

@@ -19,12 +19,34 @@ def wandb_mode(configured: str | None) -> str:
         return configured
     if os.environ.get("WANDB_MODE"):
         return os.environ["WANDB_MODE"]
+    return "online" if _has_wandb_key() else "offline"
+
+
+WANDB_MODES = ("online", "offline", "shared", "disabled", "dryrun", "run")
+"""What wandb accepts in ``WANDB_MODE``."""
+
+
+def _has_wandb_key() -> bool:
     if os.environ.get("WANDB_API_KEY"):
-        return "online"
+        return True
     netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
-    if netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore"):
-        return "online"
-    return "offline"
+    return netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore")
+
+
+def check_logger(cfg: DictConfig) -> None:
+    """Refuse, before any work, a wandb setting that would fail at the first stage's logger."""
+    from rlhf_lab.errors import RlhfLabError
+
+    if cfg.logger.name != "wandb":
+        return
+    env = os.environ.get("WANDB_MODE")
+    if not cfg.logger.mode and env and env not in WANDB_MODES:
+        raise RlhfLabError(f"environment variable WANDB_MODE={env!r} is not a wandb mode ({', '.join(WANDB_MODES)})")
+    if wandb_mode(cfg.logger.mode) in ("online", "shared", "run") and not _has_wandb_key():
+        raise RlhfLabError(
+            f"wandb would log online ({f'logger.mode={cfg.logger.mode}' if cfg.logger.mode else f'WANDB_MODE={env}'}) but no API key is configured: "
+            "set WANDB_API_KEY or run `wandb login`, or log offline (logger.mode=offline, the default without a key)"
+        )
 
 
 def build_logger(cfg: DictConfig, stage: str, run_dir: Path, group: str):
@@ -55,10 +77,10 @@ def build_logger(cfg: DictConfig, stage: str, run_dir: Path, group: str):
 
 def build_loggers(cfg: DictConfig, stage: str, run_dir: Path, group: str) -> list:
     """The logger ``cfg.logger`` selects plus those plugins add, for one stage."""
-    from rlhf_lab.plugin_manager import get_plugin_manager
+    from rlhf_lab.plugin_manager import call_hook
 
     loggers = [build_logger(cfg, stage, run_dir, group)]
-    for extra in get_plugin_manager().hook.rlhf_lab_loggers(cfg=cfg, stage=stage, run_dir=run_dir):
+    for extra in call_hook("rlhf_lab_loggers", cfg=cfg, stage=stage, run_dir=run_dir):
         loggers.extend(extra)
     return loggers
 
@@ -78,16 +100,15 @@ def build_trainer(cfg: DictConfig, stage: str, run_dir: Path, group: str, **trai
     from lightning.pytorch import Trainer
     from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
 
-    from rlhf_lab.plugin_manager import get_plugin_manager
+    from rlhf_lab.plugin_manager import call_hook
 
-    pm = get_plugin_manager()
     t = cfg.trainer
     callbacks = [LastCheckpoint(checkpoint_dir(run_dir, stage), t.checkpoint_every_n_steps)]
     if t.progress_bar == "rich":
         callbacks.append(RichProgressBar())
     elif t.progress_bar == "tqdm":
         callbacks.append(TQDMProgressBar())
-    for extra in pm.hook.rlhf_lab_callbacks(cfg=cfg, stage=stage):
+    for extra in call_hook("rlhf_lab_callbacks", cfg=cfg, stage=stage):
         callbacks.extend(extra)
     return Trainer(
         accelerator=t.accelerator,

@@ -31,7 +31,7 @@ from collections import Counter
 from typing import Callable, Optional
 
 from rlhf_lab.chat import check_messages, render_prompt, split_reply
-from rlhf_lab.datafiles import Table
+from rlhf_lab.datafiles import Table, check_mapped_columns
 from rlhf_lab.errors import DataError
 from rlhf_lab.feedback.records import PreferenceRecord
 
@@ -81,6 +81,7 @@ def parse_preferences(
     :param columns: ``{our name: column name}`` for columns named otherwise.
     :param chat_tokenizer: renders message-list prompts with its chat template (None: plain template).
     """
+    check_mapped_columns(table, columns, "feedback")
     rename = {theirs: ours for ours, theirs in (columns or {}).items() if theirs}
     rows = [{rename.get(k, k): v for k, v in row.items()} for row in table.rows] if rename else table.rows
     # datasets gives every row every column (None where a line lacks it): a column is present if any row fills it.
@@ -142,7 +143,15 @@ def _native(row: dict, render: Callable) -> PreferenceRecord:
     if isinstance(fields.get("meta"), dict):
         fields["meta"] = {k: v for k, v in fields["meta"].items() if v is not None}
     fields["prompt"] = _prompt(row, render)
-    return PreferenceRecord(**fields)
+    record = PreferenceRecord(**fields)
+    record.validate()
+    # Sampled candidates may repeat a response, but a file's record must say something.
+    for index, response in enumerate(record.responses):
+        if not response.strip():
+            raise ValueError(f"response {index} is empty")
+    if len(record.responses) > 1 and len(set(record.responses)) == 1:
+        raise ValueError("all responses are identical: the record prefers nothing")
+    return record
 
 
 def _pairwise(row: dict, render: Callable) -> PreferenceRecord:

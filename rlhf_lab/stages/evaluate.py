@@ -32,7 +32,8 @@ def perplexity(policy, tokenizer, demonstrations, limits=None) -> float:
         nll, mask = response_nll(policy, batch)
         total += float((nll * mask).sum())
         count += int(mask.sum())
-    return math.exp(total / max(count, 1))
+    mean_nll = total / max(count, 1)
+    return math.exp(mean_nll) if mean_nll < 709.0 else math.inf  # exp overflows a float past ~709.78
 
 
 @torch.no_grad()

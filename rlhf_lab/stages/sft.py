@@ -14,6 +14,19 @@ from rlhf_lab.ops.masked import masked_mean
 from rlhf_lab.ops.sequence import token_logprobs
 
 
+def check_converged(val_loss: float, vocab_size: int, lr: float) -> None:
+    """Stop a diverged SFT at its end: a held-out loss more than a nat above ``log(vocab)`` is worse
+    than guessing every token uniformly, which no model that learned anything scores."""
+    from rlhf_lab.errors import NonFiniteLossError
+
+    uniform = math.log(vocab_size)
+    if not math.isfinite(val_loss) or val_loss > uniform + 1.0:
+        raise NonFiniteLossError(
+            f"stage 'sft' diverged: its held-out loss is {val_loss:.4g} nats per token, above the {uniform:.2f} of a uniform "
+            f"guess over the {vocab_size}-token vocabulary; lower sft.lr (now {lr:g})"
+        )
+
+
 def tokenize_demonstrations(tokenizer, pairs: list[tuple[str, str]], limits=None) -> list[tuple[list[int], list[int]]]:
     """(prompt ids, response ids + EOS) per demonstration; with :class:`~rlhf_lab.lengths.LengthLimits`
     (``data.truncate=true``), a response too long for the positions left after its prompt is cut from
@@ -70,7 +83,7 @@ class SFTModule(pl.LightningModule):
     def on_validation_epoch_end(self) -> None:
         # Token-weighted over the whole held-out set, not a mean of batch means.
         loss = self._val_nll / max(self._val_tokens, 1)
-        self.log_dict({"sft/val_loss": loss, "sft/val_perplexity": math.exp(min(loss, 50.0))})
+        self.log_dict({"sft/val_loss": loss, "sft/val_perplexity": math.exp(loss) if loss < 709.0 else math.inf})
 
     def configure_optimizers(self):
         from rlhf_lab.training import adamw

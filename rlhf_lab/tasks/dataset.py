@@ -24,7 +24,7 @@ from typing import ClassVar, Optional
 
 from rlhf_lab import hookimpl
 from rlhf_lab.chat import check_messages, load_chat_tokenizer, render_prompt, split_reply
-from rlhf_lab.datafiles import FileSourceConfig, Table, read_table
+from rlhf_lab.datafiles import FileSourceConfig, Table, check_mapped_columns, read_table
 from rlhf_lab.errors import DataError, RlhfLabError
 from rlhf_lab.feedback.formats import parse_preferences
 from rlhf_lab.tasks.base import Task
@@ -77,6 +77,7 @@ class Example:
 
 def read_examples(table: Table, columns: Optional[dict] = None, on_bad_record: str = "error", chat_tokenizer=None) -> tuple[list[Example], int]:
     """The examples of ``table`` and how many rows were skipped (``on_bad_record="skip"``)."""
+    check_mapped_columns(table, columns, "task")
     rename = {theirs: ours for ours, theirs in (columns or {}).items() if theirs}
     rows = [{rename.get(k, k): v for k, v in row.items()} for row in table.rows] if rename else table.rows
     present = {k for row in rows for k, v in row.items() if v is not None}

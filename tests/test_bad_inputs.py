@@ -1,0 +1,339 @@
+"""The project's table of bad inputs: each one, through the real command line, ends the run before any
+training with exit status 2 and one message naming the key, value, file:line, plugin or variable, and
+no traceback.
+
+The command runs in this process (``rlhf_lab.cli.main`` with ``sys.argv`` set), so a case costs a
+config composition, not an interpreter start; ``Trainer.fit`` is replaced by a trap, so a case that
+would start training fails the test instead. Cases are grouped by kind; add one whenever a bad input
+is found that slips through.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import sys
+
+import pytest
+from hydra.core.global_hydra import GlobalHydra
+
+import rlhf_lab.plugin_manager as plugin_manager
+from rlhf_lab import cli, hookimpl
+from rlhf_lab.config import register_engine_schemas
+from rlhf_lab.run_lock import LOCK_NAME
+from rlhf_lab.tasks.toy import ToyTaskConfig, make_toy_task
+
+TINY = ["task.num_sft_examples=200", "sft.epochs=1", "trainer.progress_bar=none", "logger=csv"]
+DPO_FILE = ["algo=dpo", "feedback=dataset"]
+
+
+def _rows(*rows) -> str:
+    return "".join(json.dumps(r) + "\n" for r in rows)
+
+
+def _pairs(n: int = 30) -> list[dict]:
+    return [{"prompt": f"tell me about the tea {i} .", "chosen": f"the tea is good {i} .", "rejected": f"the tea is bad {i} ."} for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """Every bad file of the table, beside good ones, and a tiny model for ``task=dataset``."""
+    root = tmp_path_factory.mktemp("bad_files")
+    make_toy_task(ToyTaskConfig(num_sft_examples=200, n_positions=128), seed=0).build_base_model(root / "model")
+    good = _pairs()
+    texts = {
+        "good.jsonl": _rows(*good),
+        "malformed.jsonl": _rows(*good[:40]) + "{not json\n",
+        "array_line.jsonl": _rows(*good[:3]) + "[1, 2]\n",
+        "type_change.jsonl": _rows(*good[:3], {"prompt": 7, "chosen": "a", "rejected": "b"}),
+        "empty.jsonl": "",
+        "blank.jsonl": "\n\n  \n",
+        "wrong_ext.txt": _rows(*good),
+        "pair_identical.jsonl": _rows(*good[:5], {"prompt": "p", "chosen": "same", "rejected": "same"}),
+        "pair_empty.jsonl": _rows(*good[:5], {"prompt": "p", "chosen": "  ", "rejected": "b"}),
+        "pair_not_text.jsonl": _rows({"prompt": "p", "chosen": ["a"], "rejected": "b"}, *good[:5]),
+        "pair_empty_prompt.jsonl": _rows(*good[:5], {"prompt": "", "chosen": "a", "rejected": "b"}),
+        "native_identical.jsonl": _rows(*[{"prompt": f"p{i}", "responses": ["x", "x"], "ranking": [0, 1]} for i in range(5)]),
+        "native_empty.jsonl": _rows(*[{"prompt": f"p{i}", "responses": ["", "y"], "ranking": [0, 1]} for i in range(5)]),
+        "native_ranking.jsonl": _rows(*[{"prompt": f"p{i}", "responses": ["x", "y"], "ranking": [0, 0]} for i in range(5)]),
+        "native_unknown.jsonl": _rows(*[{"prompt": f"p{i}", "responses": ["x", "y"], "ranking": [0, 1], "votes": 3} for i in range(5)]),
+        "native_single.jsonl": _rows(*[{"prompt": f"p{i}", "responses": ["x"], "ranking": [0]} for i in range(5)]),
+        "native_scores_count.jsonl": _rows(*[{"prompt": f"p{i}", "responses": ["x", "y"], "scores": [1.0]} for i in range(5)]),
+        "rating_text_score.jsonl": _rows(*[{"prompt": f"p{i % 3}", "response": f"r{i}", "score": "7"} for i in range(9)]),
+        "hh_no_turn.jsonl": _rows(*[{"chosen": f"Human: hi {i}", "rejected": f"Human: bye {i}"} for i in range(5)]),
+        "chat_not_assistant.jsonl": _rows(*[{"chosen": [{"role": "user", "content": f"q{i}"}], "rejected": [{"role": "user", "content": "r"}]} for i in range(5)]),
+        "no_format.jsonl": _rows(*[{"question": f"q{i}", "answer": "a"} for i in range(5)]),
+        "one.jsonl": _rows(good[0]),
+        "long.jsonl": _rows(*good[:5], {"prompt": "p", "chosen": "word " * 3000, "rejected": "b"}),
+        "prompts.jsonl": _rows(*[{"prompt": f"tell me about the tea {i} ."} for i in range(20)]),
+        "prompts_no_column.jsonl": _rows(*[{"question": f"q{i}"} for i in range(20)]),
+        "prompts_empty.jsonl": _rows(*[{"prompt": f"q{i}"} for i in range(5)], {"prompt": "   "}),
+        "prompts_one.jsonl": _rows({"prompt": "only one"}),
+    }
+    for name, text in texts.items():
+        (root / name).write_text(text)
+    (root / "not_utf8.jsonl").write_bytes(_rows(*good[:3]).encode() + b'{"prompt": "p", "chosen": "caf\xe9", "rejected": "b"}\n')
+    (root / "not_utf8.csv").write_bytes(b"prompt,chosen,rejected\np,caf\xe9,b\n")
+    (root / "rating_nan.jsonl").write_text("".join(f'{{"prompt": "p{i % 3}", "response": "r{i}", "score": NaN}}\n' for i in range(9)))
+    (root / "a_directory").mkdir()
+    (root / "a_file").write_text("")
+    return root
+
+
+# (id, overrides (``{files}`` is the directory above), environment, what the message must say)
+COMPOSITION = [
+    ("algo-unknown", ["algo=nope"], {}, "Could not find 'algo/nope'"),
+    ("feedback-unknown", ["feedback=nope"], {}, "Could not find 'feedback/nope'"),
+    ("reward-unknown", ["reward=nope"], {}, "Could not find 'reward/nope'"),
+    ("task-unknown", ["task=nope"], {}, "Could not find 'task/nope'"),
+    ("trainer-unknown", ["trainer=nope"], {}, "Could not find 'trainer/nope'"),
+    ("logger-unknown", ["logger=nope"], {}, "Could not find 'logger/nope'"),
+    ("seed-text", ["seed=abc"], {}, "Value 'abc' of type 'str' could not be converted to Integer"),
+    ("epochs-fraction", ["sft.epochs=1.5"], {}, "could not be converted to Integer"),
+    ("lr-text", ["sft.lr=fast"], {}, "could not be converted to Float"),
+    ("bool-text", ["sft.enabled=maybe"], {}, "Value 'maybe' is not a valid bool"),
+    ("key-unknown", ["sft.nonexistent=1"], {}, "Key 'nonexistent' not in 'SFTConfig'"),
+    ("plugin-key-unknown", ["algo.nonexistent=1"], {}, "Key 'nonexistent' not in 'PPOConfig'"),
+    ("added-key-unknown", ["+sft.extra=1"], {}, "unknown config key 'sft.extra': SFTConfig has enabled, lr"),
+    ("grammar", ["sft.lr=[1"], {}, "no viable alternative at input '[1'"),
+    ("group-deleted", ["~algo"], {}, "no algo is selected (the config group 'algo' was removed or never set): add algo=<name>, one of a2c,"),
+]
+
+NON_FINITE = [
+    (f"{key}={value}", [f"{key}={value}", *extra], {}, f"config '{key}' is {value}: every number must be finite")
+    for key, value, extra in [
+        ("sft.lr", "nan", []), ("sft.lr", "inf", []), ("sft.lr", "-inf", []), ("sft.weight_decay", "nan", []),
+        ("algo.lr", "nan", []), ("algo.kl_coef", "inf", []), ("algo.sampling.temperature", "nan", []),
+        ("algo.sampling.top_p", "nan", []), ("algo.critic_lr", "nan", []), ("algo.clip_range", "inf", []),
+        ("algo.gamma", "nan", []), ("eval.sampling.temperature", "inf", []), ("task.length_weight", "nan", []),
+        ("reward.lr", "nan", []), ("feedback.beta", "nan", []), ("model.lora.alpha", "inf", []),
+        ("algo.beta", "nan", ["algo=dpo"]),
+    ]
+]
+
+BOUNDS = [
+    ("sft.lr=0", ["sft.lr=0"], {}, "sft needs lr > 0"),
+    ("sft.lr<0", ["sft.lr=-0.001"], {}, "sft needs lr > 0"),
+    ("sft.epochs=0", ["sft.epochs=0"], {}, "epochs=0"),
+    ("sft.batch_size=0", ["sft.batch_size=0"], {}, "batch_size=0"),
+    ("sft.max_examples=0", ["sft.max_examples=0"], {}, "max_examples=0"),
+    ("eval.samples_per_prompt=0", ["eval.samples_per_prompt=0"], {}, "eval.samples_per_prompt must be >= 1, got 0"),
+    ("eval.sampling.batch_size=0", ["eval.sampling.batch_size=0"], {}, "batch_size=0"),
+    ("eval.sampling.max_new_tokens=0", ["eval.sampling.max_new_tokens=0"], {}, "max_new_tokens=0"),
+    ("eval.sampling.top_p=0", ["eval.sampling.top_p=0"], {}, "top_p=0.0"),
+    ("eval.sampling.top_p>1", ["eval.sampling.top_p=1.5"], {}, "top_p=1.5"),
+    ("eval.sampling.top_k<0", ["eval.sampling.top_k=-1"], {}, "top_k=-1"),
+    ("eval.sampling.temperature<0", ["eval.sampling.temperature=-1"], {}, "temperature=-1"),
+    ("algo.sampling.batch_size=0", ["algo.sampling.batch_size=0"], {}, "batch_size=0"),
+    ("model.dtype", ["model.dtype=float8"], {}, "model.dtype must be float32, bfloat16 or float16, got 'float8'"),
+    ("model.lora.r<0", ["model.lora.r=-1"], {}, "r=-1"),
+    ("model.lora.dropout=1", ["model.lora.dropout=1.0"], {}, "dropout=1.0"),
+    ("data.max_prompt_tokens=0", ["data.max_prompt_tokens=0"], {}, "data.max_prompt_tokens must be >= 1 or null, got 0"),
+    ("data.max_response_tokens=0", ["data.max_response_tokens=0"], {}, "data.max_response_tokens must be >= 1 or null, got 0"),
+    ("trainer.progress_bar", ["trainer.progress_bar=fancy"], {}, "trainer.progress_bar must be rich, tqdm or none, got 'fancy'"),
+    ("trainer.log_every_n_steps=0", ["trainer.log_every_n_steps=0"], {}, "trainer.log_every_n_steps"),
+    ("trainer.checkpoint_every_n_steps=0", ["trainer.checkpoint_every_n_steps=0"], {}, "trainer.checkpoint_every_n_steps"),
+    ("trainer.devices=0", ["trainer.devices=0"], {}, "trainer.devices=0"),
+    ("trainer.precision", ["trainer.precision=bogus"], {}, "trainer.precision=bogus"),
+    ("trainer.accelerator", ["trainer.accelerator=abacus"], {}, "trainer.accelerator=abacus"),
+    ("logger.name", ["logger.name=mlflow"], {}, "logger.name must be wandb, csv or tensorboard, got 'mlflow'"),
+    ("logger.mode", ["logger=wandb", "logger.mode=bogus"], {}, "logger.mode must be online, offline, disabled or null, got 'bogus'"),
+    ("loop.rounds=0", ["loop.rounds=0"], {}, "loop.rounds must be an integer >= 1, got 0"),
+    ("stop_after", ["stop_after=policy"], {}, "stop_after must be one of"),
+    ("task.heldout_fraction=0", ["task.heldout_fraction=0"], {}, "task.heldout_fraction must be in (0, 1), got 0"),
+    ("task.heldout_fraction=1", ["task.heldout_fraction=1"], {}, "task.heldout_fraction must be in (0, 1), got 1"),
+    ("reward.epochs=0", ["reward.epochs=0"], {}, "reward needs lr > 0, epochs >= 1"),
+    ("reward.batch_size=0", ["reward.batch_size=0"], {}, "batch_size=0"),
+    ("reward.lr=0", ["reward.lr=0"], {}, "lr=0"),
+    ("feedback.rounds=0", ["feedback.rounds=0"], {}, "rounds >= 1"),
+    ("feedback.responses_per_prompt=1", ["feedback.responses_per_prompt=1"], {}, "responses_per_prompt >= 2"),
+    ("feedback.num_annotators=0", ["feedback.num_annotators=0"], {}, "num_annotators >= 1"),
+    ("feedback.beta=0", ["feedback.beta=0"], {}, "beta > 0"),
+    ("algo.rollout_batch_size=0", ["algo.rollout_batch_size=0"], {}, "rollout_batch_size"),
+    ("algo.ppo_epochs=0", ["algo.ppo_epochs=0"], {}, "ppo_epochs"),
+    ("dpo.beta=0", ["algo=dpo", "algo.beta=0"], {}, "beta"),
+    ("dpo.loss", ["algo=dpo", "algo.loss=kto"], {}, "kto"),
+    ("best_of_n.n=0", ["algo=best_of_n", "algo.n=0"], {}, "n"),
+]
+
+COMBINATIONS = [
+    ("unused-reward", ["algo=dpo", "reward.lr=1e-4"], {}, "'reward.lr=1e-4': algo=dpo does not use a reward"),
+    ("unused-eval", ["stop_after=sft", "eval.samples_per_prompt=2"], {}, "'eval' is never used"),
+    ("loop-best-of-n", ["algo=best_of_n", "loop.rounds=2"], {}, "loop.rounds=2: algo=best_of_n trains no policy"),
+    ("loop-stop-after", ["stop_after=sft", "loop.rounds=2"], {}, "cannot be combined with stop_after=sft"),
+    ("loop-lora", ["loop.rounds=2", "model.lora.r=4"], {}, "loop.rounds=2 with model.lora is not supported"),
+    ("feedback-dataset-no-path", DPO_FILE, {}, "feedback=dataset needs feedback.path=<file>"),
+    ("task-dataset-no-path", ["task=dataset", "model.name_or_path={files}/model"], {}, "task=dataset needs task.path=<file>"),
+    ("model-missing", ["model.name_or_path={files}/no_model"], {}, "no_model"),
+    ("max-new-tokens-fill-context", ["eval.sampling.max_new_tokens=64"], {}, "max_new_tokens=64 (algo.sampling or eval.sampling) leaves no room"),
+]
+
+ENVIRONMENT = [
+    ("WANDB_MODE-bogus", ["logger=wandb"], {"WANDB_MODE": "bogus"}, "environment variable WANDB_MODE='bogus' is not a wandb mode"),
+    ("wandb-online-no-key", ["logger=wandb", "logger.mode=online"], {"WANDB_MODE": None}, "wandb would log online (logger.mode=online) but no API key"),
+    ("WANDB_MODE-online-no-key", ["logger=wandb"], {"WANDB_MODE": "online"}, "wandb would log online (WANDB_MODE=online) but no API key"),
+    ("cache-dir-under-a-file", ["cache_dir={files}/a_file/cache"], {}, "cache_dir={files}/a_file/cache: cannot write artifacts there"),
+]
+
+DATA = [
+    (name, [*DPO_FILE, f"feedback.path={{files}}/{file}", *extra], {}, message)
+    for name, file, extra, message in [
+        ("not-utf8", "not_utf8.jsonl", [], "{files}/not_utf8.jsonl:4: not UTF-8 text (byte 0xe9"),
+        ("not-utf8-csv", "not_utf8.csv", [], "{files}/not_utf8.csv:2: not UTF-8 text (byte 0xe9 at column 6)"),
+        ("malformed-json", "malformed.jsonl", [], "{files}/malformed.jsonl:31: not valid JSON"),
+        ("not-an-object", "array_line.jsonl", [], "{files}/array_line.jsonl:4: expected a JSON object, got list"),
+        ("column-type-change", "type_change.jsonl", [], "{files}/type_change.jsonl:4: field 'prompt' is a int here but a str"),
+        ("empty-file", "empty.jsonl", [], "{files}/empty.jsonl: the file is empty"),
+        ("blank-file", "blank.jsonl", [], "{files}/blank.jsonl: the file is empty"),
+        ("missing-file", "missing.jsonl", [], "feedback.path: file '{files}/missing.jsonl' not found"),
+        ("wrong-extension", "wrong_ext.txt", [], "is not a .jsonl, .json, .csv or .parquet file"),
+        ("plain-directory", "a_directory", [], "is a directory but not one written by datasets' save_to_disk"),
+        ("pair-identical", "pair_identical.jsonl", [], "{files}/pair_identical.jsonl:6: malformed preference record: identical chosen and rejected"),
+        ("pair-empty-text", "pair_empty.jsonl", [], "{files}/pair_empty.jsonl:6: malformed preference record: empty 'chosen'"),
+        ("pair-not-text", "pair_not_text.jsonl", [], "{files}/pair_not_text.jsonl:2: field 'chosen' is a str here but a list on an earlier line"),
+        ("pair-empty-prompt", "pair_empty_prompt.jsonl", [], "{files}/pair_empty_prompt.jsonl:6: malformed preference record: empty 'prompt'"),
+        ("native-identical", "native_identical.jsonl", [], "native_identical.jsonl:1: malformed preference record: all responses are identical"),
+        ("native-empty-response", "native_empty.jsonl", [], "native_empty.jsonl:1: malformed preference record: response 0 is empty"),
+        ("native-ranking", "native_ranking.jsonl", [], "native_ranking.jsonl:1: malformed preference record: 'ranking' [0, 0] is not a permutation"),
+        ("native-unknown-field", "native_unknown.jsonl", [], "native_unknown.jsonl:1: malformed preference record: unknown field(s) ['votes']"),
+        ("native-one-response", "native_single.jsonl", [], "native_single.jsonl:1: malformed preference record: a ranking needs at least 2 responses"),
+        ("native-scores-count", "native_scores_count.jsonl", [], "native_scores_count.jsonl:1: malformed preference record: 1 scores for 2 responses"),
+        ("hh-no-assistant-turn", "hh_no_turn.jsonl", [], "hh_no_turn.jsonl:1: malformed preference record: no shared"),
+        ("chat-no-reply", "chat_not_assistant.jsonl", [], "chat_not_assistant.jsonl:1: malformed preference record"),
+        ("no-format", "no_format.jsonl", [], "no_format.jsonl: columns ['answer', 'question'] match no preference format"),
+        ("one-record", "one.jsonl", [], "one.jsonl: 1 record(s) cannot be split into training and held-out records"),
+        ("over-long", "long.jsonl", [], "long.jsonl:6): preference response of"),
+        ("format-unknown", "good.jsonl", ["feedback.format=yaml"], "feedback.format must be auto or one of"),
+        ("on-bad-record", "good.jsonl", ["feedback.on_bad_record=ignore"], "feedback.on_bad_record must be error or skip, got 'ignore'"),
+        ("heldout-fraction", "good.jsonl", ["feedback.heldout_fraction=1.0"], "feedback.heldout_fraction must be in (0, 1)"),
+        ("column-mapped-to-nothing", "good.jsonl", ["feedback.columns.prompt=question"], "feedback.columns.prompt=question, but the file has no column 'question' (it has chosen, prompt, rejected)"),
+    ]
+] + [
+    ("rating-text-score", ["reward=pointwise", "feedback=dataset", "feedback.path={files}/rating_text_score.jsonl"], {},
+     "rating_text_score.jsonl:1: malformed preference record: 'score' must be a finite number, got '7'"),
+    ("rating-nan-score", ["reward=pointwise", "feedback=dataset", "feedback.path={files}/rating_nan.jsonl"], {},
+     "rating_nan.jsonl:1: malformed preference record: 'score' must be a finite number, got nan"),
+    ("ratings-for-pairwise-only-data", ["reward=pointwise", "feedback=dataset", "feedback.path={files}/good.jsonl"], {},
+     "the record has no 'scores', which this reward model trains on"),
+] + [
+    (name, ["task=dataset", f"task.path={{files}}/{file}", "model.name_or_path={files}/model", "algo=best_of_n", "reward=rule",
+            "+reward.kwargs.target=tea"], {}, message)
+    for name, file, message in [
+        ("task-missing-file", "nope.jsonl", "task.path: file '{files}/nope.jsonl' not found"),
+        ("task-not-utf8", "not_utf8.jsonl", "{files}/not_utf8.jsonl:4: not UTF-8 text"),
+        ("task-no-prompt-column", "prompts_no_column.jsonl", "prompts_no_column.jsonl"),
+        ("task-empty-prompt", "prompts_empty.jsonl", "prompts_empty.jsonl:6"),
+        ("task-one-prompt", "prompts_one.jsonl", "1 distinct prompt(s) cannot be split"),
+    ]
+]
+
+TABLE = [*COMPOSITION, *NON_FINITE, *BOUNDS, *COMBINATIONS, *ENVIRONMENT, *DATA]
+
+
+def _fit_trap(*args, **kwargs):
+    raise AssertionError("a bad input got as far as training")
+
+
+def run_main(argv: list[str], monkeypatch, capsys, env: dict | None = None) -> tuple[int, str]:
+    """``python -m rlhf_lab ARGV`` in this process: (exit status, stderr)."""
+    GlobalHydra.instance().clear()
+    for name, value in (env or {}).items():
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    monkeypatch.setenv("NETRC", os.devnull)
+    monkeypatch.setattr(sys, "argv", ["rlhf_lab", *argv])
+    capsys.readouterr()
+    try:
+        cli.main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    finally:
+        GlobalHydra.instance().clear()
+        # Hydra points the root logger at this test's captured streams; the next test gets its own.
+        logging.getLogger().handlers.clear()
+    return code, capsys.readouterr().err
+
+
+@pytest.fixture
+def no_training(monkeypatch):
+    import lightning.pytorch as pl
+
+    monkeypatch.setattr(pl.Trainer, "fit", _fit_trap)
+
+
+@pytest.mark.parametrize("name,overrides,env,message", TABLE, ids=[case[0] for case in TABLE])
+def test_a_bad_input_stops_before_training_with_one_message(name, overrides, env, message, files, tmp_path_factory, tmp_path, monkeypatch, capsys, no_training):
+    cache = tmp_path_factory.getbasetemp() / "bad_inputs_cache"  # the toy base model is built once for the table
+    tiny = [a for a in TINY if not a.startswith("task.")] if "task=dataset" in overrides else TINY
+    argv = [*tiny, f"cache_dir={cache}", f"hydra.run.dir={tmp_path / 'run'}", *(o.format(files=files) for o in overrides)]
+    argv = [a for i, a in enumerate(argv) if not (a.startswith("cache_dir=") and any(o.startswith("cache_dir=") for o in argv[i + 1:]))]
+    code, err = run_main(argv, monkeypatch, capsys, env)
+    assert code == 2, err[-2000:]
+    assert message.format(files=files) in err, err[-2000:]
+    assert "Traceback" not in err
+
+
+def test_the_table_has_at_least_eighty_cases():
+    assert len(TABLE) >= 80 and len({case[0] for case in TABLE}) == len(TABLE)
+
+
+def test_a_traceback_only_when_asked_for(files, tmp_path, monkeypatch, capsys, no_training):
+    argv = [*TINY, f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}", "sft.lr=nan"]
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
+    GlobalHydra.instance().clear()
+    monkeypatch.setattr(sys, "argv", ["rlhf_lab", *argv])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    GlobalHydra.instance().clear()
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" in err and "config 'sft.lr' is nan" in err
+
+
+def test_a_run_directory_in_use_is_refused_and_its_outputs_are_untouched(tmp_path, monkeypatch, capsys, no_training):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "metrics.json").write_text('{"eval/ppo/gold_reward": 1.5}\n')
+    (run_dir / LOCK_NAME).write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "started": "earlier"}))
+    code, err = run_main([*TINY, f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={run_dir}"], monkeypatch, capsys)
+    assert code == 2 and f"run directory {run_dir} is in use by another run (pid {os.getpid()}" in err
+    assert (run_dir / "metrics.json").read_text() == '{"eval/ppo/gold_reward": 1.5}\n'
+
+
+class RaisesWhenRegistering:
+    @hookimpl
+    def rlhf_lab_register_algorithms(self, register):
+        raise ImportError("No module named 'flash_attn'")
+
+
+class RaisesInCallbacksHook:
+    @hookimpl
+    def rlhf_lab_callbacks(self, cfg, stage):
+        raise KeyError("wandb_project")
+
+
+@pytest.mark.parametrize(
+    "plugin,message",
+    [
+        (RaisesWhenRegistering(), "failed in its hook rlhf_lab_register_algorithms: ImportError: No module named 'flash_attn'"),
+        (RaisesInCallbacksHook(), "failed in its hook rlhf_lab_callbacks: KeyError: 'wandb_project'"),
+    ],
+    ids=["registration", "run-phase"],
+)
+def test_a_plugin_that_raises_is_named(plugin, message, tmp_path, monkeypatch, capsys, no_training):
+    build = plugin_manager.build_plugin_manager
+    monkeypatch.setattr(plugin_manager, "_PM", None)
+    monkeypatch.setattr(plugin_manager, "build_plugin_manager", lambda **kw: build(load_entry_points=False, extra_plugins=(plugin,)))
+    code, err = run_main([*TINY, f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}"], monkeypatch, capsys)
+    assert code == 2, err[-2000:]
+    assert f"plugin '{plugin_manager.get_plugin_manager().get_name(plugin)}'" in err if plugin_manager._PM else "plugin '" in err
+    assert message in err and "Traceback" not in err
+    monkeypatch.setattr(plugin_manager, "_PM", None)
+    monkeypatch.setattr(plugin_manager, "build_plugin_manager", build)
+    register_engine_schemas()
