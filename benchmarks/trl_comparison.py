@@ -130,10 +130,10 @@ def prepare(run: Run, sft_epochs: int) -> None:
     task.build_base_model(root / "base")
     tokenizer = load_tokenizer(str(root / "base"))
     seed_everything(SEED, verbose=False)
-    module = SFTModule(load_policy(str(root / "base")), lr=1e-3, weight_decay=0.0)
+    loader = demonstration_loader(tokenize_demonstrations(tokenizer, task.sft_train), tokenizer.pad_token_id, 64, True, SEED)
+    module = SFTModule(load_policy(str(root / "base")), lr=1e-3, weight_decay=0.0, train_loader=loader)
     if sft_epochs:  # an untrained model never emits EOS: every response would run to max_new_tokens
-        loader = demonstration_loader(tokenize_demonstrations(tokenizer, task.sft_train), tokenizer.pad_token_id, 64, True, SEED)
-        lightning_trainer(max_epochs=sft_epochs).fit(module, loader)
+        lightning_trainer(max_epochs=sft_epochs).fit(module)
     module.model.save_pretrained(run.policy)
     tokenizer.save_pretrained(run.policy)
     # PPO's reward model (TRL's PPOTrainer takes only a model): the policy's backbone with a fresh scalar
@@ -246,9 +246,9 @@ def reward(side: str, run: Run):
 
         seed_everything(SEED, verbose=False)
         objective = PairwiseObjective(PairwiseRewardConfig())
-        module = RewardModule(load_value_model(run.policy), objective, lr=1e-3, weight_decay=0.0)
         loader = record_loader(read_jsonl(Path(run.root) / "reward" / "train.jsonl"), objective, tokenizer, batch, True, SEED)
-        return lambda: lightning_trainer().fit(module, loader), samples
+        module = RewardModule(load_value_model(run.policy), objective, lr=1e-3, weight_decay=0.0, train_loader=loader)
+        return lambda: lightning_trainer().fit(module), samples
     RewardConfig, RewardTrainer = _trl("RewardConfig", "RewardTrainer")
     from datasets import Dataset
     from transformers import AutoModelForSequenceClassification

@@ -36,6 +36,7 @@ from rlhf_lab.cache import ArtifactCache, artifact_key
 from rlhf_lab.config import STOP_POINTS, SamplingConfig, check_finite_numbers, check_known_keys, to_object
 from rlhf_lab.errors import RlhfLabError, check_weights_finite, nonfinite_figures
 from rlhf_lab.plugin_manager import call_hook, get_plugin_manager
+from rlhf_lab.resume import InProgressIndex
 from rlhf_lab.training import build_loggers, build_trainer, check_logger, check_trainer_config, checkpoint_dir, close_loggers, inference_device
 
 log = logging.getLogger(__name__)
@@ -95,6 +96,13 @@ def _hydra_job() -> tuple[Optional[Path], Optional[str], list[str]]:
     return run_dir, group, list(hc.overrides.task)
 
 
+def _figures(module, trainer) -> dict[str, float]:
+    """The figures a stage logged: this fit's, over those restored with its checkpoint (a stage resumed
+    after its last batch logs nothing new)."""
+    restored = getattr(module, "resumed_figures", {})
+    return {**restored, **{k: float(v) for k, v in trainer.callback_metrics.items()}}
+
+
 @contextmanager
 def _timed(metrics: dict, stage: str):
     """Record the wall time of ``stage`` as ``time/<stage>_seconds`` (cached stages take ~0 s)."""
@@ -123,6 +131,7 @@ class Pipeline:
         self.cfg, self.run_dir, self.group = cfg, Path(run_dir), group
         self.registry = get_plugin_manager().registry
         self.cache = ArtifactCache(Path(cfg.cache_dir))
+        self.inprogress = InProgressIndex(Path(cfg.cache_dir))
         check_known_keys(cfg)
         check_finite_numbers(cfg)
         # Every component is built from its validated dataclass config before any work, so a config
@@ -399,26 +408,42 @@ class Pipeline:
                 policy = add_policy_adapters(policy, self.lora)
             if self.model_cfg.gradient_checkpointing:
                 enable_gradient_checkpointing(policy)
-            module = SFTModule(policy, c.lr, c.weight_decay, checkpoint_dir(self.run_dir, "sft"))
-            trainer = build_trainer(self.cfg, "sft", self.run_dir, self.group, max_epochs=c.epochs)
+            module = SFTModule(policy, c.lr, c.weight_decay, checkpoint_dir(self.run_dir, "sft"), train, val)
+            trainer, resume = self._resumable_trainer("sft", "sft", key, max_epochs=c.epochs)
             try:
-                trainer.fit(module, train, val)
+                trainer.fit(module, ckpt_path=resume)
             finally:
                 close_loggers(trainer.loggers)
             check_weights_finite(module.model, "sft")
+            figures = _figures(module, trainer)
             vocab_size = getattr(policy.config, "vocab_size", None)
-            if "sft/val_loss" in trainer.callback_metrics and vocab_size:
-                check_converged(float(trainer.callback_metrics["sft/val_loss"]), vocab_size, c.lr)
+            if "sft/val_loss" in figures and vocab_size:
+                check_converged(figures["sft/val_loss"], vocab_size, c.lr)
             # With LoRA the SFT policy is saved merged: every later stage loads a plain model.
             (module.model.merge_and_unload() if self.lora is not None else module.model).save_pretrained(out)
             self.tokenizer.save_pretrained(out)
-            return {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("sft/")}
+            return {k: v for k, v in figures.items() if k.startswith("sft/")}
 
         return self._cached("sft", key, build)
 
     def _cached(self, stage: str, key: str, build) -> Artifact:
         path, metrics = self.cache.get_or_build(stage, key, build)
+        self.inprogress.clear(stage, key)  # built: its checkpoint is no longer a place to resume from
         return Artifact(path, key, metrics)
+
+    def _resumable_trainer(self, stage: str, artifact: str, key: str, **trainer_kwargs):
+        """``(trainer, checkpoint to resume from or None)`` for the training stage ``stage`` of the build
+        of ``artifact`` ``key``. Each checkpoint it saves is recorded in the cache's in-progress index, so
+        the same command started again (in a new run directory) resumes this build where it stopped."""
+        resume = self.inprogress.checkpoint(artifact, key)
+        own = checkpoint_dir(self.run_dir, stage) / "last.ckpt"
+        trainer = build_trainer(
+            self.cfg, stage, self.run_dir, self.group, on_checkpoint=lambda path: self.inprogress.record(artifact, key, path),
+            resuming=resume is not None and resume == own.resolve(), **trainer_kwargs,
+        )
+        if resume is not None:
+            log.info("%s: resuming from %s", stage, resume)
+        return trainer, (str(resume) if resume is not None else None)
 
     def build_reference(self, sft: Artifact):
         """The SFT policy, frozen, in memory: the KL anchor of training and evaluation alike.
@@ -548,11 +573,14 @@ class Pipeline:
             model = load_value_model(str(init.path), self.model_cfg.dtype)
             if self.lora is not None:
                 add_value_adapters(model, self.lora)
-            module = RewardModule(model, objective, c.lr, c.weight_decay, checkpoint_dir(self.run_dir, stage))
-            trainer = build_trainer(self.cfg, stage, self.run_dir, self.group, max_epochs=c.epochs)
-            val = record_loader(heldout, objective, self.tokenizer, 64, False, self.cfg.seed)
+            module = RewardModule(
+                model, objective, c.lr, c.weight_decay, checkpoint_dir(self.run_dir, stage),
+                record_loader(train, objective, self.tokenizer, c.batch_size, True, self.cfg.seed),
+                record_loader(heldout, objective, self.tokenizer, 64, False, self.cfg.seed),
+            )
+            trainer, resume = self._resumable_trainer(stage, "reward_model", key, max_epochs=c.epochs)
             try:
-                trainer.fit(module, record_loader(train, objective, self.tokenizer, c.batch_size, True, self.cfg.seed), val)
+                trainer.fit(module, ckpt_path=resume)
             finally:
                 close_loggers(trainer.loggers)
             check_weights_finite(model, stage)
@@ -565,7 +593,7 @@ class Pipeline:
             model.save_pretrained(out)
             self.tokenizer.save_pretrained(out)
             normaliser.save(out)
-            metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("reward/")}
+            metrics = {k: v for k, v in _figures(module, trainer).items() if k.startswith("reward/")}
             metrics.update({"reward/normaliser_mean": normaliser.mean, "reward/normaliser_std": normaliser.std})
             return metrics
 
@@ -595,14 +623,7 @@ class Pipeline:
         from rlhf_lab.algos.inputs import AlgoInputs
 
         stage = "policy" if round_ == 1 else f"policy_round{round_}"
-        config = {
-            "algo": _plain(self.cfg.algo), "plugin": self._dist("algo"), "reward": _plain(self.cfg.reward) if reward is not None else None,
-            "dtype": self.model_cfg.dtype, "precision": self.cfg.trainer.precision, "seed": self.cfg.seed, "round": round_,
-            "prompts": hashlib.sha256(json.dumps(self.task.train_prompts).encode()).hexdigest(),
-        }
-        upstream = [start.key] + ([reward_model.key] if reward_model is not None else [])
-        upstream += [preferences.key] if "preferences" in self.consumes else []
-        key = artifact_key("policy", config, upstream)
+        key = self._policy_key(start, reward is not None, reward_model, preferences, round_)
 
         def build(out: Path) -> dict:
             inputs = AlgoInputs(
@@ -612,7 +633,7 @@ class Pipeline:
                 reward=reward if "reward" in self.consumes else None,
                 preferences=preferences.path if "preferences" in self.consumes else None,
             )
-            module, _ = self._fit_algorithm(inputs, stage, seed=self.cfg.seed + round_ - 1)
+            module, _ = self._fit_algorithm(inputs, stage, seed=self.cfg.seed + round_ - 1, key=key)
             if not isinstance(module, pl.LightningModule):
                 raise RlhfLabError(f"loop: algo={self.algo_cfg.name} returned no trainable module")
             module.policy.save_pretrained(out)
@@ -643,8 +664,21 @@ class Pipeline:
         close_loggers(eval_loggers)
         return eval_metrics, samples
 
-    def _fit_algorithm(self, inputs, stage: str, seed: int):
-        """The algorithm built from ``inputs`` and, if it is a Lightning module, fitted by one Trainer.
+    def _policy_key(self, start: Artifact, uses_reward: bool, reward_model: Optional[Artifact], preferences: Optional[Artifact], round_: int) -> str:
+        """The key of a trained policy: a loop round's cached artifact, and the in-progress index entry
+        through which an interrupted policy stage resumes."""
+        config = {
+            "algo": _plain(self.cfg.algo), "plugin": self._dist("algo"), "reward": _plain(self.cfg.reward) if uses_reward else None,
+            "dtype": self.model_cfg.dtype, "precision": self.cfg.trainer.precision, "seed": self.cfg.seed, "round": round_,
+            "prompts": hashlib.sha256(json.dumps(self.task.train_prompts).encode()).hexdigest(), "lora": _plain(self.cfg.model.lora),
+        }
+        upstream = [start.key] + ([reward_model.key] if reward_model is not None else [])
+        upstream += [preferences.key] if "preferences" in self.consumes and preferences is not None else []
+        return artifact_key("policy", config, upstream)
+
+    def _fit_algorithm(self, inputs, stage: str, seed: int, key: str):
+        """The algorithm built from ``inputs`` and, if it is a Lightning module, fitted by one Trainer
+        (resumed from the checkpoint of an interrupted build of the policy ``key``).
 
         :returns: ``(module or policy handle, trainer or None)``.
         """
@@ -655,9 +689,9 @@ class Pipeline:
         result = self.algo.factory(self.algo_cfg, inputs)
         if not isinstance(result, pl.LightningModule):
             return result, None
-        trainer = build_trainer(self.cfg, stage, self.run_dir, self.group, max_epochs=getattr(result, "max_epochs", 1))
+        trainer, resume = self._resumable_trainer(stage, "policy", key, max_epochs=getattr(result, "max_epochs", 1))
         try:
-            trainer.fit(result)
+            trainer.fit(result, ckpt_path=resume)
         finally:
             close_loggers(trainer.loggers)
         if hasattr(result, "policy"):
@@ -679,8 +713,11 @@ class Pipeline:
             **{name: self.need(name) for name in self.consumes if name == "reward"},
             **{name: self.need(name).path for name in self.consumes if name == "preferences"},
         )
+        reward_model = self._built.get("reward_model") if "reward" in self.consumes else None
+        key = self._policy_key(sft, "reward" in self.consumes, reward_model if isinstance(reward_model, Artifact) else None,
+                               self._built.get("preferences"), 1)
         with _timed(self.timings, "policy"):
-            result, trainer = self._fit_algorithm(inputs, "policy", seed=self.cfg.seed)
+            result, trainer = self._fit_algorithm(inputs, "policy", seed=self.cfg.seed, key=key)
             if trainer is None:
                 return result, inference_device(self.cfg)  # a policy that trains nothing (best-of-n)
             # Into a fresh directory, then renamed: no stale shards of an earlier run mix in.
@@ -690,6 +727,7 @@ class Pipeline:
             self.tokenizer.save_pretrained(tmp)
             shutil.rmtree(out, ignore_errors=True)
             os.replace(tmp, out)
+            self.inprogress.clear("policy", key)
         # Lightning hands the module back on the CPU after fit; evaluate where the trainer ran.
         device = trainer.strategy.root_device
         result.policy.to(device)

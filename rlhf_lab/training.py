@@ -95,15 +95,19 @@ def close_loggers(loggers: list) -> None:
             experiment.finish()
 
 
-def build_trainer(cfg: DictConfig, stage: str, run_dir: Path, group: str, **trainer_kwargs: Any):
-    """A Lightning ``Trainer`` for ``stage`` built from ``cfg.trainer``; kwargs set the stage's length."""
+def build_trainer(cfg: DictConfig, stage: str, run_dir: Path, group: str, on_checkpoint=None, resuming: bool = False, **trainer_kwargs: Any):
+    """A Lightning ``Trainer`` for ``stage`` built from ``cfg.trainer``; kwargs set the stage's length.
+
+    :param on_checkpoint: called with the path of each ``last.ckpt`` saved (the cache's resume index).
+    :param resuming: the stage resumes from its run directory's ``last.ckpt``: keep it.
+    """
     from lightning.pytorch import Trainer
     from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
 
     from rlhf_lab.plugin_manager import call_hook
 
     t = cfg.trainer
-    callbacks = [LastCheckpoint(checkpoint_dir(run_dir, stage), t.checkpoint_every_n_steps)]
+    callbacks = [LastCheckpoint(checkpoint_dir(run_dir, stage), t.checkpoint_every_n_steps, on_checkpoint, resuming)]
     if t.progress_bar == "rich":
         callbacks.append(RichProgressBar())
     elif t.progress_bar == "tqdm":
@@ -136,11 +140,13 @@ class LastCheckpoint(Callback):
 
     Counted in batches, not optimiser steps, so an on-policy iteration with many minibatch updates
     counts once. Each save goes to a temporary file first, so a crash mid-write leaves the previous
-    checkpoint intact.
+    checkpoint intact. Before a save it advances the position of a :class:`~rlhf_lab.resume.ResumableLoader`
+    (the batch just trained counts as done); after one it calls ``on_checkpoint(path)``.
     """
 
-    def __init__(self, directory: Path, every_n: int) -> None:
+    def __init__(self, directory: Path, every_n: int, on_checkpoint=None, resuming: bool = False) -> None:
         self.directory, self.every_n = Path(directory), max(1, every_n)
+        self.on_checkpoint, self.resuming = on_checkpoint, resuming
 
     def save(self, trainer) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -148,13 +154,20 @@ class LastCheckpoint(Callback):
         trainer.save_checkpoint(str(tmp), weights_only=False)
         if trainer.is_global_zero:
             os.replace(tmp, self.directory / "last.ckpt")
+            if self.on_checkpoint is not None:
+                self.on_checkpoint(self.directory / "last.ckpt")
 
     def on_fit_start(self, trainer, pl_module) -> None:
         # A reused run directory must not offer an earlier run's checkpoint as this run's last good one.
-        if trainer.is_global_zero:
+        if trainer.is_global_zero and not self.resuming:
             (self.directory / "last.ckpt").unlink(missing_ok=True)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        from rlhf_lab.resume import ResumableLoader
+
+        loader = trainer.train_dataloader
+        if isinstance(loader, ResumableLoader):
+            loader.completed += 1
         if (batch_idx + 1) % self.every_n == 0:
             self.save(trainer)
 

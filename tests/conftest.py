@@ -37,7 +37,11 @@ TINY = [*TINY_UPSTREAM, *TINY_FEEDBACK, "algo.total_episodes=64", "algo.rollout_
 """The whole default pipeline (PPO) shrunk to seconds."""
 
 
-def run_cli(args: list[str], cwd: Path, env: dict | None = None, timeout: int = 600, python: str = sys.executable) -> subprocess.CompletedProcess:
+SUBPROCESS_TIMEOUT = 90 * 60
+"""CI's own limit: a subprocess is stopped only if it hangs, never because the machine is busy."""
+
+
+def run_cli(args: list[str], cwd: Path, env: dict | None = None, timeout: int = SUBPROCESS_TIMEOUT, python: str = sys.executable) -> subprocess.CompletedProcess:
     """Run ``python -m rlhf_lab ARGS`` and return the completed process (text output)."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.run([python, "-m", "rlhf_lab", *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)

@@ -14,6 +14,8 @@ from rlhf_lab.cache import COMPLETE_MARKER, CORRUPT_DIR, ArtifactCache, _locked,
 from rlhf_lab.errors import RlhfLabError
 from rlhf_lab.models.loading import model_fingerprint
 
+from conftest import SUBPROCESS_TIMEOUT
+
 
 def test_key_changes_with_config_and_upstream_only():
     base = artifact_key("sft", {"lr": 1e-3, "epochs": 2}, ["up"])
@@ -108,7 +110,7 @@ def test_concurrent_runs_build_an_artifact_once_and_all_reuse_it(tmp_path):
     workers = [context.Process(target=_build_slowly, args=(str(tmp_path / "cache"), str(builds), queue)) for _ in range(4)]
     for worker in workers:
         worker.start()
-    results = [queue.get(timeout=300) for _ in workers]
+    results = [queue.get(timeout=SUBPROCESS_TIMEOUT) for _ in workers]
     for worker in workers:
         worker.join()
     assert len(builds.read_text().splitlines()) == 1

@@ -18,7 +18,7 @@ def shared_cache(tmp_path_factory):
 
 
 def test_default_run_meets_targets(tmp_path, shared_cache):
-    result = run_cli(["logger=csv", "trainer.progress_bar=none", f"cache_dir={shared_cache}", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path, timeout=900)
+    result = run_cli(["logger=csv", "trainer.progress_bar=none", f"cache_dir={shared_cache}", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     m = read_metrics(tmp_path / "run")
     assert m["reward/accuracy"] >= 0.80, m
@@ -32,7 +32,7 @@ def test_default_run_meets_targets(tmp_path, shared_cache):
 def test_pointwise_reward_model_learns_the_ratings(tmp_path, shared_cache):
     """Default settings with reward=pointwise; PPO shrunk to one iteration, since only the RM is judged."""
     args = ["reward=pointwise", "algo.total_episodes=64", "logger=csv", "trainer.progress_bar=none", f"cache_dir={shared_cache}", f"hydra.run.dir={tmp_path / 'run'}"]
-    result = run_cli(args, cwd=tmp_path, timeout=900)
+    result = run_cli(args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     m = read_metrics(tmp_path / "run")
     assert m["reward/accuracy"] >= 0.80, m

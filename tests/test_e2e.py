@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY, TINY_FEEDBACK, TINY_ONLINE, TINY_UPSTREAM, read_metrics, run_cli
+from conftest import SUBPROCESS_TIMEOUT, TINY, TINY_FEEDBACK, TINY_ONLINE, TINY_UPSTREAM, read_metrics, run_cli
 
 EVAL_FIGURES = ("gold_reward", "proxy_reward", "kl", "response_length", "perplexity")
 
@@ -144,7 +144,7 @@ def test_nan_loss_stops_with_stage_step_and_keeps_last_checkpoint(tmp_path):
 
     run_dir = tmp_path / "run"
     args = [*TINY, "algo.total_episodes=128", f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={run_dir}", "logger=csv", "trainer.checkpoint_every_n_steps=2"]
-    result = subprocess.run([sys.executable, "-c", NAN_AFTER_TWO_UPDATES, *args], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    result = subprocess.run([sys.executable, "-c", NAN_AFTER_TWO_UPDATES, *args], cwd=tmp_path, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT)
     assert result.returncode == 2, result.stderr[-3000:]
     assert "stage 'policy', step 4: loss is nan" in result.stderr
     checkpoint = run_dir / "checkpoints" / "policy" / "last.ckpt"

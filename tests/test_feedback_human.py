@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from conftest import read_metrics, run_cli
+from conftest import SUBPROCESS_TIMEOUT, read_metrics, run_cli
 
 from rlhf_lab.feedback.human import HumanFeedbackConfig
 from rlhf_lab.feedback.records import read_jsonl
@@ -146,7 +146,7 @@ def test_collect_goes_on_at_the_quota_and_adds_the_deployments_feedback(tmp_path
     ann = store.labeller("default", "ann")
     for item in store.items("default", batch="train-seed7")[:5]:  # half of the items: the quota
         store.submit(ann, Label(item.id, ann.id, ranking=[1, 0]))
-    worker.join(timeout=120)
+    worker.join(timeout=SUBPROCESS_TIMEOUT)
     records = result["records"]
     assert sorted(r.prompt for r in records if r.annotator == "human:majority") == [f"p{i}" for i in range(5)]
     assert [(r.prompt, r.ranking) for r in records if r.annotator.startswith("online")] == [("from prod", [1, 0])]

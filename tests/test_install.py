@@ -8,7 +8,7 @@ import sys
 import sysconfig
 from pathlib import Path
 
-from conftest import TINY, run_cli
+from conftest import SUBPROCESS_TIMEOUT, TINY, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -17,17 +17,17 @@ def test_wheel_installs_into_a_fresh_venv_and_runs(tmp_path):
     wheels = tmp_path / "wheels"
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels), str(ROOT)],
-        check=True, capture_output=True, text=True, timeout=300,
+        check=True, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT,
     )
     wheel = next(wheels.glob("rlhf_lab-*.whl"))
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=SUBPROCESS_TIMEOUT)
     python = venv / "bin" / "python"
     # Dependencies come from this environment's site-packages (no network, no reinstall of torch);
     # a .pth entry does not run that directory's own .pth files, so the editable checkout stays out.
     site = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"], capture_output=True, text=True, check=True).stdout.strip())
     (site / "deps.pth").write_text(sysconfig.get_path("purelib") + "\n")
-    subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)], check=True, timeout=300)
+    subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)], check=True, timeout=SUBPROCESS_TIMEOUT)
 
     workdir = tmp_path / "elsewhere"
     workdir.mkdir()

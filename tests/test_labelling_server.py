@@ -67,7 +67,7 @@ def start_server(db: Path, port: int) -> subprocess.Popen:
         [sys.executable, "-m", "rlhf_lab", "label", "serve", "--db", str(db), "--campaign", "c", "--port", str(port)],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
-    client = LabelClient(f"http://127.0.0.1:{port}", None, timeout=5)
+    client = LabelClient(f"http://127.0.0.1:{port}", None, timeout=60)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         try:

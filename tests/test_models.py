@@ -14,6 +14,8 @@ from rlhf_lab.models.loading import load_policy, load_tokenizer, load_value_mode
 from rlhf_lab.models.value_model import RewardNormaliser
 from rlhf_lab.tasks.toy import ToyTaskConfig, make_toy_task
 
+from conftest import SUBPROCESS_TIMEOUT
+
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
@@ -36,7 +38,7 @@ def test_a_file_is_not_a_model_directory(tmp_path):
 def test_unreachable_hub_name_is_one_clear_error():
     # A subprocess: huggingface_hub reads HF_HUB_OFFLINE once, at import.
     code = "from rlhf_lab.models.loading import load_tokenizer; load_tokenizer('no-such-org/no-such-model')"
-    result = subprocess.run([sys.executable, "-c", code], env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-c", code], env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT)
     assert result.returncode != 0
     assert "RlhfLabError: model.name_or_path: could not load 'no-such-org/no-such-model'" in result.stderr
 

@@ -14,6 +14,8 @@ from rlhf_lab import hookimpl
 from rlhf_lab.errors import RlhfLabError
 from rlhf_lab.plugin_manager import BUILTIN_PLUGINS, build_plugin_manager
 
+from conftest import SUBPROCESS_TIMEOUT
+
 
 @dataclass
 class EchoConfig:
@@ -98,23 +100,23 @@ def test_broken_entry_point_is_named_and_exits_2(tmp_path):
     (tmp_path / "broken_plugin_mod.py").write_text("raise ImportError('needs a library that is not installed')\n")
     env = {k: v for k, v in os.environ.items() if k != "RLHF_LAB_DISABLE_PLUGIN_AUTOLOAD"}
     env["PYTHONPATH"] = str(tmp_path)
-    result = subprocess.run([sys.executable, "-m", "rlhf_lab", "plugins"], env=env, capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-m", "rlhf_lab", "plugins"], env=env, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT)
     assert result.returncode == 2
     assert "plugin 'broken' (broken-plugin 0.1, entry point broken_plugin_mod) failed to load" in result.stderr
     assert "RLHF_LAB_DISABLE_PLUGIN_AUTOLOAD=1" in result.stderr
-    hermetic = subprocess.run([sys.executable, "-m", "rlhf_lab", "plugins"], env={**env, "RLHF_LAB_DISABLE_PLUGIN_AUTOLOAD": "1"}, capture_output=True, text=True, timeout=120)
+    hermetic = subprocess.run([sys.executable, "-m", "rlhf_lab", "plugins"], env={**env, "RLHF_LAB_DISABLE_PLUGIN_AUTOLOAD": "1"}, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT)
     assert hermetic.returncode == 0 and "broken" not in hermetic.stdout
 
 
 def test_plugin_listing_names_components_and_distribution():
-    result = subprocess.run([sys.executable, "-m", "rlhf_lab", "plugins"], capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-m", "rlhf_lab", "plugins"], capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT)
     assert result.returncode == 0, result.stderr
     for expected in ("rlhf_lab.algos", "ppo", "pairwise", "pointwise", "simulated", "toy", "rlhf_lab (built-in)", "PPOConfig"):
         assert expected in result.stdout
     # Listing plugins must not import torch (factories import lazily).
     probe = subprocess.run(
         [sys.executable, "-c", "import sys; from rlhf_lab.plugin_manager import get_plugin_manager; get_plugin_manager(); print('torch' in sys.modules)"],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT,
     )
     assert probe.stdout.strip() == "False", probe.stderr
 

@@ -16,6 +16,8 @@ from omegaconf import OmegaConf
 
 from rlhf_lab.sweep import COLUMNS, ComparisonCallback, Job, comparison_rows, load_jobs, write_comparison
 
+from conftest import SUBPROCESS_TIMEOUT
+
 SFT = {
     "eval/sft/gold_reward": 0.4, "eval/sft/gold_reward_se": 0.05, "eval/sft/proxy_reward": -0.1,
     "eval/sft/proxy_reward_se": 0.04, "eval/sft/kl": 0.0, "eval/sft/kl_se": 0.0,
@@ -160,7 +162,7 @@ def test_real_hydra_sweep_with_a_failing_job_still_gets_a_comparison(tmp_path: P
     result = subprocess.run(
         [sys.executable, str(app), "-m", "+algo.name=ppo,boom,dpo", f"hydra.sweep.dir={sweep}",
          "+hydra.callbacks.comparison._target_=rlhf_lab.sweep.ComparisonCallback"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        cwd=tmp_path, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT,
     )
     assert result.returncode != 0  # the failure still ends the sweep
     rows = read_csv(sweep / "comparison.csv")

@@ -28,6 +28,7 @@ from rlhf_lab.errors import DataError, check_finite
 from rlhf_lab.ops.preference import dpo_sigmoid_loss, implicit_rewards, ipo_loss, simpo_loss
 from rlhf_lab.ops.sequence import token_logprobs
 from rlhf_lab.policy import ModelPolicy
+from rlhf_lab.resume import ResumableModule, shuffled_loader
 
 
 @dataclass
@@ -94,7 +95,7 @@ def split_pairs(logps: torch.Tensor, lengths: torch.Tensor) -> PairLogps:
     return PairLogps(logps[:half], logps[half:], lengths[:half].float(), lengths[half:].float())
 
 
-class DPOModule(pl.LightningModule):
+class DPOModule(ResumableModule, pl.LightningModule):
     """The DPO family on preference pairs, against a frozen reference."""
 
     consumes = ("preferences",)
@@ -126,11 +127,10 @@ class DPOModule(pl.LightningModule):
             batch["index"] = torch.tensor(indices)
             return batch
 
-        return DataLoader(range(len(pairs)), batch_size=self.cfg.batch_size, shuffle=shuffle, collate_fn=collate,
-                          generator=torch.Generator().manual_seed(self.inputs.seed))
+        return shuffled_loader(range(len(pairs)), self.cfg.batch_size, collate, shuffle, self.inputs.seed)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+        return self.resumable(self._loader("train", shuffle=True))
 
     def val_dataloader(self):
         return self._loader("heldout", shuffle=False) if self.pairs["heldout"] else []

@@ -20,6 +20,7 @@ from rlhf_lab.data import encode_prompt, pad_left
 from rlhf_lab.errors import check_finite
 from rlhf_lab.models.loading import disable_dropout
 from rlhf_lab.policy import ModelPolicy
+from rlhf_lab.resume import ResumableLoader, ResumableModule
 from rlhf_lab.rollout import Experience, collect_experience
 
 
@@ -75,7 +76,7 @@ def build_critic(inputs: AlgoInputs, critic_init: str):
     return critic.train()
 
 
-class OnPolicyModule(pl.LightningModule):
+class OnPolicyModule(ResumableModule, pl.LightningModule):
     """Base of the on-policy algorithms; subclasses implement :meth:`iteration` (advantages + update).
 
     :attr policy: the trained causal LM (the pipeline saves it).
@@ -115,13 +116,21 @@ class OnPolicyModule(pl.LightningModule):
             ids, mask = pad_left(items, tok.pad_token_id)
             return {"prompt_ids": ids, "prompt_mask": mask}
 
-        return DataLoader(prompts, batch_size=cfg.rollout_batch_size, sampler=sampler, collate_fn=collate)
+        return self.resumable(ResumableLoader(prompts, cfg.rollout_batch_size, collate, lambda epoch: list(sampler), len(sampler)))
 
     def on_fit_start(self) -> None:
         self.frozen.reference.to(self.device)
         self.frozen.reward.to(self.device)
         # One stream per rank: the same seed everywhere would make every rank sample the same responses.
         self.generator = torch.Generator(device=self.device).manual_seed(self.inputs.seed + self.global_rank)
+        self.restore_extra_state()
+
+    def extra_state(self) -> dict:
+        return {"generator": self.generator.get_state(), "rollouts": getattr(self, "_rollouts", 0)}
+
+    def load_extra_state(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+        self._rollouts = state["rollouts"]
 
     def teardown(self, stage: str) -> None:
         # Lightning moves only the module tree back to the CPU after fit; the frozen models follow.

@@ -42,6 +42,13 @@ class PolicyGradientModule(OnPolicyModule):
         self.samples_per_prompt = cfg.samples_per_prompt
         self.baseline: float | None = None
 
+    def extra_state(self) -> dict:
+        return {**super().extra_state(), "baseline": self.baseline}
+
+    def load_extra_state(self, state: dict) -> None:
+        super().load_extra_state(state)
+        self.baseline = state["baseline"]
+
     def sequence_rewards(self, exp: Experience) -> torch.Tensor:
         if self.cfg.kl_penalty == "reward":
             return kl_penalised_sequence_rewards(exp.scores, kl_k1(exp.logprobs, exp.ref_logprobs), exp.response_mask, self.cfg.kl_coef)

@@ -40,6 +40,13 @@ class PPOModule(OnPolicyModule):
         super().__init__(cfg, inputs, critic=build_critic(inputs, cfg.critic_init))
         self.kl_ctl = build_kl_controller(cfg.kl_controller, cfg.kl_coef, cfg.target_kl, cfg.kl_horizon)
 
+    def extra_state(self) -> dict:
+        return {**super().extra_state(), "kl_controller": dict(vars(self.kl_ctl))}
+
+    def load_extra_state(self, state: dict) -> None:
+        super().load_extra_state(state)
+        vars(self.kl_ctl).update(state["kl_controller"])
+
     def advantages(self, exp: Experience) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(rewards, advantages, returns), each (B, R)."""
         cfg, mask = self.cfg, exp.response_mask

@@ -8,6 +8,7 @@ from torch.utils.data import DataLoader
 
 from rlhf_lab.errors import check_finite
 from rlhf_lab.feedback.records import PreferenceRecord
+from rlhf_lab.resume import ResumableModule
 
 
 def record_loader(records: list[PreferenceRecord], objective, tokenizer, batch_size: int, shuffle: bool, seed: int) -> DataLoader:
@@ -15,26 +16,28 @@ def record_loader(records: list[PreferenceRecord], objective, tokenizer, batch_s
     from dataclasses import replace
 
     from rlhf_lab.data import encode_prompt, record_response_ids
+    from rlhf_lab.resume import shuffled_loader
 
     records = [replace(r, response_ids=record_response_ids(tokenizer, r)) for r in records]
     prompt_ids = {p: encode_prompt(tokenizer, p) for p in {r.prompt for r in records}}
-    return DataLoader(
-        records,
-        batch_size=batch_size,
-        shuffle=shuffle,
-        collate_fn=lambda items: objective.collate(items, tokenizer, prompt_ids),
-        generator=torch.Generator().manual_seed(seed),
-    )
+    return shuffled_loader(records, batch_size, lambda items: objective.collate(items, tokenizer, prompt_ids), shuffle, seed)
 
 
-class RewardModule(pl.LightningModule):
+class RewardModule(ResumableModule, pl.LightningModule):
     """Trains a :class:`~rlhf_lab.models.value_model.ValueModel`; logs ``reward/loss`` and ``reward/accuracy``."""
 
-    def __init__(self, model, objective, lr: float, weight_decay: float, checkpoint_dir=None) -> None:
+    def __init__(self, model, objective, lr: float, weight_decay: float, checkpoint_dir=None, train_loader=None, val_loader=None) -> None:
         super().__init__()
         self.model, self.objective = model.train(), objective
         self.lr, self.weight_decay = lr, weight_decay
         self.checkpoint_dir = checkpoint_dir
+        self.train_loader, self.val_loader = train_loader, val_loader
+
+    def train_dataloader(self):
+        return self.resumable(self.train_loader)
+
+    def val_dataloader(self):
+        return self.val_loader if self.val_loader is not None else []
         self._correct = self._total = 0
 
     def _scores(self, batch):

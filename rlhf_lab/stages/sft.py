@@ -12,6 +12,7 @@ from rlhf_lab.data import collate_pairs, encode_prompt, encode_response, respons
 from rlhf_lab.errors import check_finite
 from rlhf_lab.ops.masked import masked_mean
 from rlhf_lab.ops.sequence import token_logprobs
+from rlhf_lab.resume import ResumableModule
 
 
 def check_converged(val_loss: float, vocab_size: int, lr: float) -> None:
@@ -41,11 +42,12 @@ def tokenize_demonstrations(tokenizer, pairs: list[tuple[str, str]], limits=None
 
 
 def demonstration_loader(examples, pad_id: int, batch_size: int, shuffle: bool, seed: int) -> DataLoader:
+    from rlhf_lab.resume import shuffled_loader
+
     def collate(items):
         return collate_pairs([p for p, _ in items], [r for _, r in items], pad_id)
 
-    generator = torch.Generator().manual_seed(seed)
-    return DataLoader(examples, batch_size=batch_size, shuffle=shuffle, collate_fn=collate, generator=generator)
+    return shuffled_loader(examples, batch_size, collate, shuffle, seed)
 
 
 def response_nll(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -55,15 +57,22 @@ def response_nll(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     return -logp, batch["attention_mask"][:, p:]
 
 
-class SFTModule(pl.LightningModule):
+class SFTModule(ResumableModule, pl.LightningModule):
     """Fine-tunes a causal LM on demonstrations; logs ``sft/loss``, ``sft/val_loss``, ``sft/val_perplexity``."""
 
-    def __init__(self, model, lr: float, weight_decay: float, checkpoint_dir=None) -> None:
+    def __init__(self, model, lr: float, weight_decay: float, checkpoint_dir=None, train_loader=None, val_loader=None) -> None:
         super().__init__()
         self.model = model.train()  # from_pretrained returns eval mode
         self.lr, self.weight_decay = lr, weight_decay
         self.checkpoint_dir = checkpoint_dir
+        self.train_loader, self.val_loader = train_loader, val_loader
         self._val_nll, self._val_tokens = 0.0, 0
+
+    def train_dataloader(self):
+        return self.resumable(self.train_loader)
+
+    def val_dataloader(self):
+        return self.val_loader if self.val_loader is not None else []
 
     def training_step(self, batch, batch_idx):
         nll, mask = response_nll(self.model, batch)

@@ -1,0 +1,186 @@
+"""Exact resume: a stage killed at any moment continues from its ``last.ckpt`` as if never stopped.
+
+Lightning's checkpoint holds the weights, the optimiser and the loops' counters. Three more things
+decide what a stage does next, and this module saves and restores them:
+
+- **Data position.** :class:`ResumableLoader` is a ``DataLoader`` that knows which epoch it is in and
+  how many of that epoch's batches were trained; the module saves that position in the checkpoint and
+  hands it back to the loader its ``train_dataloader`` returns (:meth:`ResumableModule.resumable`), so a
+  resumed epoch continues with the next batch of the same order rather than starting the epoch again,
+  and a stage resumed after a finished epoch starts the next epoch's order. (Lightning's own loader
+  state, which it restores only mid-epoch, is the same dict.) Its shuffled order is exactly that of
+  ``DataLoader(shuffle=True, generator=Generator().manual_seed(seed))``, so adopting it changed no figure.
+- **Random streams and algorithm state.** :class:`ResumableModule` puts torch's global RNG states and
+  whatever the module declares in :meth:`ResumableModule.extra_state` (an on-policy algorithm's
+  sampling generator, a KL controller, a running baseline) into the checkpoint, and restores them.
+- **Where the checkpoint is.** A restarted command gets a new Hydra run directory, so the cache keeps
+  an index ``<cache>/.inprogress/<stage>-<key>`` naming the ``last.ckpt`` of the build of that key
+  in progress; the next build of the same key (same command, same config) resumes from it. The key
+  lock (``cache.py``) guarantees no two live builds of one key.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+log = logging.getLogger(__name__)
+
+
+def shuffled_order(size: int, seed: int, epoch: int) -> list[int]:
+    """The order in which ``DataLoader(shuffle=True, generator=Generator().manual_seed(seed))`` visits
+    ``size`` items in ``epoch`` (0-based): per epoch it draws the workers' base seed, the permutation,
+    and a second, unused permutation (``RandomSampler`` asks for ``num_samples % n`` more items)."""
+    generator = torch.Generator().manual_seed(seed)
+    order: list[int] = []
+    for _ in range(epoch + 1):
+        torch.empty((), dtype=torch.int64).random_(generator=generator)
+        order = torch.randperm(size, generator=generator).tolist()
+        torch.randperm(size, generator=generator)
+    return order
+
+
+class _PositionSampler(Sampler[int]):
+    def __init__(self, loader: "ResumableLoader") -> None:
+        self.loader = loader
+
+    def __len__(self) -> int:
+        return self.loader.epoch_size
+
+    def __iter__(self):
+        return iter(self.loader._start_epoch())
+
+
+class ResumableLoader(DataLoader):
+    """Batches of ``dataset`` in ``order_of(epoch)`` (index lists), resumable mid-epoch.
+
+    ``completed`` counts the batches of the current epoch that have been trained; the trainer recipe
+    advances it after each training batch, before a checkpoint is saved (Lightning fetches a batch
+    ahead, so counting the batches handed out would be one too many).
+    """
+
+    def __init__(self, dataset, batch_size: int, collate_fn: Callable, order_of: Callable[[int], list[int]], epoch_size: int) -> None:
+        self.order_of, self.epoch_size = order_of, epoch_size
+        self.epoch, self.completed, self._next_epoch = 0, 0, 0
+        self._resume: Optional[dict] = None
+        # Its own generator: iterating never draws from torch's global RNG, whose state a checkpoint restores.
+        super().__init__(dataset, batch_size=batch_size, sampler=_PositionSampler(self), collate_fn=collate_fn,
+                         generator=torch.Generator().manual_seed(0))
+
+    def _start_epoch(self) -> list[int]:
+        if self._resume is not None:
+            epoch, skip = self._resume["epoch"], self._resume["completed"]
+            self._resume = None
+            if skip * self.batch_size >= self.epoch_size:
+                epoch, skip = epoch + 1, 0  # saved at the end of its epoch: the next one starts
+        else:
+            epoch, skip = self._next_epoch, 0
+        self.epoch, self.completed, self._next_epoch = epoch, skip, epoch + 1
+        return self.order_of(epoch)[skip * self.batch_size :]
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "completed": self.completed}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._resume = dict(state)
+
+
+def shuffled_loader(dataset, batch_size: int, collate_fn: Callable, shuffle: bool, seed: int) -> ResumableLoader:
+    """A resumable ``DataLoader(dataset, batch_size, shuffle, generator=manual_seed(seed))``."""
+    size = len(dataset)
+    order_of = (lambda epoch: shuffled_order(size, seed, epoch)) if shuffle else (lambda epoch: list(range(size)))
+    return ResumableLoader(dataset, batch_size, collate_fn, order_of, size)
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class ResumableModule:
+    """Mixin for a stage's ``LightningModule``: RNG streams, :meth:`extra_state` and the last figures
+    go into every checkpoint and come back on resume."""
+
+    CHECKPOINT_KEY = "rlhf_lab"
+    resumed_figures: dict = {}
+
+    def extra_state(self) -> dict:
+        """State beyond weights and optimiser that decides what the module does next."""
+        return {}
+
+    def load_extra_state(self, state: dict) -> None:
+        """Restore :meth:`extra_state`'s dict (called from ``on_fit_start``, after the module set itself up)."""
+
+    def resumable(self, loader):
+        """``loader``, positioned where the checkpoint this module was restored from left its data
+        (call it on what ``train_dataloader`` returns)."""
+        pending = getattr(self, "_pending_loader_state", None)
+        if pending is not None and isinstance(loader, ResumableLoader):
+            loader.load_state_dict(pending)
+            self._pending_loader_state = None
+        return loader
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        trainer = self._trainer
+        figures = {k: float(v) for k, v in trainer.callback_metrics.items()} if trainer is not None else {}
+        loader = trainer.train_dataloader if trainer is not None else None
+        checkpoint[self.CHECKPOINT_KEY] = {
+            "rng": _rng_state(), "extra": self.extra_state(), "figures": figures,
+            "loader": loader.state_dict() if isinstance(loader, ResumableLoader) else None,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        saved = checkpoint.get(self.CHECKPOINT_KEY)
+        if saved is None:
+            return
+        _set_rng_state(saved["rng"])
+        self.resumed_figures = saved["figures"]
+        self._pending_extra_state = saved["extra"]
+        self._pending_loader_state = saved["loader"]
+
+    def restore_extra_state(self) -> None:
+        """Apply the restored :meth:`extra_state` once; call at the end of ``on_fit_start``."""
+        pending = getattr(self, "_pending_extra_state", None)
+        if pending is not None:
+            self.load_extra_state(pending)
+            self._pending_extra_state = None
+
+
+class InProgressIndex:
+    """``<cache>/.inprogress/<stage>-<key>``: the checkpoint of the unfinished build of an artifact."""
+
+    def __init__(self, cache_root: Path) -> None:
+        self.root = Path(cache_root) / ".inprogress"
+
+    def _path(self, stage: str, key: str) -> Path:
+        return self.root / f"{stage}-{key}"
+
+    def checkpoint(self, stage: str, key: str) -> Optional[Path]:
+        """The ``last.ckpt`` to resume the build of ``key`` from, if one was saved."""
+        try:
+            recorded = Path(json.loads(self._path(stage, key).read_text())["checkpoint"])
+        except (OSError, ValueError, KeyError):
+            return None
+        return recorded if recorded.is_file() else None
+
+    def record(self, stage: str, key: str, checkpoint: Path) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = self._path(stage, key).with_suffix(".tmp")
+        tmp.write_text(json.dumps({"checkpoint": str(Path(checkpoint).resolve())}) + "\n")
+        tmp.replace(self._path(stage, key))
+
+    def clear(self, stage: str, key: str) -> None:
+        self._path(stage, key).unlink(missing_ok=True)
