@@ -88,6 +88,22 @@ def print_paths(console) -> None:
             console.print(f"{name}: {where}", soft_wrap=True, highlight=False)
 
 
+def objective_value(metrics: dict, cfg) -> float | None:
+    """The figure ``cfg.objective`` names (default: the policy's gold reward, else its proxy reward);
+    None for a run that evaluates nothing (``stop_after``) unless ``objective`` names one of its figures."""
+    from rlhf_lab.errors import RlhfLabError
+
+    algo = cfg.algo.name
+    key = cfg.get("objective")
+    if key is None:
+        key = f"eval/{algo}/gold_reward" if f"eval/{algo}/gold_reward" in metrics else f"eval/{algo}/proxy_reward"
+        return metrics.get(key)
+    if key not in metrics:
+        close = sorted(k for k in metrics if k.split("/", 1)[0] == key.split("/", 1)[0])
+        raise RlhfLabError(f"objective={key} is not a figure of this run (metrics.json is written); its {key.split('/', 1)[0]}/ figures: {', '.join(close) or 'none'}")
+    return metrics[key]
+
+
 def _quiet_libraries() -> None:
     import transformers
 
@@ -148,8 +164,11 @@ def hydra_entry() -> None:
             for line in verdict_lines(metrics, cfg.algo.name):
                 console.print(line)
         print_paths(console)
-        # A sweeper optimises the returned figure.
-        return metrics.get(f"eval/{cfg.algo.name}/gold_reward", metrics.get(f"eval/{cfg.algo.name}/proxy_reward", 0.0))
+        try:
+            return objective_value(metrics, cfg)  # what a sweeper optimises
+        except RlhfLabError as exc:
+            print(f"rlhf_lab: error: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
 
     app()
 

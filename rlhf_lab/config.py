@@ -203,6 +203,10 @@ class RunConfig:
     """Seeds every stage (data splits, initialisation, sampling); two runs with one seed give the same figures."""
     cache_dir: str = "outputs/cache"
     """Content-addressed artifact cache shared by runs (SFT, feedback and reward-model stages)."""
+    objective: Optional[str] = None
+    """The figure the run returns to a sweeper (``hydra/sweeper=optuna`` maximises or minimises it): a key of
+    metrics.json such as ``eval/dpo/win_rate``; null: ``eval/<algo>/gold_reward`` where the task has a gold
+    reward, else ``eval/<algo>/proxy_reward``."""
     stop_after: Optional[str] = None
     """Build up to this artifact and stop, printing its path: sft, preferences or reward_model
     (null: the whole run, ending with policy optimisation and evaluation)."""
@@ -220,6 +224,9 @@ class RunConfig:
 
 
 STOP_POINTS = ("sft", "preferences", "reward_model")
+
+FIGURE_NAMESPACES = ("eval", "reward", "feedback", "sft", "data", "time", "task")
+"""The first part of every key of metrics.json (``objective`` must name one)."""
 
 
 def register_engine_schemas() -> None:

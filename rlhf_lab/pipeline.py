@@ -33,7 +33,7 @@ from typing import Optional
 from omegaconf import DictConfig, OmegaConf
 
 from rlhf_lab.cache import ArtifactCache, artifact_key
-from rlhf_lab.config import STOP_POINTS, SamplingConfig, check_finite_numbers, check_known_keys, to_object
+from rlhf_lab.config import FIGURE_NAMESPACES, STOP_POINTS, SamplingConfig, check_finite_numbers, check_known_keys, to_object
 from rlhf_lab.errors import RlhfLabError, check_weights_finite, nonfinite_figures
 from rlhf_lab.plugin_manager import call_hook, get_plugin_manager
 from rlhf_lab.resume import InProgressIndex
@@ -148,6 +148,9 @@ class Pipeline:
         check_logger(cfg)
         self.algo = self.registry.get("algo", self.algo_cfg.name)
         self.consumes = tuple(self.algo.factory.consumes)
+        objective = cfg.get("objective")
+        if objective is not None and str(objective).split("/", 1)[0] not in FIGURE_NAMESPACES:
+            raise RlhfLabError(f"objective={objective} names no figure: a key of metrics.json starts with one of {', '.join(FIGURE_NAMESPACES)}/ (e.g. eval/{cfg.algo.name}/win_rate)")
         self.stop_after = cfg.get("stop_after")
         if self.stop_after not in (None,) + STOP_POINTS:
             raise RlhfLabError(f"stop_after must be one of {list(STOP_POINTS)} or null, got '{self.stop_after}'")

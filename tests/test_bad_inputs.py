@@ -98,6 +98,7 @@ COMPOSITION = [
     ("plugin-key-unknown", ["algo.nonexistent=1"], {}, "Key 'nonexistent' not in 'PPOConfig'"),
     ("added-key-unknown", ["+sft.extra=1"], {}, "unknown config key 'sft.extra': SFTConfig has enabled, lr"),
     ("grammar", ["sft.lr=[1"], {}, "no viable alternative at input '[1'"),
+    ("launcher-unknown", ["hydra/launcher=nope"], {}, "Could not find 'hydra/launcher/nope'"),
     ("group-deleted", ["~algo"], {}, "no algo is selected (the config group 'algo' was removed or never set): add algo=<name>, one of a2c,"),
 ]
 
@@ -159,6 +160,7 @@ BOUNDS = [
 ]
 
 COMBINATIONS = [
+    ("objective-not-a-figure", ["objective=accuracy"], {}, "objective=accuracy names no figure: a key of metrics.json starts with one of eval"),
     ("unused-reward", ["algo=dpo", "reward.lr=1e-4"], {}, "'reward.lr=1e-4': algo=dpo does not use a reward"),
     ("unused-eval", ["stop_after=sft", "eval.samples_per_prompt=2"], {}, "'eval' is never used"),
     ("loop-best-of-n", ["algo=best_of_n", "loop.rounds=2"], {}, "loop.rounds=2: algo=best_of_n trains no policy"),
