@@ -6,14 +6,16 @@ policy and checkpoints, and both exit 0. The run claims its directory by creatin
 ``O_CREAT | O_EXCL`` (atomic on local disks and on NFS v3+), holding its host, pid and start time,
 and removes it when it ends, however it ends. A lock left by a run that died (its pid no longer runs on
 this host) is taken over; a lock from another host cannot be checked and is refused, naming the file.
-Hydra writes its own ``.hydra/`` files and log into the directory before the run starts, so a refused
-second run still leaves its composed config there (the first run's outputs are untouched).
+Hydra writes its own ``.hydra/`` files (and log lines) into the directory before the run starts, so a
+refused second run has already overwritten the holder's record of its config: the holder keeps a copy
+(``.rlhf_lab_run.lock.hydra/``) for as long as it holds the lock, and the refused run puts it back.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import time
 from pathlib import Path
@@ -21,6 +23,8 @@ from pathlib import Path
 from rlhf_lab.errors import RlhfLabError
 
 LOCK_NAME = ".rlhf_lab_run.lock"
+HYDRA_COPY = LOCK_NAME + ".hydra"
+"""The holder's copy of its ``.hydra/`` directory, restored by a run that is refused."""
 
 
 def _alive(pid: int) -> bool:
@@ -50,10 +54,22 @@ class RunDirLock:
             json.dump(self.owner, fh)
         return True
 
+    def _keep_hydra_record(self) -> None:
+        hydra_dir, copy = self.run_dir / ".hydra", self.run_dir / HYDRA_COPY
+        shutil.rmtree(copy, ignore_errors=True)
+        if hydra_dir.is_dir():
+            shutil.copytree(hydra_dir, copy)
+
+    def _restore_holders_hydra_record(self) -> None:
+        copy = self.run_dir / HYDRA_COPY
+        if copy.is_dir():
+            shutil.copytree(copy, self.run_dir / ".hydra", dirs_exist_ok=True)
+
     def __enter__(self) -> "RunDirLock":
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             if self._create():
+                self._keep_hydra_record()
                 return self
         except OSError as exc:
             raise RlhfLabError(f"run directory {self.run_dir}: cannot write there ({exc.strerror or exc}); choose another with hydra.run.dir=...") from None
@@ -67,7 +83,9 @@ class RunDirLock:
             # The run that held it died without cleaning up: its directory is free again.
             self.path.unlink(missing_ok=True)
             if self._create():
+                self._keep_hydra_record()
                 return self
+        self._restore_holders_hydra_record()
         raise RlhfLabError(
             f"run directory {self.run_dir} is in use by another run (pid {pid} on {holder.get('host', '?')}, started "
             f"{holder.get('started', '?')}). Start concurrent runs in their own directories (hydra.run.dir=...), "
@@ -80,4 +98,5 @@ class RunDirLock:
         except (OSError, ValueError):
             return
         if holder == self.owner:
+            shutil.rmtree(self.run_dir / HYDRA_COPY, ignore_errors=True)
             self.path.unlink(missing_ok=True)

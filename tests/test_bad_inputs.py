@@ -282,6 +282,16 @@ def test_a_bad_input_stops_before_training_with_one_message(name, overrides, env
     assert "Traceback" not in err
 
 
+def test_a_labelling_port_in_use_is_refused_before_training(tmp_path, monkeypatch, capsys, no_training):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, err = run_main([*TINY, "feedback=human", "feedback.bot_labellers=1", f"feedback.port={port}", f"feedback.db={tmp_path / 'labels.db'}",
+                              f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}"], monkeypatch, capsys)
+    assert code == 2 and f"feedback.port={port}: cannot serve the labelling app on 127.0.0.1:{port}" in err, err[-2000:]
+
+
 def test_the_table_has_at_least_eighty_cases():
     assert len(TABLE) >= 80 and len({case[0] for case in TABLE}) == len(TABLE)
 

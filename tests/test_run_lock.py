@@ -58,8 +58,11 @@ def test_a_run_into_a_directory_in_use_stops_and_a_killed_runs_directory_is_free
         while not (tmp_path / "run" / LOCK_NAME).exists():
             assert first.poll() is None, first.communicate()[1][-2000:]
             time.sleep(0.05)
+        holders_overrides = (tmp_path / "run" / ".hydra" / "overrides.yaml").read_text()
         second = subprocess.run([sys.executable, "-m", "rlhf_lab", *STOP_AT_SFT, *where], cwd=tmp_path, env=env, capture_output=True, text=True)
         assert first.poll() is None, "the first run should still be waiting for labels"
+        # Hydra wrote the refused run's config into .hydra/ before it was refused; the holder's is back.
+        assert (tmp_path / "run" / ".hydra" / "overrides.yaml").read_text() == holders_overrides
     finally:
         first.kill()
         first.wait()

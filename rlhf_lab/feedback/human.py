@@ -104,6 +104,21 @@ class HumanFeedbackConfig:
             raise ValueError("feedback=human needs at least one labeller or bot labeller")
 
 
+def _check_port_free(host: str, port: int) -> None:
+    """Refuse, before SFT and sampling, a port that another program is serving on."""
+    import socket
+
+    probe = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the app binds it: TIME_WAIT is no conflict
+    try:
+        probe.bind((host, port))
+    except OSError as error:
+        raise RlhfLabError(f"feedback.port={port}: cannot serve the labelling app on {host}:{port} ({error.strerror or error}); "
+                           "choose another port, or feedback.port=0 for any free one") from None
+    finally:
+        probe.close()
+
+
 class TokenFile:
     """The labellers' tokens of a database, kept beside it (mode 0600): the store holds only hashes."""
 
@@ -136,6 +151,8 @@ class HumanFeedback:
             raise RlhfLabError("feedback.bot_labellers and feedback.gold_fraction need a task with a hidden utility; this task has none")
         if Path(cfg.db).is_dir():
             raise RlhfLabError(f"feedback.db: {cfg.db} is a directory; give the path of the label database file")
+        if cfg.port:
+            _check_port_free(cfg.host, cfg.port)
         self.cfg, self.utility = cfg, task.utility
         self.responses_per_prompt, self.rounds = cfg.responses_per_prompt, cfg.rounds
         self.stats: dict[str, float] = {}
