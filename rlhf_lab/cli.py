@@ -1,4 +1,5 @@
-"""Command line: ``python -m rlhf_lab [overrides]`` runs an experiment; ``python -m rlhf_lab plugins`` lists
+"""Command line: ``python -m rlhf_lab [overrides]`` runs an experiment (``resume=<run dir>`` continues a
+stopped one); ``python -m rlhf_lab plugins`` lists
 plugins; ``python -m rlhf_lab describe [group | group=option | --markdown]`` explains every config key;
 ``python -m rlhf_lab label ...`` runs a labelling campaign (rlhf_lab/labelling/cli.py)."""
 
@@ -173,12 +174,31 @@ def hydra_entry() -> None:
     app()
 
 
+def resume_arguments(run_dir: Path) -> list[str]:
+    """The command line that continues the run in ``run_dir``: its own overrides (``.hydra/overrides.yaml``)
+    and the same run directory, whose checkpoints the resumed stage starts from."""
+    import yaml
+
+    from rlhf_lab.errors import RlhfLabError
+
+    overrides = run_dir / ".hydra" / "overrides.yaml"
+    if not overrides.is_file():
+        raise RlhfLabError(f"resume={run_dir}: no run there ({overrides} is missing)")
+    if (run_dir / "metrics.json").is_file():
+        raise RlhfLabError(f"resume={run_dir}: that run finished (its metrics.json is written); there is nothing to resume")
+    return [*yaml.safe_load(overrides.read_text()), f"hydra.run.dir={run_dir}"]
+
+
 def main() -> None:
     from rlhf_lab.errors import RlhfLabError
 
     _JOB_STARTED[0] = False
-
     try:
+        resume = [a for a in sys.argv[1:] if a.startswith("resume=")]
+        if resume:
+            if len(sys.argv) != 2:
+                raise RlhfLabError("resume=<run dir> takes no other argument: the run continues with the config it started with")
+            sys.argv = [sys.argv[0], *resume_arguments(Path(resume[0].split("=", 1)[1]))]
         if len(sys.argv) > 1 and sys.argv[1] == "plugins":
             print_plugins()
             return

@@ -292,6 +292,13 @@ def test_a_labelling_port_in_use_is_refused_before_training(tmp_path, monkeypatc
     assert code == 2 and f"feedback.port={port}: cannot serve the labelling app on 127.0.0.1:{port}" in err, err[-2000:]
 
 
+def test_resume_names_what_it_cannot_resume(tmp_path, monkeypatch, capsys, no_training):
+    code, err = run_main([f"resume={tmp_path / 'nowhere'}"], monkeypatch, capsys)
+    assert code == 2 and f"resume={tmp_path / 'nowhere'}: no run there" in err
+    code, err = run_main([f"resume={tmp_path}", "seed=1"], monkeypatch, capsys)
+    assert code == 2 and "resume=<run dir> takes no other argument" in err
+
+
 def test_the_table_has_at_least_eighty_cases():
     assert len(TABLE) >= 80 and len({case[0] for case in TABLE}) == len(TABLE)
 

@@ -116,7 +116,7 @@ def test_a_run_killed_in_each_stage_resumes_to_the_figures_of_an_uninterrupted_r
     json.loads((tmp_path / "b_final" / "paths.json").read_text())
 
 
-def test_dpo_killed_mid_training_resumes_to_the_same_policy(tmp_path):
+def test_dpo_killed_mid_training_resumes_with_resume_run_dir_to_the_same_policy(tmp_path):
     args = [*TINY_UPSTREAM, "algo=dpo", "feedback.rounds=1", "algo.epochs=1", "algo.batch_size=16", "logger=csv"]
     whole = run_cli([*args, f"cache_dir={tmp_path / 'cache_a'}", f"hydra.run.dir={tmp_path / 'a'}"], cwd=tmp_path)
     assert whole.returncode == 0, whole.stderr[-3000:]
@@ -124,7 +124,10 @@ def test_dpo_killed_mid_training_resumes_to_the_same_policy(tmp_path):
     killed = subprocess.run([sys.executable, "-c", KILLER, "policy", "5", *args, f"hydra.run.dir={tmp_path / 'b'}"],
                             cwd=tmp_path, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT)
     assert killed.returncode == -9, killed.stderr[-3000:]
-    final = run_cli([*args, f"hydra.run.dir={tmp_path / 'b_final'}"], cwd=tmp_path)
+    # resume=<run dir>: the run's own overrides, in its own directory, from its own checkpoint.
+    final = run_cli([f"resume={tmp_path / 'b'}"], cwd=tmp_path)
     assert final.returncode == 0, final.stderr[-3000:]
-    assert "policy: resuming from " in (tmp_path / "b_final" / "rlhf_lab.log").read_text()
-    assert _figures(tmp_path / "b_final") == _figures(tmp_path / "a")
+    assert f"policy: resuming from {tmp_path / 'b' / 'checkpoints' / 'policy' / 'last.ckpt'}" in (tmp_path / "b" / "rlhf_lab.log").read_text()
+    assert _figures(tmp_path / "b") == _figures(tmp_path / "a")
+    again = run_cli([f"resume={tmp_path / 'b'}"], cwd=tmp_path)
+    assert again.returncode == 2 and "that run finished" in again.stderr
