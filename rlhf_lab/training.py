@@ -184,12 +184,20 @@ def check_trainer_config(cfg: DictConfig) -> None:
 
     t = cfg.trainer
     try:
-        Trainer(
+        trainer = Trainer(
             accelerator=t.accelerator, devices=t.devices, strategy=t.strategy, precision=t.precision,
             logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
         )
     except (MisconfigurationException, ValueError, TypeError, RuntimeError) as exc:
         raise RlhfLabError(f"trainer: {exc} (trainer.accelerator={t.accelerator}, trainer.devices={t.devices}, trainer.precision={t.precision})") from None
+    if trainer.world_size > 1:
+        # Lightning would start the other ranks at the first fit by running the whole command again: each
+        # would build the cached stages (waiting on the lock rank 0 holds inside that fit), evaluate and write.
+        raise RlhfLabError(
+            f"trainer.strategy={t.strategy} with {trainer.world_size} processes (trainer.devices={t.devices}): the pipeline is not "
+            "rank-safe yet, so a multi-process run is refused; train on one device and run several runs at once "
+            "with a launcher (docs/scaling.md)"
+        )
 
 
 def inference_device(cfg: DictConfig):

@@ -139,6 +139,8 @@ BOUNDS = [
     ("trainer.devices=0", ["trainer.devices=0"], {}, "trainer.devices=0"),
     ("trainer.precision", ["trainer.precision=bogus"], {}, "trainer.precision=bogus"),
     ("trainer.accelerator", ["trainer.accelerator=abacus"], {}, "trainer.accelerator=abacus"),
+    ("trainer-two-processes", ["trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp"], {},
+     "trainer.strategy=ddp with 2 processes (trainer.devices=2): the pipeline is not rank-safe yet"),
     ("logger.name", ["logger.name=mlflow"], {}, "logger.name must be wandb, csv or tensorboard, got 'mlflow'"),
     ("logger.mode", ["logger=wandb", "logger.mode=bogus"], {}, "logger.mode must be online, offline, disabled or null, got 'bogus'"),
     ("loop.rounds=0", ["loop.rounds=0"], {}, "loop.rounds must be an integer >= 1, got 0"),
