@@ -94,8 +94,8 @@ class SFTConfig:
     """Use at most this many demonstrations (null: all)."""
 
     def __post_init__(self) -> None:
-        if self.lr <= 0 or self.epochs < 1 or self.batch_size < 1 or (self.max_examples is not None and self.max_examples < 1):
-            raise ValueError(f"sft needs lr > 0, epochs >= 1, batch_size >= 1, max_examples >= 1 or null; got lr={self.lr}, epochs={self.epochs}, batch_size={self.batch_size}, max_examples={self.max_examples}")
+        if self.lr <= 0 or self.epochs < 1 or self.batch_size < 1 or self.weight_decay < 0 or (self.max_examples is not None and self.max_examples < 1):
+            raise ValueError(f"sft needs lr > 0, epochs >= 1, batch_size >= 1, weight_decay >= 0, max_examples >= 1 or null; got lr={self.lr}, epochs={self.epochs}, batch_size={self.batch_size}, weight_decay={self.weight_decay}, max_examples={self.max_examples}")
 
 
 @dataclass

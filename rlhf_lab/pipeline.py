@@ -134,6 +134,8 @@ class Pipeline:
         self.inprogress = InProgressIndex(Path(cfg.cache_dir))
         check_known_keys(cfg)
         check_finite_numbers(cfg)
+        if not isinstance(cfg.seed, int) or not 0 <= cfg.seed < 2**31:
+            raise RlhfLabError(f"seed must be an integer in [0, 2**31), got {cfg.seed}")  # numpy and Lightning take 32 bits
         # Every component is built from its validated dataclass config before any work, so a config
         # error stops the run at once.
         self.task_cfg = self._component_cfg("task")

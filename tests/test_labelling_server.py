@@ -103,12 +103,14 @@ def test_sigkill_mid_load_loses_no_acknowledged_label(tmp_path):
     server.wait()
     assert killer_done.is_set() and server.returncode == -signal.SIGKILL
     assert result.errors, "the load should have been cut by the kill"
-    assert 300 <= len(result.acknowledged) < 8 * 300
+    # At least 300 labels were committed when it died; the last few may have died with their answers
+    # (stored, never acknowledged), so only "cut mid-way" is certain of the acknowledged count.
+    assert 0 < len(result.acknowledged) < 8 * 300
     before_restart = len(result.acknowledged)
 
     server = start_server(tmp_path / "labels.db", port)
     try:
-        assert_stored_exactly_once(tmp_path / "labels.db", result.acknowledged)
+        assert len(assert_stored_exactly_once(tmp_path / "labels.db", result.acknowledged)) >= 300
         # Labelling goes on after the restart: a retry of an acknowledged label is a duplicate, not a second label.
         name, item_id, ranking = result.acknowledged[0]
         answer = LabelClient(f"http://127.0.0.1:{port}", tokens[name]).label(item_id, ranking=ranking)

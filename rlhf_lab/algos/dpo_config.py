@@ -37,5 +37,7 @@ class DPOConfig:
             raise ValueError(f"algo.loss must be one of {', '.join(DPO_LOSSES)}, got '{self.loss}'")
         if self.beta <= 0 or self.lr <= 0 or self.epochs < 1 or self.batch_size < 1 or self.max_grad_norm <= 0:
             raise ValueError("algo needs beta > 0, lr > 0, epochs >= 1, batch_size >= 1 and max_grad_norm > 0")
+        if self.weight_decay < 0 or self.simpo_gamma < 0:
+            raise ValueError(f"algo.weight_decay and algo.simpo_gamma must be >= 0, got {self.weight_decay} and {self.simpo_gamma}")
         if not 0.0 <= self.label_smoothing < 0.5:
             raise ValueError(f"algo.label_smoothing must be in [0, 0.5), got {self.label_smoothing}")

@@ -26,8 +26,11 @@ class RewardConfig:
     ``stop_after=reward_model``) to use instead of training one; no feedback is collected then."""
 
     def __post_init__(self) -> None:
-        if self.lr <= 0 or self.epochs < 1 or self.batch_size < 1:
-            raise ValueError(f"reward needs lr > 0, epochs >= 1, batch_size >= 1; got lr={self.lr}, epochs={self.epochs}, batch_size={self.batch_size}")
+        if self.lr <= 0 or self.epochs < 1 or self.batch_size < 1 or self.weight_decay < 0:
+            raise ValueError(
+                f"reward needs lr > 0, epochs >= 1, batch_size >= 1, weight_decay >= 0; got lr={self.lr}, epochs={self.epochs}, "
+                f"batch_size={self.batch_size}, weight_decay={self.weight_decay}"
+            )
 
 
 @dataclass

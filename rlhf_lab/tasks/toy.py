@@ -64,6 +64,13 @@ class ToyTaskConfig:
     def __post_init__(self) -> None:
         if not 0.0 < self.heldout_fraction < 1.0:
             raise ValueError(f"task.heldout_fraction must be in (0, 1), got {self.heldout_fraction}")
+        if not 0.0 <= self.on_topic_probability <= 1.0:
+            raise ValueError(f"task.on_topic_probability must be in [0, 1], got {self.on_topic_probability}")
+        for key in ("num_sft_examples", "n_layer", "n_head", "n_embd"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"task.{key} must be >= 1, got {getattr(self, key)}")
+        if self.vocab_size < 64 or self.n_positions < 8:
+            raise ValueError(f"task.vocab_size must be >= 64 and task.n_positions >= 8, got {self.vocab_size} and {self.n_positions}")
         if self.n_embd % self.n_head:
             raise ValueError(f"task.n_embd ({self.n_embd}) must be divisible by task.n_head ({self.n_head})")
 
