@@ -127,7 +127,8 @@ class TrainerConfig:
     devices: Any = "auto"
     """Number or list of devices, or auto."""
     strategy: str = "auto"
-    """Lightning strategy: auto, ddp, fsdp, deepspeed, ..."""
+    """Lightning strategy: auto, or with several devices ddp (one process per device, started by
+    rank 0; batch sizes stay global)."""
     precision: str = "32-true"
     """Lightning precision, e.g. 32-true, bf16-mixed (GPU)."""
     log_every_n_steps: int = 1

@@ -19,6 +19,7 @@ policy and the evaluation are written into the run directory. ``run(cfg)`` lives
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -37,7 +38,8 @@ from rlhf_lab.config import FIGURE_NAMESPACES, STOP_POINTS, SamplingConfig, chec
 from rlhf_lab.errors import RlhfLabError, check_weights_finite, nonfinite_figures
 from rlhf_lab.plugin_manager import call_hook, get_plugin_manager
 from rlhf_lab.resume import InProgressIndex
-from rlhf_lab.training import build_loggers, build_trainer, check_logger, check_trainer_config, checkpoint_dir, close_loggers, inference_device
+from rlhf_lab.distributed import Ranks
+from rlhf_lab.training import build_loggers, build_trainer, check_global_batches, check_logger, check_trainer_config, checkpoint_dir, close_loggers, inference_device
 
 log = logging.getLogger(__name__)
 
@@ -125,10 +127,14 @@ class Pipeline:
     """The stages of one run, sharing the config, the registry, the cache and the run directory.
 
     :param overrides: the command-line overrides, to reject settings for stages this run never builds.
+    :param worker: this process is a rank > 0 that rank 0 started (``distributed.py``): it joins
+        every training stage and builds, writes and evaluates nothing.
     """
 
-    def __init__(self, cfg: DictConfig, run_dir: Path, group: str, overrides: list[str] = ()) -> None:
+    def __init__(self, cfg: DictConfig, run_dir: Path, group: str, overrides: list[str] = (), worker: bool = False) -> None:
         self.cfg, self.run_dir, self.group = cfg, Path(run_dir), group
+        self.overrides, self.worker = list(overrides), worker
+        self.ranks = Ranks.single()
         self.registry = get_plugin_manager().registry
         self.cache = ArtifactCache(Path(cfg.cache_dir))
         self.inprogress = InProgressIndex(Path(cfg.cache_dir))
@@ -145,7 +151,7 @@ class Pipeline:
         self.eval_cfg = to_object(cfg.eval, "eval")
         self.loop = to_object(cfg.loop, "loop")
         to_object(cfg.trainer, "trainer")
-        check_trainer_config(cfg)
+        self.trainer_plan = check_trainer_config(cfg)
         to_object(cfg.logger, "logger")
         check_logger(cfg)
         self.algo = self.registry.get("algo", self.algo_cfg.name)
@@ -187,7 +193,20 @@ class Pipeline:
         from rlhf_lab.loop import check_loop
 
         check_loop(self)
+        self._check_ranks()
         self.cache.check_writable()
+
+    def _check_ranks(self) -> None:
+        """With several processes: every global batch size used divides over them; loops run on one."""
+        world = self.trainer_plan.world_size
+        if world == 1:
+            return
+        if self.loop.rounds > 1:
+            raise RlhfLabError(f"loop.rounds={self.loop.rounds} runs in one process for now: drop trainer.devices/trainer.strategy or run one round")
+        keys = ["algo.batch_size", "algo.rollout_batch_size", "algo.minibatch_size"]
+        keys += ["sft.batch_size"] if "sft" in self.route and self.sft_cfg.enabled else []
+        keys += ["reward.batch_size"] if "reward_model" in self.route else []
+        check_global_batches(self.cfg, world, keys)
 
     def _component_cfg(self, kind: str):
         if OmegaConf.is_missing(self.cfg, kind) or self.cfg[kind] is None:
@@ -419,6 +438,8 @@ class Pipeline:
                 trainer.fit(module, ckpt_path=resume)
             finally:
                 close_loggers(trainer.loggers)
+            if out is None:
+                return {}  # a worker rank: rank 0 checks and saves
             check_weights_finite(module.model, "sft")
             figures = _figures(module, trainer)
             vocab_size = getattr(policy.config, "vocab_size", None)
@@ -429,10 +450,32 @@ class Pipeline:
             self.tokenizer.save_pretrained(out)
             return {k: v for k, v in figures.items() if k.startswith("sft/")}
 
-        return self._cached("sft", key, build)
+        return self._cached("sft", key, build, collective=True)
 
-    def _cached(self, stage: str, key: str, build) -> Artifact:
-        path, metrics = self.cache.get_or_build(stage, key, build)
+    def _cached(self, stage: str, key: str, build, collective: bool = False) -> Artifact:
+        """The artifact ``key`` from the cache, built by ``build(out_dir) -> metrics`` if missing.
+
+        With several processes, rank 0 takes the lock, builds and publishes; it tells the others
+        whether it builds, and where the artifact is once published. A ``collective`` build trains
+        (all ranks must join its ``Trainer.fit``): the others run it too, with ``out=None``, and
+        return after the fit; a build that does not train is rank 0's alone.
+        """
+        if not self.ranks.is_main:
+            if self.ranks.hear(f"start:{stage}:{key}") == "build" and collective:
+                build(None)
+            path = Path(self.ranks.hear(f"done:{stage}:{key}"))
+            return Artifact(path, key, json.loads((path / "metrics.json").read_text()))
+        told = []
+
+        def build_told(out: Path) -> dict:
+            self.ranks.tell(f"start:{stage}:{key}", "build")
+            told.append(True)
+            return build(out)
+
+        path, metrics = self.cache.get_or_build(stage, key, build_told)
+        if not told:
+            self.ranks.tell(f"start:{stage}:{key}", "reused")
+        self.ranks.tell(f"done:{stage}:{key}", str(path))
         self.inprogress.clear(stage, key)  # built: its checkpoint is no longer a place to resume from
         return Artifact(path, key, metrics)
 
@@ -440,7 +483,9 @@ class Pipeline:
         """``(trainer, checkpoint to resume from or None)`` for the training stage ``stage`` of the build
         of ``artifact`` ``key``. Each checkpoint it saves is recorded in the cache's in-progress index, so
         the same command started again (in a new run directory) resumes this build where it stopped."""
-        resume = self.inprogress.checkpoint(artifact, key)
+        # Every rank resumes from the checkpoint rank 0 chose.
+        found = self.ranks.share(f"resume:{stage}:{key}", lambda: str(self.inprogress.checkpoint(artifact, key) or ""))
+        resume = Path(found) if found else None
         own = checkpoint_dir(self.run_dir, stage) / "last.ckpt"
         trainer = build_trainer(
             self.cfg, stage, self.run_dir, self.group, on_checkpoint=lambda path: self.inprogress.record(artifact, key, path),
@@ -588,6 +633,8 @@ class Pipeline:
                 trainer.fit(module, ckpt_path=resume)
             finally:
                 close_loggers(trainer.loggers)
+            if out is None:
+                return {}  # a worker rank: rank 0 checks, normalises and saves
             check_weights_finite(model, stage)
             # Normalise on the SFT policy's samples: the training candidates are exactly those.
             normaliser = RewardNormaliser.fit(score_records(model.to(inference_device(self.cfg)), self.tokenizer, train))
@@ -602,7 +649,7 @@ class Pipeline:
             metrics.update({"reward/normaliser_mean": normaliser.mean, "reward/normaliser_std": normaliser.std})
             return metrics
 
-        return self._cached("reward_model", key, build)
+        return self._cached("reward_model", key, build, collective=True)
 
     def build_reward(self, **inputs):
         """The run-time reward function, frozen, on the inference device."""
@@ -725,6 +772,8 @@ class Pipeline:
             result, trainer = self._fit_algorithm(inputs, "policy", seed=self.cfg.seed, key=key)
             if trainer is None:
                 return result, inference_device(self.cfg)  # a policy that trains nothing (best-of-n)
+            if not self.ranks.is_main:
+                return None, trainer.strategy.root_device  # rank 0 saves and evaluates
             # Into a fresh directory, then renamed: no stale shards of an earlier run mix in.
             out, tmp = self.run_dir / "policy", self.run_dir / ".policy.tmp"
             shutil.rmtree(tmp, ignore_errors=True)
@@ -742,11 +791,39 @@ class Pipeline:
 
     def run(self) -> dict:
         """Build what the run needs, train, evaluate, write the outputs; the run directory is claimed
-        for the whole run (a second run into it stops at once, ``run_lock.py``)."""
+        for the whole run (a second run into it stops at once, ``run_lock.py``). With several
+        processes, rank 0 starts the others here and ends them when the run ends."""
         from rlhf_lab.run_lock import RunDirLock
 
+        if self.worker:
+            self.ranks = Ranks.join(self.trainer_plan.device_type)
+            try:
+                return self._run()
+            finally:
+                self.ranks.close()
         with RunDirLock(self.run_dir):
-            return self._run()
+            if self.trainer_plan.world_size == 1:
+                return self._run()
+            return self._run_ranks()
+
+    def _run_ranks(self) -> dict:
+        """Rank 0 of a multi-process run: the workers get the composed config, not the command line."""
+        config = copy.deepcopy(self.cfg)
+        OmegaConf.resolve(config)  # interpolations that only rank 0 can resolve (Hydra's) resolved here
+        spec = {"config": config, "run_dir": str(self.run_dir.resolve()), "group": self.group, "overrides": self.overrides}
+        self.ranks = Ranks.launch(self.trainer_plan.world_size, self.trainer_plan.device_type, spec, self.run_dir)
+        try:
+            metrics = self._run()
+        except BaseException as exc:
+            failure = self.ranks.worker_failure(wait=5.0)
+            self.ranks.close(failed=True)
+            if failure is not None:
+                raise RlhfLabError(failure) from exc
+            raise
+        failure = self.ranks.close()
+        if failure is not None:
+            log.warning("the run's outputs are complete, but %s", failure)
+        return metrics
 
     def _run(self) -> dict:
         if self.cfg.logger.name == "wandb":
@@ -754,6 +831,8 @@ class Pipeline:
         started = time.perf_counter()
         if self.stop_after:
             self.need(self.stop_after)
+            if not self.ranks.is_main:
+                return {}
             metrics = self._artifact_metrics()
             metrics.update(self.timings)
             metrics["time/total_seconds"] = round(time.perf_counter() - started, 2)
@@ -769,6 +848,8 @@ class Pipeline:
             self._publish_policy(policy.path)
         else:
             handle, device = self.optimise()
+            if not self.ranks.is_main:
+                return {}  # rank 0 evaluates and writes the outputs
             metrics = self._artifact_metrics()
             eval_metrics, samples = self.evaluate(handle, device, self._built.get("reward"))
         metrics.update(eval_metrics)

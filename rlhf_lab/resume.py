@@ -12,7 +12,8 @@ decide what a stage does next, and this module saves and restores them:
   ``DataLoader(shuffle=True, generator=Generator().manual_seed(seed))``, so adopting it changed no figure.
 - **Random streams and algorithm state.** :class:`ResumableModule` puts torch's global RNG states and
   whatever the module declares in :meth:`ResumableModule.extra_state` (an on-policy algorithm's
-  sampling generator, a KL controller, a running baseline) into the checkpoint, and restores them.
+  sampling generator, a KL controller, a running baseline) into the checkpoint, every rank's when
+  there are several, and restores each rank's own.
 - **Where the checkpoint is.** A restarted command gets a new Hydra run directory, so the cache keeps
   an index ``<cache>/.inprogress/<stage>-<key>`` naming the ``last.ckpt`` of the build of that key
   in progress; the next build of the same key (same command, same config) resumes from it. The key
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -45,19 +47,36 @@ def shuffled_order(size: int, seed: int, epoch: int) -> list[int]:
     return order
 
 
-class _PositionSampler(Sampler[int]):
+class _PositionBatches(Sampler[list[int]]):
     def __init__(self, loader: "ResumableLoader") -> None:
         self.loader = loader
 
     def __len__(self) -> int:
-        return self.loader.epoch_size
+        return math.ceil(self.loader.epoch_size / self.loader.global_batch)
 
     def __iter__(self):
-        return iter(self.loader._start_epoch())
+        order, size = self.loader._start_epoch(), self.loader.global_batch
+        for start in range(0, len(order), size):
+            yield rank_share(order[start : start + size], self.loader.rank, self.loader.world)
+
+
+def rank_share(batch: list[int], rank: int, world: int) -> list[int]:
+    """Rank ``rank``'s part of a global batch: contiguous parts whose sizes differ by at most one; a
+    last batch smaller than ``world`` gives the ranks past its end one of its items again (every rank
+    must train every step)."""
+    if world == 1:
+        return batch
+    if len(batch) < world:
+        return [batch[rank % len(batch)]]
+    base, extra = divmod(len(batch), world)
+    start = rank * base + min(rank, extra)
+    return batch[start : start + base + (rank < extra)]
 
 
 class ResumableLoader(DataLoader):
-    """Batches of ``dataset`` in ``order_of(epoch)`` (index lists), resumable mid-epoch.
+    """Global batches of ``dataset`` in ``order_of(epoch)`` (index lists), resumable mid-epoch, and
+    sharded over ranks: with :meth:`shard`, each rank loads its part of every global batch
+    (:func:`rank_share`), so a batch size means the same on any number of processes.
 
     ``completed`` counts the batches of the current epoch that have been trained; the trainer recipe
     advances it after each training batch, before a checkpoint is saved (Lightning fetches a batch
@@ -65,23 +84,28 @@ class ResumableLoader(DataLoader):
     """
 
     def __init__(self, dataset, batch_size: int, collate_fn: Callable, order_of: Callable[[int], list[int]], epoch_size: int) -> None:
-        self.order_of, self.epoch_size = order_of, epoch_size
+        self.order_of, self.epoch_size, self.global_batch = order_of, epoch_size, batch_size
         self.epoch, self.completed, self._next_epoch = 0, 0, 0
+        self.rank, self.world = 0, 1
         self._resume: Optional[dict] = None
         # Its own generator: iterating never draws from torch's global RNG, whose state a checkpoint restores.
-        super().__init__(dataset, batch_size=batch_size, sampler=_PositionSampler(self), collate_fn=collate_fn,
+        super().__init__(dataset, batch_sampler=_PositionBatches(self), collate_fn=collate_fn,
                          generator=torch.Generator().manual_seed(0))
+
+    def shard(self, rank: int, world: int) -> None:
+        """Load rank ``rank``'s part of every batch, of ``world`` ranks."""
+        self.rank, self.world = rank, world
 
     def _start_epoch(self) -> list[int]:
         if self._resume is not None:
             epoch, skip = self._resume["epoch"], self._resume["completed"]
             self._resume = None
-            if skip * self.batch_size >= self.epoch_size:
+            if skip * self.global_batch >= self.epoch_size:
                 epoch, skip = epoch + 1, 0  # saved at the end of its epoch: the next one starts
         else:
             epoch, skip = self._next_epoch, 0
         self.epoch, self.completed, self._next_epoch = epoch, skip, epoch + 1
-        return self.order_of(epoch)[skip * self.batch_size :]
+        return self.order_of(epoch)[skip * self.global_batch :]
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "completed": self.completed}
@@ -127,8 +151,13 @@ class ResumableModule:
     def resumable(self, loader):
         """``loader``, positioned where the checkpoint this module was restored from left its data
         (call it on what ``train_dataloader`` returns)."""
+        if not isinstance(loader, ResumableLoader):
+            return loader
+        trainer = self._trainer
+        if trainer is not None:
+            loader.shard(trainer.global_rank, trainer.world_size)
         pending = getattr(self, "_pending_loader_state", None)
-        if pending is not None and isinstance(loader, ResumableLoader):
+        if pending is not None:
             loader.load_state_dict(pending)
             self._pending_loader_state = None
         return loader
@@ -137,8 +166,14 @@ class ResumableModule:
         trainer = self._trainer
         figures = {k: float(v) for k, v in trainer.callback_metrics.items()} if trainer is not None else {}
         loader = trainer.train_dataloader if trainer is not None else None
+        mine = {"rng": _rng_state(), "extra": self.extra_state()}
+        ranks = [mine]
+        if trainer is not None and trainer.world_size > 1:
+            # Every rank saves (Lightning writes rank 0's dict): each one's random streams go in.
+            ranks = [None] * trainer.world_size
+            torch.distributed.all_gather_object(ranks, mine)
         checkpoint[self.CHECKPOINT_KEY] = {
-            "rng": _rng_state(), "extra": self.extra_state(), "figures": figures,
+            "ranks": ranks, "figures": figures,
             "loader": loader.state_dict() if isinstance(loader, ResumableLoader) else None,
         }
 
@@ -146,9 +181,12 @@ class ResumableModule:
         saved = checkpoint.get(self.CHECKPOINT_KEY)
         if saved is None:
             return
-        _set_rng_state(saved["rng"])
+        ranks = saved["ranks"]
+        trainer = self._trainer
+        mine = ranks[min(trainer.global_rank if trainer is not None else 0, len(ranks) - 1)]
+        _set_rng_state(mine["rng"])
         self.resumed_figures = saved["figures"]
-        self._pending_extra_state = saved["extra"]
+        self._pending_extra_state = mine["extra"]
         self._pending_loader_state = saved["loader"]
 
     def restore_extra_state(self) -> None:

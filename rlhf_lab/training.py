@@ -6,11 +6,12 @@ Imported only once a run starts (it imports Lightning), never at plugin import t
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.callbacks import Callback
-from omegaconf import DictConfig, ListConfig
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 
 def wandb_mode(configured: str | None) -> str:
@@ -127,6 +128,7 @@ def build_trainer(cfg: DictConfig, stage: str, run_dir: Path, group: str, on_che
         enable_model_summary=False,
         enable_checkpointing=False,  # LastCheckpoint (above) is the only checkpoint writer
         num_sanity_val_steps=0,
+        use_distributed_sampler=False,  # our loaders shard themselves, by global batch (resume.ResumableLoader)
         **trainer_kwargs,
     )
 
@@ -175,8 +177,20 @@ class LastCheckpoint(Callback):
         self.save(trainer)
 
 
-def check_trainer_config(cfg: DictConfig) -> None:
-    """Build a throwaway ``Trainer`` so a bad accelerator, device or precision fails before any work."""
+@dataclass(frozen=True)
+class TrainerPlan:
+    """What a run's ``Trainer`` config asks for: how many processes, on which kind of device."""
+
+    world_size: int
+    device_type: str
+
+
+MULTI_PROCESS_STRATEGIES = ("ddp", "ddp_find_unused_parameters_true", "ddp_find_unused_parameters_false")
+"""Strategies a run may use with several processes (rank 0 starts the ranks, ``distributed.py``)."""
+
+
+def check_trainer_config(cfg: DictConfig) -> TrainerPlan:
+    """Build a throwaway ``Trainer`` so a bad accelerator, device, precision or strategy fails before any work."""
     from lightning.pytorch import Trainer
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
@@ -190,27 +204,38 @@ def check_trainer_config(cfg: DictConfig) -> None:
         )
     except (MisconfigurationException, ValueError, TypeError, RuntimeError) as exc:
         raise RlhfLabError(f"trainer: {exc} (trainer.accelerator={t.accelerator}, trainer.devices={t.devices}, trainer.precision={t.precision})") from None
-    if trainer.world_size > 1:
-        # Lightning would start the other ranks at the first fit by running the whole command again: each
-        # would build the cached stages (waiting on the lock rank 0 holds inside that fit), evaluate and write.
+    if trainer.world_size > 1 and t.strategy not in MULTI_PROCESS_STRATEGIES:
+        # Other launchers (spawn, fork) would start the ranks inside the first fit, past the pipeline's
+        # own start of the ranks; FSDP and DeepSpeed need models built for them.
         raise RlhfLabError(
-            f"trainer.strategy={t.strategy} with {trainer.world_size} processes (trainer.devices={t.devices}): the pipeline is not "
-            "rank-safe yet, so a multi-process run is refused; train on one device and run several runs at once "
-            "with a launcher (docs/scaling.md)"
+            f"trainer.strategy={t.strategy} with {trainer.world_size} processes: use one of {', '.join(MULTI_PROCESS_STRATEGIES)} "
+            "(trainer=ddp), or one device"
         )
+    return TrainerPlan(trainer.world_size, trainer.strategy.root_device.type)
+
+
+def check_global_batches(cfg: DictConfig, world_size: int, keys: list[str]) -> None:
+    """Batch sizes are global, split evenly over the ranks: each named key must divide by ``world_size``."""
+    from rlhf_lab.errors import RlhfLabError
+
+    for key in keys:
+        value = OmegaConf.select(cfg, key)
+        if isinstance(value, int) and value % world_size:
+            raise RlhfLabError(
+                f"{key}={value} does not divide over {world_size} processes: batch sizes are global (each process "
+                f"takes 1/{world_size} of every batch); use a multiple of {world_size}"
+            )
 
 
 def inference_device(cfg: DictConfig):
-    """Where sampling and scoring outside a ``Trainer`` run: the trainer's first GPU if it may use one."""
+    """Where sampling and scoring outside a ``Trainer`` run: this rank's GPU if the trainer may use one."""
     import torch
 
     if cfg.trainer.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
-        devices = cfg.trainer.devices
-        index = int(devices[0]) if isinstance(devices, (list, tuple, ListConfig)) else 0
+        devices, local_rank = cfg.trainer.devices, int(os.environ.get("LOCAL_RANK", 0))
+        index = int(devices[local_rank]) if isinstance(devices, (list, tuple, ListConfig)) else local_rank
         return torch.device("cuda", index)
     return torch.device("cpu")
-
-
 
 
 def adamw(params, lr: float, *, weight_decay: float = 0.0, eps: float = 1e-8):

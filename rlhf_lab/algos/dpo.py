@@ -180,8 +180,8 @@ class DPOModule(ResumableModule, pl.LightningModule):
         loss, stats = self.pair_loss(batch, "train")
         check_finite(loss, "policy", self.global_step, self.inputs.checkpoint_dir)
         size = batch["index"].numel()
-        self.log("losses/dpo", loss, prog_bar=True, batch_size=size)
-        self.log_dict(stats, batch_size=size)
+        self.log("losses/dpo", loss, prog_bar=True, batch_size=size, sync_dist=True)
+        self.log_dict(stats, batch_size=size, sync_dist=True)
         return loss
 
     def validation_step(self, batch, batch_idx):

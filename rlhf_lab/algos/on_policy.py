@@ -174,7 +174,7 @@ class OnPolicyModule(ResumableModule, pl.LightningModule):
         })
         # One host transfer for every figure of the iteration.
         names = list(stats)
-        values = torch.stack([torch.as_tensor(stats[n], dtype=torch.float32, device=self.device) for n in names]).tolist()
+        values = self.global_mean(torch.stack([torch.as_tensor(stats[n], dtype=torch.float32, device=self.device) for n in names])).tolist()
         self.log_dict(dict(zip(names, values)), batch_size=mask.shape[0])
         self.log("reward", values[names.index("rollout/proxy_reward")], prog_bar=True, logger=False, batch_size=mask.shape[0])
 
@@ -213,11 +213,14 @@ class OnPolicyModule(ResumableModule, pl.LightningModule):
         return grad_norm
 
     def minibatch_updates(self, size: int, epochs: int, minibatch_size: int, loss_fn) -> dict[str, torch.Tensor]:
-        """``epochs`` shuffled passes over ``size`` rows in minibatches, one optimiser step each.
+        """``epochs`` shuffled passes over this rank's ``size`` rows in minibatches, one optimiser step each.
 
+        :param minibatch_size: rows per optimiser step over all ranks (each rank takes its share; the
+            gradients are averaged over ranks, so a step sees the same number of rows on any number of ranks).
         :param loss_fn: ``loss_fn(row_indices) -> dict`` with ``"loss"`` and scalar diagnostics.
         :returns: each diagnostic (and ``losses/grad_norm``) averaged over all steps, as tensors.
         """
+        minibatch_size = max(1, minibatch_size // self.world_size)
         sums: dict[str, torch.Tensor] = {}
         count = 0
         for _ in range(epochs):
@@ -232,6 +235,11 @@ class OnPolicyModule(ResumableModule, pl.LightningModule):
 
     # --- several ranks ------------------------------------------------------------------------------
 
+    @property
+    def world_size(self) -> int:
+        """How many ranks train together (1 outside a Trainer)."""
+        return self._trainer.world_size if self._trainer is not None else 1
+
     def all_reduce_sum(self):
         """A summing all-reduce over ranks when there are several, else None (statistics stay local)."""
         trainer = self._trainer
@@ -240,7 +248,7 @@ class OnPolicyModule(ResumableModule, pl.LightningModule):
         return lambda tensor: trainer.strategy.reduce(tensor, reduce_op="sum")
 
     def global_mean(self, value: torch.Tensor) -> torch.Tensor:
-        """Mean of a scalar over all ranks (the local value with one rank)."""
+        """Mean of a tensor over all ranks, element-wise (the local value with one rank)."""
         trainer = self._trainer
         if trainer is None or trainer.world_size == 1:
             return value

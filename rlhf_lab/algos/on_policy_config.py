@@ -18,7 +18,7 @@ class OnPolicyConfig:
     total_episodes: int = 12800
     """Prompts processed in total; iterations = total_episodes // rollout_batch_size."""
     rollout_batch_size: int = 64
-    """Prompts per rollout (one iteration)."""
+    """Prompts per rollout (one iteration), over all ranks: each of N processes samples 1/N of them."""
     max_grad_norm: float = 1.0
     """Clip the global gradient norm (Huang et al.: 1.0)."""
     kl_coef: float = 0.05

@@ -90,6 +90,6 @@ class PolicyGradientModule(OnPolicyModule):
         rewards = self.sequence_rewards(exp)
         advantages = broadcast_to_tokens(self.advantages(rewards), exp.response_mask)
         size = exp.response_mask.shape[0]
-        stats = self.minibatch_updates(size, cfg.update_epochs, min(cfg.minibatch_size, size), lambda idx: self.minibatch_loss(exp, advantages, idx))
+        stats = self.minibatch_updates(size, cfg.update_epochs, min(cfg.minibatch_size, size * self.world_size), lambda idx: self.minibatch_loss(exp, advantages, idx))
         stats["rollout/sequence_reward"] = rewards.mean()
         return stats

@@ -86,6 +86,6 @@ class PPOModule(OnPolicyModule):
         stats["losses/explained_variance"] = explained_variance(exp.values, returns, exp.response_mask)
         if cfg.kl_controller == "adaptive":  # a fixed controller needs no host sync or all-reduce
             seq_kl = self.global_mean(((exp.logprobs - exp.ref_logprobs) * exp.response_mask).sum(1).mean())
-            # Each rank samples its own rollout_batch_size prompts: the controller counts them all.
-            self.kl_ctl.update(float(seq_kl), cfg.rollout_batch_size * (self._trainer.world_size if self._trainer else 1))
+            # rollout_batch_size is global (the ranks share it): the controller counts it once.
+            self.kl_ctl.update(float(seq_kl), cfg.rollout_batch_size)
         return stats

@@ -48,8 +48,8 @@ class RewardModule(ResumableModule, pl.LightningModule):
         loss = self.objective.loss(scores, batch)
         check_finite(loss, "reward", self.global_step, self.checkpoint_dir)
         correct, total = self.objective.pair_accuracy(scores.detach(), batch)
-        self.log("reward/loss", loss, prog_bar=True, batch_size=scores.shape[0])
-        if total:
+        self.log("reward/loss", loss, prog_bar=True, batch_size=scores.shape[0], sync_dist=True)
+        if total:  # (a batch of equal ratings has no pair; a collective here could wait for a rank that logs nothing)
             self.log("reward/train_accuracy", correct / total, batch_size=total)
         return loss
 

@@ -78,7 +78,7 @@ class SFTModule(ResumableModule, pl.LightningModule):
         nll, mask = response_nll(self.model, batch)
         loss = masked_mean(nll, mask)
         check_finite(loss, "sft", self.global_step, self.checkpoint_dir)
-        self.log("sft/loss", loss, prog_bar=True, batch_size=nll.shape[0])
+        self.log("sft/loss", loss, prog_bar=True, batch_size=nll.shape[0], sync_dist=True)
         return loss
 
     def on_validation_epoch_start(self) -> None:
