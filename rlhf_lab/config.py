@@ -128,7 +128,7 @@ class TrainerConfig:
     """Number or list of devices, or auto."""
     strategy: str = "auto"
     """Lightning strategy: auto, or with several devices ddp (one process per device, started by
-    rank 0; batch sizes stay global)."""
+    rank 0; batch sizes stay global) or fsdp (the same, every model sharded over the devices: FSDP2)."""
     precision: str = "32-true"
     """Lightning precision, e.g. 32-true, bf16-mixed (GPU)."""
     log_every_n_steps: int = 1

@@ -54,11 +54,12 @@ def count_parameters(model_dir: str, lora=None) -> tuple[int, int]:
         return total, sum(p.numel() for p in adapted.parameters() if p.requires_grad)
 
 
-def estimate(parameters: int, trainable: int, dtype: str, *, reference: bool, reward_model: bool, critic: bool) -> MemoryEstimate:
-    """Lower bound on the policy stage's memory.
+def estimate(parameters: int, trainable: int, dtype: str, *, reference: bool, reward_model: bool, critic: bool, shards: int = 1) -> MemoryEstimate:
+    """Lower bound on the policy stage's memory on one device.
 
     :param trainable: parameters that train (all, or LoRA's adapters).
     :param reference: whether a separate reference copy is held (not with LoRA).
+    :param shards: over how many devices every model is sharded (``trainer.strategy=fsdp``).
     """
     size = BYTES[dtype]
     # gradient + AdamW's exp_avg and exp_avg_sq, all in the parameters' dtype
@@ -71,6 +72,7 @@ def estimate(parameters: int, trainable: int, dtype: str, *, reference: bool, re
     if critic:
         parts["critic weights"] = parameters * size
         parts["critic gradients and AdamW state"] = train_state
+    parts = {k: v // shards for k, v in parts.items()}
     weights = sum(v for k, v in parts.items() if k.endswith("weights"))
     return MemoryEstimate(parameters, weights, sum(parts.values()) - weights, parts)
 
@@ -92,6 +94,7 @@ def refusal(est: MemoryEstimate, available: int, device, dtype: str, lora: bool)
         helps.append("LoRA (model.lora.r=16: only adapters train, and the reference shares the policy's weights)")
     if dtype == "float32":
         helps.append("bf16 weights (model.dtype=bfloat16, trainer=gpu_bf16)")
+    helps.append("sharding every model over several GPUs (trainer=fsdp)")
     helps.append("a smaller model")
     return (
         f"the policy stage needs at least {gib(est.total)} GiB ({est.parameters / 1e9:.3g}B parameters in {dtype}: "

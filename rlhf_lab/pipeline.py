@@ -38,6 +38,7 @@ from rlhf_lab.config import FIGURE_NAMESPACES, STOP_POINTS, SamplingConfig, chec
 from rlhf_lab.errors import RlhfLabError, check_weights_finite, nonfinite_figures
 from rlhf_lab.plugin_manager import call_hook, get_plugin_manager
 from rlhf_lab.resume import InProgressIndex
+from rlhf_lab.sharding import consolidated
 from rlhf_lab.distributed import Ranks
 from rlhf_lab.training import build_loggers, build_trainer, check_global_batches, check_logger, check_trainer_config, checkpoint_dir, close_loggers, inference_device
 
@@ -388,6 +389,7 @@ class Pipeline:
         est = memory.estimate(
             parameters, trainable, self.model_cfg.dtype, reference=self.lora is None,
             reward_model=learned_reward and "reward" in self.consumes, critic=hasattr(self.algo_cfg, "critic_init"),
+            shards=self.trainer_plan.world_size if self.cfg.trainer.strategy == "fsdp" else 1,
         )
         device = inference_device(self.cfg)
         available = memory.device_memory_bytes(device)
@@ -438,15 +440,17 @@ class Pipeline:
                 trainer.fit(module, ckpt_path=resume)
             finally:
                 close_loggers(trainer.loggers)
+            # Sharded (trainer.strategy=fsdp): gathered whole on rank 0, by every rank.
+            model = consolidated(module.model, lambda: load_policy(str(base.path), self.model_cfg.dtype))
             if out is None:
                 return {}  # a worker rank: rank 0 checks and saves
-            check_weights_finite(module.model, "sft")
+            check_weights_finite(model, "sft")
             figures = _figures(module, trainer)
             vocab_size = getattr(policy.config, "vocab_size", None)
             if "sft/val_loss" in figures and vocab_size:
                 check_converged(figures["sft/val_loss"], vocab_size, c.lr)
             # With LoRA the SFT policy is saved merged: every later stage loads a plain model.
-            (module.model.merge_and_unload() if self.lora is not None else module.model).save_pretrained(out)
+            (model.merge_and_unload() if self.lora is not None else model).save_pretrained(out)
             self.tokenizer.save_pretrained(out)
             return {k: v for k, v in figures.items() if k.startswith("sft/")}
 
@@ -489,7 +493,7 @@ class Pipeline:
         own = checkpoint_dir(self.run_dir, stage) / "last.ckpt"
         trainer = build_trainer(
             self.cfg, stage, self.run_dir, self.group, on_checkpoint=lambda path: self.inprogress.record(artifact, key, path),
-            resuming=resume is not None and resume == own.resolve(), **trainer_kwargs,
+            resuming=resume is not None and resume == own.resolve(), world_size=self.trainer_plan.world_size, **trainer_kwargs,
         )
         if resume is not None:
             log.info("%s: resuming from %s", stage, resume)
@@ -511,7 +515,14 @@ class Pipeline:
             return AdapterDisabled(self._lora_policy)
 
         model = load_policy(str(sft.path), self.model_cfg.dtype, key=f"reference {sft.path}")
-        return model.eval().requires_grad_(False).to(inference_device(self.cfg))
+        return model.eval().requires_grad_(False).to(self._frozen_device())
+
+    def _frozen_device(self):
+        """Where the frozen reference and reward function wait: the accelerator, or with trainer.strategy=fsdp
+        host memory (training shards copies of them; rank 0 moves them to the accelerator to evaluate)."""
+        import torch
+
+        return torch.device("cpu") if self.cfg.trainer.strategy == "fsdp" else inference_device(self.cfg)
 
     def build_preferences(self, sft: Artifact, policy: Optional[Artifact] = None, round_: int = 1, previous: Optional[Artifact] = None) -> Artifact:
         """Preference records for training and held-out accuracy: ``train.jsonl``, ``heldout.jsonl``.
@@ -633,6 +644,7 @@ class Pipeline:
                 trainer.fit(module, ckpt_path=resume)
             finally:
                 close_loggers(trainer.loggers)
+            model = consolidated(model, lambda: load_value_model(str(init.path), self.model_cfg.dtype))
             if out is None:
                 return {}  # a worker rank: rank 0 checks, normalises and saves
             check_weights_finite(model, stage)
@@ -653,7 +665,7 @@ class Pipeline:
 
     def build_reward(self, **inputs):
         """The run-time reward function, frozen, on the inference device."""
-        return self.reward_component.reward_function(inputs, self.tokenizer, self.model_cfg.dtype).to(inference_device(self.cfg))
+        return self.reward_component.reward_function(inputs, self.tokenizer, self.model_cfg.dtype).to(self._frozen_device())
 
     def round_reward(self, preferences: Artifact, round_: int):
         """(reward model artifact or None, reward function or None) of a loop round: round 1's are the
@@ -772,8 +784,10 @@ class Pipeline:
             result, trainer = self._fit_algorithm(inputs, "policy", seed=self.cfg.seed, key=key)
             if trainer is None:
                 return result, inference_device(self.cfg)  # a policy that trains nothing (best-of-n)
+            policy = consolidated(result.policy, inputs.load_policy)
             if not self.ranks.is_main:
                 return None, trainer.strategy.root_device  # rank 0 saves and evaluates
+            result.policy = policy
             # Into a fresh directory, then renamed: no stale shards of an earlier run mix in.
             out, tmp = self.run_dir / "policy", self.run_dir / ".policy.tmp"
             shutil.rmtree(tmp, ignore_errors=True)

@@ -146,7 +146,7 @@ class ResumableModule:
         return {}
 
     def load_extra_state(self, state: dict) -> None:
-        """Restore :meth:`extra_state`'s dict (called from ``on_fit_start``, after the module set itself up)."""
+        """Restore :meth:`extra_state`'s dict (called from ``on_train_start``, after the module set itself up)."""
 
     def resumable(self, loader):
         """``loader``, positioned where the checkpoint this module was restored from left its data
@@ -190,7 +190,8 @@ class ResumableModule:
         self._pending_loader_state = saved["loader"]
 
     def restore_extra_state(self) -> None:
-        """Apply the restored :meth:`extra_state` once; call at the end of ``on_fit_start``."""
+        """Apply the restored :meth:`extra_state` once; call from ``on_train_start`` (after the checkpoint
+        is restored, which some strategies do after ``on_fit_start``)."""
         pending = getattr(self, "_pending_extra_state", None)
         if pending is not None:
             self.load_extra_state(pending)

@@ -51,8 +51,11 @@ def generate(
     top_k: int = 0,
     top_p: float = 1.0,
     generator: torch.Generator | None = None,
+    lockstep: bool = False,
 ) -> Generation:
-    """Sample up to ``max_new_tokens`` per prompt, reusing the KV cache; stops once every row has EOS."""
+    """Sample up to ``max_new_tokens`` per prompt, reusing the KV cache; stops once every row has EOS,
+    unless ``lockstep``: a sharded model gathers its weights with the other ranks in every forward,
+    so every rank must take every step."""
     batch, prompt_len = prompt_ids.shape
     # One mask for the longest possible sequence; each step reads a prefix of it (a view, no copy).
     full_mask = torch.cat([prompt_mask, prompt_mask.new_ones(batch, max_new_tokens)], dim=1)
@@ -73,7 +76,7 @@ def generate(
         tokens.append(next_token)
         logprobs.append(next_logp)
         finished |= next_token == eos_token_id
-        if (step + 1) % FINISHED_CHECK_EVERY == 0 and bool(finished.all()):
+        if not lockstep and (step + 1) % FINISHED_CHECK_EVERY == 0 and bool(finished.all()):
             break
         input_ids = next_token.unsqueeze(1)
         position_ids = position_ids[:, -1:] + 1
@@ -178,6 +181,7 @@ def collect_experience(
     critic=None,
     missing_eos_penalty: Optional[float] = None,
     generator: torch.Generator | None = None,
+    lockstep: bool = False,
 ) -> Experience:
     """Sample ``samples_per_prompt`` responses per prompt and gather everything an update needs.
 
@@ -192,7 +196,7 @@ def collect_experience(
     gen = generate(
         policy, prompt_ids, prompt_mask,
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, max_new_tokens=sampling.max_new_tokens,
-        temperature=sampling.temperature, top_k=sampling.top_k, top_p=sampling.top_p, generator=generator,
+        temperature=sampling.temperature, top_k=sampling.top_k, top_p=sampling.top_p, generator=generator, lockstep=lockstep,
     )
     policy.train(was_training)
     batch = join(prompt_ids, prompt_mask, gen.response_ids, gen.response_mask)

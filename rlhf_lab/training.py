@@ -96,11 +96,12 @@ def close_loggers(loggers: list) -> None:
             experiment.finish()
 
 
-def build_trainer(cfg: DictConfig, stage: str, run_dir: Path, group: str, on_checkpoint=None, resuming: bool = False, **trainer_kwargs: Any):
+def build_trainer(cfg: DictConfig, stage: str, run_dir: Path, group: str, on_checkpoint=None, resuming: bool = False, world_size: int = 1, **trainer_kwargs: Any):
     """A Lightning ``Trainer`` for ``stage`` built from ``cfg.trainer``; kwargs set the stage's length.
 
     :param on_checkpoint: called with the path of each ``last.ckpt`` saved (the cache's resume index).
     :param resuming: the stage resumes from its run directory's ``last.ckpt``: keep it.
+    :param world_size: the run's processes (``check_trainer_config``).
     """
     from lightning.pytorch import Trainer
     from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
@@ -118,7 +119,7 @@ def build_trainer(cfg: DictConfig, stage: str, run_dir: Path, group: str, on_che
     return Trainer(
         accelerator=t.accelerator,
         devices=t.devices,
-        strategy=t.strategy,
+        strategy=strategy_for(cfg, world_size),
         precision=t.precision,
         logger=build_loggers(cfg, stage, run_dir, group),
         callbacks=callbacks,
@@ -185,8 +186,18 @@ class TrainerPlan:
     device_type: str
 
 
-MULTI_PROCESS_STRATEGIES = ("ddp", "ddp_find_unused_parameters_true", "ddp_find_unused_parameters_false")
-"""Strategies a run may use with several processes (rank 0 starts the ranks, ``distributed.py``)."""
+MULTI_PROCESS_STRATEGIES = ("ddp", "ddp_find_unused_parameters_true", "ddp_find_unused_parameters_false", "fsdp")
+"""Strategies a run may use with several processes (rank 0 starts the ranks, ``distributed.py``);
+``fsdp`` is this project's fully sharded training (``sharding.py``), not Lightning's FSDP1 wrapper."""
+
+
+def strategy_for(cfg: DictConfig, world_size: int):
+    """The Lightning strategy ``trainer.strategy`` names (``fsdp``: FSDP2 over ``world_size`` processes)."""
+    if cfg.trainer.strategy == "fsdp":
+        from rlhf_lab.sharding import fsdp_strategy
+
+        return fsdp_strategy(world_size)
+    return cfg.trainer.strategy
 
 
 def check_trainer_config(cfg: DictConfig) -> TrainerPlan:
@@ -197,13 +208,24 @@ def check_trainer_config(cfg: DictConfig) -> TrainerPlan:
     from rlhf_lab.errors import RlhfLabError
 
     t = cfg.trainer
+    if t.strategy == "fsdp" and cfg.model.lora.r > 0:
+        raise RlhfLabError("trainer.strategy=fsdp with LoRA (model.lora.r > 0): LoRA already keeps the trained state small; use trainer.strategy=ddp")
     try:
         trainer = Trainer(
-            accelerator=t.accelerator, devices=t.devices, strategy=t.strategy, precision=t.precision,
+            # (fsdp: the devices and processes are counted as for DDP; the sharding strategy is built per stage.)
+            accelerator=t.accelerator, devices=t.devices, strategy="ddp" if t.strategy == "fsdp" else t.strategy, precision=t.precision,
             logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
         )
     except (MisconfigurationException, ValueError, TypeError, RuntimeError) as exc:
         raise RlhfLabError(f"trainer: {exc} (trainer.accelerator={t.accelerator}, trainer.devices={t.devices}, trainer.precision={t.precision})") from None
+    if t.strategy == "fsdp":
+        from rlhf_lab.sharding import fsdp_strategy
+
+        try:  # the precisions FSDP2 takes, checked on the strategy each stage will use
+            Trainer(accelerator=t.accelerator, devices=t.devices, strategy=fsdp_strategy(trainer.world_size), precision=t.precision,
+                    logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+        except (MisconfigurationException, ValueError, TypeError, RuntimeError) as exc:
+            raise RlhfLabError(f"trainer.strategy=fsdp: {exc} (trainer.precision={t.precision})") from None
     if trainer.world_size > 1 and t.strategy not in MULTI_PROCESS_STRATEGIES:
         # Other launchers (spawn, fork) would start the ranks inside the first fit, past the pipeline's
         # own start of the ranks; FSDP and DeepSpeed need models built for them.

@@ -135,6 +135,17 @@ def test_minibatch_updates_cover_each_epoch_once_and_average_every_step():
     assert float(out["losses/grad_norm"]) == pytest.approx(2.5)
 
 
+def test_minibatch_size_is_global_each_of_two_ranks_steps_on_its_half():
+    """Catches a rank taking the whole global minibatch (half the optimiser steps of one process, each on
+    twice the rows): 4 rows on this rank, global minibatches of 4 over 2 ranks: 2 steps of 2 rows."""
+    module = bare(OnPolicyModule, generator=torch.Generator().manual_seed(7))
+    module._trainer = SimpleNamespace(world_size=2)
+    module.optimise = lambda loss: torch.tensor(0.0)
+    seen = []
+    module.minibatch_updates(4, 1, 4, lambda idx: seen.append(len(idx)) or {"loss": torch.tensor(1.0)})
+    assert seen == [2, 2]
+
+
 # --- OnPolicyModule.training_step --------------------------------------------------------------------
 
 
@@ -184,7 +195,7 @@ def test_training_step_logs_only_on_the_rollouts_the_trainer_writes():
     module.iteration = lambda e: iterations.append(1) or {}
     module.log_dict = lambda values, **kw: logged.append(len(iterations))
     module.log = lambda name, value, **kw: None
-    module._trainer = SimpleNamespace(log_every_n_steps=3)
+    module._trainer = SimpleNamespace(log_every_n_steps=3, world_size=1)
     for step in range(7):
         module.training_step({"prompt_ids": None, "prompt_mask": None}, step)
     assert len(iterations) == 7 and logged == [3, 6]
@@ -299,6 +310,13 @@ def test_policy_gradient_iteration_logs_the_kl_penalised_sequence_reward():
     stats = module.iteration(fake_experience())
     assert calls == [(2, 1, 2)]
     assert float(stats["rollout/sequence_reward"]) == pytest.approx(1.4)
+    # Two ranks, each with these 2 rows, minibatches of up to 4: the global minibatch is min(4, 2 x 2) = 4
+    # (each rank then takes 2), not min(4, 2) = 2.
+    module = bare(PolicyGradientModule, cfg=RLOOConfig(**{**vars(cfg), "minibatch_size": 4}), baseline=None)
+    module._trainer = SimpleNamespace(world_size=2)
+    module.minibatch_updates = lambda size, epochs, mb, fn: calls.append((size, epochs, mb)) or {}
+    module.iteration(fake_experience())
+    assert calls[-1] == (2, 1, 4)
 
 
 def test_grpo_minibatch_loss_reports_its_terms(monkeypatch):
@@ -361,7 +379,7 @@ def test_dpo_steps_log_per_pair_batch_sizes_and_refuse_a_nan_loss(monkeypatch, t
     module.training_step(batch, 0)
     module.validation_step(batch, 0)
     assert logged == [
-        ("losses/dpo", {"prog_bar": True, "batch_size": 2}), ("logps/chosen", {"batch_size": 2}),
+        ("losses/dpo", {"prog_bar": True, "batch_size": 2, "sync_dist": True}), ("logps/chosen", {"batch_size": 2, "sync_dist": True}),
         ("val/losses/dpo", {"batch_size": 2}), ("val/logps/chosen", {"batch_size": 2}),
     ]
     nan_module = dpo_case(monkeypatch, torch.tensor([float("nan"), -2.0, -3.0, -2.0]), ref, tmp_path)

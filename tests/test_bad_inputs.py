@@ -145,6 +145,8 @@ BOUNDS = [
      "sft.batch_size=63 does not divide over 2 processes"),
     ("rollout not divisible over ranks", ["trainer.accelerator=cpu", "trainer.devices=3", "trainer.strategy=ddp"], {},
      "algo.rollout_batch_size=64 does not divide over 3 processes"),
+    ("fsdp with LoRA", ["trainer=fsdp_cpu", "model.lora.r=4"], {}, "trainer.strategy=fsdp with LoRA (model.lora.r > 0)"),
+    ("fsdp precision", ["trainer=fsdp_cpu", "trainer.precision=16-mixed"], {}, "trainer.strategy=fsdp: The `ModelParallelStrategy` does not support"),
     ("loop with several processes", ["trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp", "loop.rounds=2"], {},
      "loop.rounds=2 runs in one process for now"),
     ("logger.name", ["logger.name=mlflow"], {}, "logger.name must be wandb, csv or tensorboard, got 'mlflow'"),

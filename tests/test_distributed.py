@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -58,16 +59,19 @@ ARGS = [
     "algo.ppo_epochs=1", "algo.kl_controller=adaptive", "algo.kl_horizon=64", "logger=csv",
 ]
 TWO = ["trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp"]
+FSDP = ["trainer=fsdp_cpu"]
 
-# Loaded at start-up by every Python process given this directory on PYTHONPATH; it acts only in rank 1
-# (the environment rank 0 gives its workers), which it SIGKILLs after its third policy step.
-KILL_RANK_1 = """
-import os
-if os.environ.get("RANK") == "1":
+# Loaded at start-up by every Python process given its directory on PYTHONPATH (rank 0 and the workers
+# it starts). KILL_RANK_1: rank 1 (the environment rank 0 gives its workers) SIGKILLs itself after its
+# third policy step. SHARD_PROBE=<dir>: every rank writes how many of each stage's trained parameters it holds.
+INJECT = """
+import json, os
+from pathlib import Path
+
+hooks = []
+if os.environ.get("RANK") == "1" and os.environ.get("KILL_RANK_1"):
     import signal
     from lightning.pytorch.callbacks import Callback
-    import rlhf_lab.plugin_manager as plugin_manager
-    from rlhf_lab import hookimpl
 
     class KillAfter(Callback):
         seen = 0
@@ -75,13 +79,31 @@ if os.environ.get("RANK") == "1":
             KillAfter.seen += 1
             if KillAfter.seen == 3:
                 os.kill(os.getpid(), signal.SIGKILL)
+    hooks.append(lambda stage: [KillAfter()] if stage == "policy" else [])
 
-    class Killer:
+if os.environ.get("SHARD_PROBE"):
+    from lightning.pytorch.callbacks import Callback
+
+    class Probe(Callback):
+        def __init__(self, stage):
+            self.stage = stage
+        def on_train_start(self, trainer, module):
+            params = [p for p in module.parameters() if p.requires_grad]
+            local = sum(p.to_local().numel() if hasattr(p, "to_local") else p.numel() for p in params)
+            out = Path(os.environ["SHARD_PROBE"]) / f"{self.stage}-rank{trainer.global_rank}.json"
+            out.write_text(json.dumps({"local": local, "total": sum(p.numel() for p in params)}))
+    hooks.append(lambda stage: [Probe(stage)])
+
+if hooks:
+    import rlhf_lab.plugin_manager as plugin_manager
+    from rlhf_lab import hookimpl
+
+    class Injected:
         @hookimpl
         def rlhf_lab_callbacks(self, cfg, stage):
-            return [KillAfter()] if stage == "policy" else []
+            return [callback for hook in hooks for callback in hook(stage)]
 
-    plugin_manager._PM = plugin_manager.build_plugin_manager(extra_plugins=(Killer(),))
+    plugin_manager._PM = plugin_manager.build_plugin_manager(extra_plugins=(Injected(),))
 """
 
 
@@ -89,29 +111,42 @@ def _figures(run_dir) -> dict:
     return {k: v for k, v in read_metrics(run_dir).items() if not k.startswith("time/")}
 
 
-def test_two_processes_through_the_cli_build_once_write_once_match_one_process_and_resume_after_a_rank_dies(tmp_path):
-    one = run_cli([*ARGS, f"cache_dir={tmp_path / 'cache1'}", f"hydra.run.dir={tmp_path / 'one'}"], cwd=tmp_path)
-    assert one.returncode == 0, one.stderr[-3000:]
-    two = run_cli([*ARGS, *TWO, f"cache_dir={tmp_path / 'cache2'}", f"hydra.run.dir={tmp_path / 'two'}"], cwd=tmp_path)
-    assert two.returncode == 0, two.stderr[-3000:]
+def _injected_env(tmp_path, **variables) -> dict:
+    inject = tmp_path / "inject"
+    inject.mkdir(exist_ok=True)
+    (inject / "sitecustomize.py").write_text(INJECT)
+    return {"PYTHONPATH": os.pathsep.join([str(inject), os.environ.get("PYTHONPATH", "")]), **variables}
 
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict:
+    """The same PPO run in one process and in two (DDP), each with its own cache."""
+    root = tmp_path_factory.mktemp("runs")
+    out = {}
+    for name, extra in (("one", []), ("ddp", TWO)):
+        result = run_cli([*ARGS, *extra, f"cache_dir={root / ('cache_' + name)}", f"hydra.run.dir={root / name}"], cwd=root)
+        assert result.returncode == 0, result.stderr[-3000:]
+        out[name] = root / name
+    out["ddp_cache"] = root / "cache_ddp"
+    return out
+
+
+def test_two_processes_build_once_write_once_and_match_one_process(runs):
     # Rank 0 alone built each artifact (one per stage, no leftovers) and wrote the outputs, once.
-    cache = tmp_path / "cache2"
     for stage in ("base", "sft", "preferences", "reward_model"):
-        assert len([p for p in (cache / stage).iterdir()]) == 1, stage
-    run = tmp_path / "two"
+        assert len(list((runs["ddp_cache"] / stage).iterdir())) == 1, stage
+    run = runs["ddp"]
     assert sorted(p.name for p in (run / "csv").iterdir()) == ["eval", "policy", "reward", "sft"]
     assert (run / "ranks" / "rank1.log").is_file() and not (run / "ranks" / "spec.pkl").exists()
     rank1 = (run / "ranks" / "rank1.log").read_text()
     assert "[rank 1]" in rank1 and "evaluate" not in rank1  # it trained; it never evaluated
     assert list(run.glob("**/metrics.json")) == [run / "metrics.json"]
-    log = (run / "rlhf_lab.log").read_text()
-    assert "started ranks 1-1" in log
+    assert "started ranks 1-1" in (run / "rlhf_lab.log").read_text()
 
     # The same figures as one process, within noise: a global batch is split, not repeated, so SFT and
     # reward-model training take the same steps on the same data (only the float sums are grouped
     # otherwise); the policy samples with other random streams.
-    a, b = _figures(tmp_path / "one"), _figures(run)
+    a, b = _figures(runs["one"]), _figures(run)
     assert abs(a["sft/val_loss"] - b["sft/val_loss"]) < 0.01
     assert abs(a["reward/accuracy"] - b["reward/accuracy"]) < 0.05
     for figure in ("gold_reward", "proxy_reward"):
@@ -119,13 +154,10 @@ def test_two_processes_through_the_cli_build_once_write_once_match_one_process_a
         assert abs(a[f"eval/ppo/{figure}"] - b[f"eval/ppo/{figure}"]) < 3 * se, figure
     assert b["eval/ppo/kl"] < 3 * max(a["eval/ppo/kl"], 0.05)
 
-    # Rank 1 killed in the policy stage: the run fails naming it; the same command started again
-    # resumes from the last checkpoint with every rank's random streams and ends where `two` ended.
-    inject = tmp_path / "inject"
-    inject.mkdir()
-    (inject / "sitecustomize.py").write_text(KILL_RANK_1)
-    args = [*ARGS, *TWO, f"cache_dir={tmp_path / 'cache3'}"]
-    env = {"PYTHONPATH": os.pathsep.join([str(inject), os.environ.get("PYTHONPATH", "")])}
+
+def _kill_rank_1_then_resume(tmp_path, args: list[str]) -> Path:
+    """Run ``args`` with rank 1 killed in PPO (the run must fail naming it), then the same command again."""
+    env = _injected_env(tmp_path, KILL_RANK_1="1")
     killed = run_cli([*args, f"hydra.run.dir={tmp_path / 'killed'}"], cwd=tmp_path, env=env)
     assert killed.returncode != 0
     assert "rank 1 was killed by signal SIGKILL" in killed.stderr, killed.stderr[-3000:]
@@ -133,10 +165,46 @@ def test_two_processes_through_the_cli_build_once_write_once_match_one_process_a
     again = run_cli([*args, f"hydra.run.dir={tmp_path / 'again'}"], cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "policy: resuming from " in (tmp_path / "again" / "rlhf_lab.log").read_text()
-    assert _figures(tmp_path / "again") == b
-    policy = (run / "policy" / "model.safetensors").read_bytes()
-    assert (tmp_path / "again" / "policy" / "model.safetensors").read_bytes() == policy
     json.loads((tmp_path / "again" / "paths.json").read_text())
+    return tmp_path / "again"
+
+
+def _same_run(a: Path, b: Path) -> None:
+    assert _figures(a) == _figures(b)
+    assert (a / "policy" / "model.safetensors").read_bytes() == (b / "policy" / "model.safetensors").read_bytes()
+
+
+def test_a_rank_killed_mid_training_stops_the_run_and_the_same_command_resumes_it_bit_for_bit(runs, tmp_path):
+    # Every rank's random streams and the data position come back from the checkpoint.
+    again = _kill_rank_1_then_resume(tmp_path, [*ARGS, *TWO, f"cache_dir={tmp_path / 'cache'}"])
+    _same_run(again, runs["ddp"])
+
+
+def test_fsdp_shards_every_trained_model_trains_as_ddp_does_and_resumes_bit_for_bit(runs, tmp_path):
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    sharded = run_cli([*ARGS, *FSDP, f"cache_dir={tmp_path / 'cache_a'}", f"hydra.run.dir={tmp_path / 'fsdp'}"],
+                      cwd=tmp_path, env=_injected_env(tmp_path, SHARD_PROBE=str(probe)))
+    assert sharded.returncode == 0, sharded.stderr[-3000:]
+    # Each rank held about half of every stage's trained weights (PPO: policy and critic).
+    for stage in ("sft", "reward", "policy"):
+        held = [json.loads((probe / f"{stage}-rank{rank}.json").read_text()) for rank in (0, 1)]
+        assert held[0]["total"] == held[1]["total"] > 0
+        assert sum(h["local"] for h in held) == held[0]["total"], stage
+        assert all(0.4 < h["local"] / h["total"] < 0.6 for h in held), (stage, held)
+    # The same optimisation as DDP: identical global batches and gradients (up to float summation order).
+    a, b = _figures(tmp_path / "fsdp"), _figures(runs["ddp"])
+    assert abs(a["sft/val_loss"] - b["sft/val_loss"]) < 1e-4
+    assert abs(a["reward/accuracy"] - b["reward/accuracy"]) < 1e-6
+    for figure in ("gold_reward", "proxy_reward"):
+        se = (a[f"eval/ppo/{figure}_se"] ** 2 + b[f"eval/ppo/{figure}_se"] ** 2) ** 0.5
+        assert abs(a[f"eval/ppo/{figure}"] - b[f"eval/ppo/{figure}"]) < 3 * se, figure
+    # Rank 0 saved a whole model (gathered from the shards) that loads as a plain transformers model.
+    from transformers import AutoModelForCausalLM
+
+    assert sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(tmp_path / "fsdp" / "policy").parameters()) > 0
+    again = _kill_rank_1_then_resume(tmp_path, [*ARGS, *FSDP, f"cache_dir={tmp_path / 'cache_b'}"])
+    _same_run(again, tmp_path / "fsdp")
 
 
 def test_a_multirun_of_two_process_jobs_starts_ranks_per_job_not_a_sweep_per_rank(tmp_path):

@@ -191,6 +191,25 @@ def test_stops_as_soon_as_every_row_has_eos(model, tokenizer):
     assert gen.has_eos.tolist() == [True, True, True]
 
 
+def test_in_lockstep_every_step_is_taken_and_the_response_is_the_same(model, tokenizer):
+    """Sharded models gather weights with the other ranks in every forward, so a rank whose rows have all
+    ended must keep stepping (``lockstep``); its responses are unchanged, only padded steps are added."""
+    ids, mask = batch_of(tokenizer, [PROMPTS[2]] * 3)
+    first = int(naive_greedy(model, ids, mask, 1)[0, 0])
+    calls = []
+    hook = model.register_forward_pre_hook(lambda module, args: calls.append(1))
+    try:
+        free = generate(model, ids, mask, eos_token_id=first, pad_token_id=tokenizer.pad_token_id, max_new_tokens=12, temperature=0)
+        early = len(calls)
+        calls.clear()
+        locked = generate(model, ids, mask, eos_token_id=first, pad_token_id=tokenizer.pad_token_id, max_new_tokens=12, temperature=0, lockstep=True)
+    finally:
+        hook.remove()
+    assert early < 12 and len(calls) == 12
+    assert_close(locked.response_ids, free.response_ids)
+    assert locked.has_eos.tolist() == [True, True, True]
+
+
 def test_stops_when_the_last_row_finishes(model, tokenizer, full_greedy):
     """Width is the step at which the last row hits EOS, not max_new_tokens."""
     ids, mask, free = full_greedy

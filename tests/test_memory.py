@@ -41,6 +41,9 @@ def test_estimate_by_hand():
     assert est.weights == 16000 and est.training_state == 2 * 3 * 4000 and est.total == 40000
     lora = memory.estimate(1000, 10, "bfloat16", reference=False, reward_model=False, critic=False)
     assert lora.total == 1000 * 2 + 3 * 10 * 2
+    # trainer.strategy=fsdp over 4 devices: each holds a quarter of every part
+    sharded = memory.estimate(1000, 1000, "float32", reference=True, reward_model=True, critic=True, shards=4)
+    assert sharded.weights == 4000 and sharded.total == 10000
 
 
 def test_a_model_too_large_for_the_device_is_refused_before_any_work(tmp_path, monkeypatch, llama_dir):

@@ -29,6 +29,7 @@ from rlhf_lab.ops.preference import dpo_sigmoid_loss, implicit_rewards, ipo_loss
 from rlhf_lab.ops.sequence import token_logprobs
 from rlhf_lab.policy import ModelPolicy
 from rlhf_lab.resume import ResumableModule, shuffled_loader
+from rlhf_lab.sharding import ShardedTraining
 
 
 @dataclass
@@ -95,7 +96,7 @@ def split_pairs(logps: torch.Tensor, lengths: torch.Tensor) -> PairLogps:
     return PairLogps(logps[:half], logps[half:], lengths[:half].float(), lengths[half:].float())
 
 
-class DPOModule(ResumableModule, pl.LightningModule):
+class DPOModule(ShardedTraining, ResumableModule, pl.LightningModule):
     """The DPO family on preference pairs, against a frozen reference."""
 
     consumes = ("preferences",)
@@ -195,5 +196,11 @@ class DPOModule(ResumableModule, pl.LightningModule):
 
         return adamw(self.policy.parameters(), self.cfg.lr, weight_decay=self.cfg.weight_decay)
 
+    def sharded_models(self) -> list:
+        return [self.policy]  # the reference is used once, whole, before training (on_fit_start)
+
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        if getattr(self, "_sharded", False):  # Lightning's clipping refuses sharded models; torch's spans the shards
+            torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.cfg.max_grad_norm)
+            return
         self.clip_gradients(optimizer, gradient_clip_val=self.cfg.max_grad_norm, gradient_clip_algorithm="norm")

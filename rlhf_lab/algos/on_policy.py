@@ -22,6 +22,7 @@ from rlhf_lab.models.loading import disable_dropout
 from rlhf_lab.policy import ModelPolicy
 from rlhf_lab.resume import ResumableLoader, ResumableModule
 from rlhf_lab.rollout import Experience, collect_experience
+from rlhf_lab.sharding import ShardedTraining, sharded_copy, whole
 
 
 class CyclingSampler(Sampler[int]):
@@ -76,7 +77,7 @@ def build_critic(inputs: AlgoInputs, critic_init: str):
     return critic.train()
 
 
-class OnPolicyModule(ResumableModule, pl.LightningModule):
+class OnPolicyModule(ShardedTraining, ResumableModule, pl.LightningModule):
     """Base of the on-policy algorithms; subclasses implement :meth:`iteration` (advantages + update).
 
     :attr policy: the trained causal LM (the pipeline saves it).
@@ -106,6 +107,16 @@ class OnPolicyModule(ResumableModule, pl.LightningModule):
 
     # --- data and devices ---------------------------------------------------------------------------
 
+    def sharded_models(self) -> list[nn.Module]:
+        return [m for m in (self.policy, self.critic) if m is not None]
+
+    def shard_frozen(self, mesh) -> None:
+        reward = self.frozen.reward
+        if isinstance(getattr(reward, "model", None), nn.Module):  # a learned reward; a rule has no weights
+            reward = copy.copy(reward)
+            reward.model = sharded_copy(reward.model, mesh)
+        self.frozen = _Frozen(sharded_copy(self.frozen.reference, mesh), reward)
+
     def train_dataloader(self) -> DataLoader:
         cfg, tok = self.cfg, self.tokenizer
         prompts = [encode_prompt(tok, p) for p in self.inputs.prompts]
@@ -123,6 +134,9 @@ class OnPolicyModule(ResumableModule, pl.LightningModule):
         self.frozen.reward.to(self.device)
         # One stream per rank: the same seed everywhere would make every rank sample the same responses.
         self.generator = torch.Generator(device=self.device).manual_seed(self.inputs.seed + self.global_rank)
+
+    def on_train_start(self) -> None:
+        # After the checkpoint is restored, whichever the strategy's order (FSDP restores after on_fit_start).
         self.restore_extra_state()
 
     def extra_state(self) -> dict:
@@ -149,7 +163,7 @@ class OnPolicyModule(ResumableModule, pl.LightningModule):
             self.policy, self.frozen.reference, self.frozen.reward, prompt_ids, prompt_mask,
             tokenizer=self.tokenizer, sampling=self.cfg.sampling, samples_per_prompt=self.samples_per_prompt,
             critic=self.critic if self.values_in_rollout else None, missing_eos_penalty=self.cfg.missing_eos_penalty,
-            generator=self.generator,
+            generator=self.generator, lockstep=getattr(self, "_sharded", False),
         )
 
     def iteration(self, exp: Experience) -> dict[str, torch.Tensor]:
@@ -204,7 +218,8 @@ class OnPolicyModule(ResumableModule, pl.LightningModule):
         opt = self.optimizers()
         opt.zero_grad()
         self.manual_backward(loss)
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable_parameters(), self.cfg.max_grad_norm)
+        # On sharded parameters the norm is computed over every shard (whole() makes it a plain tensor).
+        grad_norm = whole(torch.nn.utils.clip_grad_norm_(self.trainable_parameters(), self.cfg.max_grad_norm))
         both = torch.stack([loss.detach().float(), grad_norm.float()])
         if not bool(torch.isfinite(both).all()):
             what = "loss" if not bool(torch.isfinite(both[0])) else "gradient norm"

@@ -9,6 +9,7 @@ from torch.utils.data import DataLoader
 from rlhf_lab.errors import check_finite
 from rlhf_lab.feedback.records import PreferenceRecord
 from rlhf_lab.resume import ResumableModule
+from rlhf_lab.sharding import ShardedTraining
 
 
 def record_loader(records: list[PreferenceRecord], objective, tokenizer, batch_size: int, shuffle: bool, seed: int) -> DataLoader:
@@ -23,7 +24,7 @@ def record_loader(records: list[PreferenceRecord], objective, tokenizer, batch_s
     return shuffled_loader(records, batch_size, lambda items: objective.collate(items, tokenizer, prompt_ids), shuffle, seed)
 
 
-class RewardModule(ResumableModule, pl.LightningModule):
+class RewardModule(ShardedTraining, ResumableModule, pl.LightningModule):
     """Trains a :class:`~rlhf_lab.models.value_model.ValueModel`; logs ``reward/loss`` and ``reward/accuracy``."""
 
     def __init__(self, model, objective, lr: float, weight_decay: float, checkpoint_dir=None, train_loader=None, val_loader=None) -> None:
@@ -32,6 +33,9 @@ class RewardModule(ResumableModule, pl.LightningModule):
         self.lr, self.weight_decay = lr, weight_decay
         self.checkpoint_dir = checkpoint_dir
         self.train_loader, self.val_loader = train_loader, val_loader
+
+    def sharded_models(self) -> list:
+        return [self.model]
 
     def train_dataloader(self):
         return self.resumable(self.train_loader)

@@ -13,6 +13,7 @@ from rlhf_lab.errors import check_finite
 from rlhf_lab.ops.masked import masked_mean
 from rlhf_lab.ops.sequence import token_logprobs
 from rlhf_lab.resume import ResumableModule
+from rlhf_lab.sharding import ShardedTraining
 
 
 def check_converged(val_loss: float, vocab_size: int, lr: float) -> None:
@@ -57,7 +58,7 @@ def response_nll(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     return -logp, batch["attention_mask"][:, p:]
 
 
-class SFTModule(ResumableModule, pl.LightningModule):
+class SFTModule(ShardedTraining, ResumableModule, pl.LightningModule):
     """Fine-tunes a causal LM on demonstrations; logs ``sft/loss``, ``sft/val_loss``, ``sft/val_perplexity``."""
 
     def __init__(self, model, lr: float, weight_decay: float, checkpoint_dir=None, train_loader=None, val_loader=None) -> None:
@@ -67,6 +68,9 @@ class SFTModule(ResumableModule, pl.LightningModule):
         self.checkpoint_dir = checkpoint_dir
         self.train_loader, self.val_loader = train_loader, val_loader
         self._val_nll, self._val_tokens = 0.0, 0
+
+    def sharded_models(self) -> list:
+        return [self.model]
 
     def train_dataloader(self):
         return self.resumable(self.train_loader)
