@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -55,3 +56,52 @@ def read_metrics(run_dir: Path) -> dict:
 def tiny_run_args(tmp_path: Path) -> list[str]:
     """TINY plus a private cache and run directory under ``tmp_path``."""
     return [*TINY, f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}", "logger=csv"]
+
+
+def _fit_trap(*args, **kwargs):
+    raise AssertionError("a bad input got as far as training")
+
+
+def run_main(argv: list[str], monkeypatch, capsys, env: dict | None = None) -> tuple[int, str]:
+    """``python -m rlhf_lab ARGV`` in this process: (exit status, stderr)."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    from rlhf_lab import cli
+
+    GlobalHydra.instance().clear()
+    for name, value in (env or {}).items():
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    monkeypatch.setenv("NETRC", os.devnull)
+    monkeypatch.setattr(sys, "argv", ["rlhf_lab", *argv])
+    capsys.readouterr()
+    try:
+        cli.main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    finally:
+        GlobalHydra.instance().clear()
+        # Hydra points the root logger at this test's captured streams; the next test gets its own.
+        logging.getLogger().handlers.clear()
+    return code, capsys.readouterr().err
+
+
+@pytest.fixture
+def no_training(monkeypatch):
+    """``Trainer.fit`` replaced by a trap: a run that should stop before training fails if it trains."""
+    import lightning.pytorch as pl
+
+    monkeypatch.setattr(pl.Trainer, "fit", _fit_trap)
+
+
+@pytest.fixture
+def refused(monkeypatch, capsys, tmp_path, no_training):
+    """``refused(argv, env=None) -> (exit status, stderr)``: the CLI run in this process, in ``tmp_path``,
+    with training trapped: for runs that must stop before any work, without a Python start-up each."""
+    monkeypatch.chdir(tmp_path)
+    return lambda argv, env=None: run_main(argv, monkeypatch, capsys, env)

@@ -200,7 +200,7 @@ def test_local_judge_errors_and_generation(judge_dir):
     assert len(revised) == 2 and all(isinstance(r, str) for r in revised)
 
 
-def test_ai_judge_run_on_the_toy_task_reports_its_agreement_with_the_gold_annotator(tmp_path, judge_dir):
+def test_ai_judge_run_on_the_toy_task_reports_its_agreement_with_the_gold_annotator(tmp_path, judge_dir, refused):
     result = run_cli(
         [*(o for o in TINY_UPSTREAM if not o.startswith("eval.")), "stop_after=preferences", "feedback=ai_judge", f"feedback.model={judge_dir}", "logger=csv",
          f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}"],
@@ -211,5 +211,5 @@ def test_ai_judge_run_on_the_toy_task_reports_its_agreement_with_the_gold_annota
     assert metrics["feedback/train_records"] + metrics["feedback/train_judge_ties"] == 231
     assert 0.0 <= metrics["feedback/train_gold_agreement"] <= 1.0
     assert abs(metrics["feedback/train_judge_position_bias"]) < 0.5
-    missing = run_cli(["feedback=ai_judge", f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'bad'}"], cwd=tmp_path)
-    assert missing.returncode == 2 and "exactly one of model" in missing.stderr and "Traceback" not in missing.stderr
+    code, err = refused(["feedback=ai_judge", f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'bad'}"])
+    assert code == 2 and "exactly one of model" in err and "Traceback" not in err

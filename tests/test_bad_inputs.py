@@ -11,12 +11,12 @@ is found that slips through.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import socket
 import sys
 
 import pytest
+from conftest import run_main
 from hydra.core.global_hydra import GlobalHydra
 
 import rlhf_lab.plugin_manager as plugin_manager
@@ -250,42 +250,6 @@ DATA = [
 ]
 
 TABLE = [*COMPOSITION, *NON_FINITE, *BOUNDS, *COMBINATIONS, *ENVIRONMENT, *DATA]
-
-
-def _fit_trap(*args, **kwargs):
-    raise AssertionError("a bad input got as far as training")
-
-
-def run_main(argv: list[str], monkeypatch, capsys, env: dict | None = None) -> tuple[int, str]:
-    """``python -m rlhf_lab ARGV`` in this process: (exit status, stderr)."""
-    GlobalHydra.instance().clear()
-    for name, value in (env or {}).items():
-        if value is None:
-            monkeypatch.delenv(name, raising=False)
-        else:
-            monkeypatch.setenv(name, value)
-    monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
-    monkeypatch.setenv("NETRC", os.devnull)
-    monkeypatch.setattr(sys, "argv", ["rlhf_lab", *argv])
-    capsys.readouterr()
-    try:
-        cli.main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    finally:
-        GlobalHydra.instance().clear()
-        # Hydra points the root logger at this test's captured streams; the next test gets its own.
-        logging.getLogger().handlers.clear()
-    return code, capsys.readouterr().err
-
-
-@pytest.fixture
-def no_training(monkeypatch):
-    import lightning.pytorch as pl
-
-    monkeypatch.setattr(pl.Trainer, "fit", _fit_trap)
 
 
 @pytest.mark.parametrize("name,overrides,env,message", TABLE, ids=[case[0] for case in TABLE])

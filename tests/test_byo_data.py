@@ -72,7 +72,7 @@ def test_sft_then_dpo_on_the_users_files(user_files, tmp_path):
     assert "reward/accuracy" not in metrics and "eval/dpo/kl" in metrics
 
 
-def test_stages_one_command_at_a_time(user_files, tmp_path):
+def test_stages_one_command_at_a_time(user_files, tmp_path, refused):
     """Reward model alone, then PPO from the printed SFT policy and reward model, with no SFT and no feedback."""
     args = [a for a in _args(user_files, tmp_path, "reward.epochs=1", "stop_after=reward_model") if not a.startswith("eval.")]
     first = run_cli([*args, f"hydra.run.dir={tmp_path / 'rm'}"], cwd=tmp_path)
@@ -81,8 +81,8 @@ def test_stages_one_command_at_a_time(user_files, tmp_path):
     assert set(paths) == {"run_dir", "sft", "preferences", "reward_model"}
     assert f"reward_model: {paths['reward_model']}" in first.stdout
     assert not (tmp_path / "rm" / "policy").exists() and "reward/accuracy" in read_metrics(tmp_path / "rm")
-    refused = run_cli([*args, "eval.samples_per_prompt=2", f"hydra.run.dir={tmp_path / 'x'}"], cwd=tmp_path)
-    assert refused.returncode == 2 and "with stop_after=reward_model this run builds only" in refused.stderr
+    code, err = refused([*args, "eval.samples_per_prompt=2", f"hydra.run.dir={tmp_path / 'x'}"])
+    assert code == 2 and "with stop_after=reward_model this run builds only" in err
 
     second = run_cli([
         "task=dataset", f"task.path={user_files / 'chat.jsonl'}", "task.heldout_fraction=0.2", f"model.name_or_path={paths['sft']}",
@@ -97,14 +97,14 @@ def test_stages_one_command_at_a_time(user_files, tmp_path):
     assert _paths(tmp_path / "ppo")["policy"].endswith("ppo/policy")
 
 
-def test_a_prompt_file_without_demonstrations_asks_for_them_or_sft_disabled(user_files, tmp_path):
+def test_a_prompt_file_without_demonstrations_asks_for_them_or_sft_disabled(user_files, tmp_path, refused):
     (tmp_path / "prompts.csv").write_text("question\n" + "".join(f"tell me about the {n} .\n" for n in NOUNS))
     args = ["task=dataset", f"task.path={tmp_path / 'prompts.csv'}", "task.columns.prompt=question",
             f"model.name_or_path={user_files / 'model'}", "reward=rule", "reward.function=rlhf_lab.rewards.rules:word_count",
             "algo=rloo", "algo.total_episodes=16", "algo.rollout_batch_size=16", *QUICK, f"cache_dir={tmp_path / 'cache'}"]
-    result = run_cli([*args, f"hydra.run.dir={tmp_path / 'a'}"], cwd=tmp_path)
-    assert result.returncode == 2
-    assert "has no demonstrations to fine-tune on" in result.stderr and "sft.enabled=false" in result.stderr
+    code, err = refused([*args, f"hydra.run.dir={tmp_path / 'a'}"])
+    assert code == 2
+    assert "has no demonstrations to fine-tune on" in err and "sft.enabled=false" in err
     result = run_cli([*args, "sft.enabled=false", f"hydra.run.dir={tmp_path / 'b'}"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "eval/rloo/proxy_reward" in read_metrics(tmp_path / "b")

@@ -131,25 +131,25 @@ def test_cli_cfg_job_and_info(tmp_path: Path):
     assert "pkg://rlhf_lab.conf" in info.stdout
 
 
-def test_a_trainer_this_machine_cannot_build_fails_before_any_work(tmp_path):
+def test_a_trainer_this_machine_cannot_build_fails_before_any_work(tmp_path, refused):
     import torch
 
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
-    result = run_cli(["trainer=gpu_bf16", f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}", "logger=csv"], cwd=tmp_path)
-    assert result.returncode == 2
-    assert "rlhf_lab: error: trainer:" in result.stderr and "trainer.accelerator=gpu" in result.stderr
+    code, err = refused(["trainer=gpu_bf16", f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}", "logger=csv"])
+    assert code == 2
+    assert "rlhf_lab: error: trainer:" in err and "trainer.accelerator=gpu" in err
     assert not (tmp_path / "cache").exists()
 
 
-def test_responses_that_cannot_fit_the_model_fail_before_training(tmp_path):
-    result = run_cli(["algo.sampling.max_new_tokens=70", f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}", "logger=csv"], cwd=tmp_path)
-    assert result.returncode == 2
-    assert "max_new_tokens=70 (algo.sampling or eval.sampling) leaves no room for a prompt in the model's 64 positions" in result.stderr
+def test_responses_that_cannot_fit_the_model_fail_before_training(tmp_path, refused):
+    code, err = refused(["algo.sampling.max_new_tokens=70", f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}", "logger=csv"])
+    assert code == 2
+    assert "max_new_tokens=70 (algo.sampling or eval.sampling) leaves no room for a prompt in the model's 64 positions" in err
     assert not (tmp_path / "cache" / "sft").exists()
-    result = run_cli(["algo.sampling.max_new_tokens=60", f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}", "logger=csv"], cwd=tmp_path)
-    assert result.returncode == 2
-    assert "prompt of 9 tokens is over its limit of 4 (the model's 64 positions less max_new_tokens=60), the longest" in result.stderr
+    code, err = refused(["algo.sampling.max_new_tokens=60", f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}", "logger=csv"])
+    assert code == 2
+    assert "prompt of 9 tokens is over its limit of 4 (the model's 64 positions less max_new_tokens=60), the longest" in err
     assert not (tmp_path / "cache" / "sft").exists()
 
 

@@ -1,7 +1,7 @@
 """The default experiment meets its targets: a learned reward model, and a PPO policy that is really better.
 
 The first test is the whole default run (about 2 minutes on 2 cores), with only the logger switched
-to csv; the second trains the pointwise reward model on the same SFT policy.
+to csv; the second trains the pointwise reward model on the same SFT policy (and stops there).
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ def test_default_run_meets_targets(tmp_path, shared_cache):
 
 
 def test_pointwise_reward_model_learns_the_ratings(tmp_path, shared_cache):
-    """Default settings with reward=pointwise; PPO shrunk to one iteration, since only the RM is judged."""
-    args = ["reward=pointwise", "algo.total_episodes=64", "logger=csv", "trainer.progress_bar=none", f"cache_dir={shared_cache}", f"hydra.run.dir={tmp_path / 'run'}"]
+    """Default settings with reward=pointwise, stopped after the reward model: only the RM is judged."""
+    args = ["reward=pointwise", "stop_after=reward_model", "logger=csv", "trainer.progress_bar=none", f"cache_dir={shared_cache}", f"hydra.run.dir={tmp_path / 'run'}"]
     result = run_cli(args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     m = read_metrics(tmp_path / "run")

@@ -174,12 +174,6 @@ def _same_run(a: Path, b: Path) -> None:
     assert (a / "policy" / "model.safetensors").read_bytes() == (b / "policy" / "model.safetensors").read_bytes()
 
 
-def test_a_rank_killed_mid_training_stops_the_run_and_the_same_command_resumes_it_bit_for_bit(runs, tmp_path):
-    # Every rank's random streams and the data position come back from the checkpoint.
-    again = _kill_rank_1_then_resume(tmp_path, [*ARGS, *TWO, f"cache_dir={tmp_path / 'cache'}"])
-    _same_run(again, runs["ddp"])
-
-
 def test_fsdp_shards_every_trained_model_trains_as_ddp_does_and_resumes_bit_for_bit(runs, tmp_path):
     probe = tmp_path / "probe"
     probe.mkdir()
@@ -203,7 +197,10 @@ def test_fsdp_shards_every_trained_model_trains_as_ddp_does_and_resumes_bit_for_
     from transformers import AutoModelForCausalLM
 
     assert sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(tmp_path / "fsdp" / "policy").parameters()) > 0
-    again = _kill_rank_1_then_resume(tmp_path, [*ARGS, *FSDP, f"cache_dir={tmp_path / 'cache_b'}"])
+    # Rank 1 killed in PPO: every rank's random streams and the data position come back from the
+    # checkpoint (DDP shares this machinery; under FSDP the checkpoint is restored after on_fit_start).
+    # The upstream stages come from the uninterrupted run's cache: only the policy stage is redone.
+    again = _kill_rank_1_then_resume(tmp_path, [*ARGS, *FSDP, f"cache_dir={tmp_path / 'cache_a'}"])
     _same_run(again, tmp_path / "fsdp")
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import re
-from pathlib import Path
 
 import pytest
 
@@ -113,11 +112,11 @@ def test_local_hf_model_trains_through_from_pretrained(tmp_path):
     assert not (tmp_path / "cache" / "base").exists()
 
 
-def test_missing_model_path_fails_with_one_message(tmp_path):
-    result = run_cli([*TINY, "model.name_or_path=/no/such/model", f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}", "logger=csv"], cwd=tmp_path)
-    assert result.returncode == 2
-    assert "model.name_or_path: model directory '/no/such/model' does not exist" in result.stderr
-    assert "Traceback" not in result.stderr
+def test_missing_model_path_fails_with_one_message(tmp_path, refused):
+    code, err = refused([*TINY, "model.name_or_path=/no/such/model", f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}", "logger=csv"])
+    assert code == 2
+    assert "model.name_or_path: model directory '/no/such/model' does not exist" in err
+    assert "Traceback" not in err
 
 
 NAN_AFTER_TWO_UPDATES = """
@@ -238,15 +237,15 @@ def test_a_rule_reward_needs_no_feedback_and_no_reward_model(tmp_path):
     ("reward=rule", "'reward=rule': algo=dpo does not use a reward (it consumes: preferences)"),
     ("reward.epochs=3", "'reward.epochs=3': algo=dpo does not use a reward"),
 ])
-def test_a_setting_the_algorithm_does_not_use_fails_before_any_work(tmp_path, override, message):
-    result = run_cli(["algo=dpo", override, f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}", "logger=csv"], cwd=tmp_path)
-    assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]
+def test_a_setting_the_algorithm_does_not_use_fails_before_any_work(tmp_path, override, message, refused):
+    code, err = refused(["algo=dpo", override, f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}", "logger=csv"])
+    assert code == 2 and message in err, err[-2000:]
     assert not (tmp_path / "cache").exists()
 
 
-def test_rule_reward_kwargs_the_function_does_not_take_fail_before_any_work(tmp_path):
+def test_rule_reward_kwargs_the_function_does_not_take_fail_before_any_work(tmp_path, refused):
     args = ["algo=rloo", "reward=rule", "reward.function=rlhf_lab.rewards.rules:word_count", "+reward.kwargs.targt=3",
             f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}", "logger=csv"]
-    result = run_cli(args, cwd=tmp_path)
-    assert result.returncode == 2 and "reward.kwargs {'targt': 3} do not fit rlhf_lab.rewards.rules:word_count" in result.stderr, result.stderr[-2000:]
+    code, err = refused(args)
+    assert code == 2 and "reward.kwargs {'targt': 3} do not fit rlhf_lab.rewards.rules:word_count" in err, err[-2000:]
     assert not (tmp_path / "cache").exists()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 
 import pytest
@@ -122,12 +121,12 @@ def test_cli_trains_reward_model_from_a_preference_file(tmp_path):
     assert metrics["feedback/train_pairs"] == metrics["feedback/train_records"]
 
 
-def test_cli_malformed_preference_file_exits_2_naming_the_line(tmp_path):
+def test_cli_malformed_preference_file_exits_2_naming_the_line(tmp_path, refused):
     (tmp_path / "prefs.jsonl").write_text('{"prompt": "p", "responses": ["a", "b"], "ranking": [1, 0]}\n{"prompt": 3}\n')
     args = [*TINY_NO_FEEDBACK, "feedback=dataset", f"feedback.path={tmp_path / 'prefs.jsonl'}", f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}", "logger=csv"]
-    result = run_cli(args, cwd=tmp_path)
-    assert result.returncode == 2
-    assert f"{tmp_path / 'prefs.jsonl'}:2: field 'prompt' is a int here but a str on an earlier line" in result.stderr
-    assert "Traceback" not in result.stderr
+    code, err = refused(args)
+    assert code == 2
+    assert f"{tmp_path / 'prefs.jsonl'}:2: field 'prompt' is a int here but a str on an earlier line" in err
+    assert "Traceback" not in err
     # Nothing half-built is left in the cache for a later run to trust.
     assert not list((tmp_path / "cache" / "preferences").glob("*/ARTIFACT_COMPLETE"))

@@ -100,7 +100,7 @@ def test_bot_labellers_through_the_app_match_simulated_feedback_and_survive_a_re
     assert all(r.response_ids is not None and r.meta["labels"] == 1 and r.annotator == "human:majority" for r in records)
 
 
-def test_human_feedback_config_checks(tmp_path):
+def test_human_feedback_config_checks(tmp_path, refused):
     import pytest
 
     for bad in (dict(responses_per_prompt=1), dict(labellers=["ann:boss"]), dict(labellers=[], bot_labellers=0),
@@ -116,8 +116,8 @@ def test_human_feedback_config_checks(tmp_path):
         HumanFeedback(HumanFeedbackConfig(db=str(tmp_path)), SimpleNamespace(utility=None))
     with pytest.raises(RlhfLabError, match="hidden utility"):
         HumanFeedback(HumanFeedbackConfig(db=str(tmp_path / "l.db"), bot_labellers=2), SimpleNamespace(utility=None))
-    result = run_cli(["feedback=human", "feedback.labellers=[':expert']", f"hydra.run.dir={tmp_path / 'r'}", f"cache_dir={tmp_path / 'c'}"], cwd=tmp_path)
-    assert result.returncode == 2 and "feedback" in result.stderr and "name:role" in result.stderr
+    code, err = refused(["feedback=human", "feedback.labellers=[':expert']", f"hydra.run.dir={tmp_path / 'r'}", f"cache_dir={tmp_path / 'c'}"])
+    assert code == 2 and "feedback" in err and "name:role" in err
 
 
 def test_collect_goes_on_at_the_quota_and_adds_the_deployments_feedback(tmp_path):

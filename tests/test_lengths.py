@@ -76,16 +76,16 @@ def _hh_file(path, turns: int, rows: int = 30):
     return path
 
 
-def test_cli_a_dialogue_too_long_for_the_model_stops_before_sft_or_is_cut_and_counted(toy, tmp_path):
+def test_cli_a_dialogue_too_long_for_the_model_stops_before_sft_or_is_cut_and_counted(toy, tmp_path, refused):
     model_dir, _ = toy
     prefs = _hh_file(tmp_path / "hh.jsonl", turns=12)
     args = ["task=dataset", f"task.path={prefs}", "feedback=dataset", f"feedback.path={prefs}", f"model.name_or_path={model_dir}",
             "algo=dpo", "algo.epochs=1", "sft.epochs=1", "eval.samples_per_prompt=1", "trainer.progress_bar=none", "logger=csv",
             f"cache_dir={tmp_path / 'cache'}"]
-    refused = run_cli([*args, f"hydra.run.dir={tmp_path / 'a'}"], cwd=tmp_path)
-    assert refused.returncode == 2
-    assert f"{prefs}:8: prompt of " in refused.stderr and "is over its limit of 44" in refused.stderr
-    assert "Traceback" not in refused.stderr and not (tmp_path / "cache" / "sft").exists()
+    code, err = refused([*args, f"hydra.run.dir={tmp_path / 'a'}"])
+    assert code == 2
+    assert f"{prefs}:8: prompt of " in err and "is over its limit of 44" in err
+    assert "Traceback" not in err and not (tmp_path / "cache" / "sft").exists()
 
     cut = run_cli([*args, "data.truncate=true", f"hydra.run.dir={tmp_path / 'b'}"], cwd=tmp_path)
     assert cut.returncode == 0, cut.stderr[-3000:]

@@ -83,10 +83,10 @@ def test_a_restarted_human_loop_reuses_finished_rounds_and_asks_no_label_again(t
         (["loop.rounds=0"], "loop.rounds must be"),
     ],
 )
-def test_loops_that_cannot_run_are_refused_before_any_work(tmp_path, overrides, message):
+def test_loops_that_cannot_run_are_refused_before_any_work(tmp_path, overrides, message, refused):
     if "feedback.path=x.jsonl" in overrides:
         (tmp_path / "x.jsonl").write_text(json.dumps({"prompt": "p", "chosen": "a", "rejected": "b"}) + "\n")
-    result = run_cli([*overrides, f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
-    assert result.returncode == 2, result.stderr[-2000:]
-    assert message in result.stderr and "Traceback" not in result.stderr
+    code, err = refused([*overrides, f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}"])
+    assert code == 2, err[-2000:]
+    assert message in err and "Traceback" not in err
     assert not (tmp_path / "cache").exists()
