@@ -48,6 +48,9 @@ WORKER_GRACE_SECONDS = 20
 """After a worker fails, how long rank 0 waits to fail on its own (a collective with a dead peer
 errors) before the watchdog ends the process."""
 
+WORKER_EXIT_SECONDS = 300
+"""How long rank 0, done, waits for the workers to end before it stops them."""
+
 STORE_TIMEOUT = timedelta(days=30)
 """How long a worker waits for rank 0's next decision: as long as rank 0 lives, in practice."""
 
@@ -207,14 +210,20 @@ class Ranks:
             for proc in self._workers:
                 if failed:
                     proc.terminate()
-            deadline = time.monotonic() + 30
-            for proc in self._workers:
+            # The workers end at their last collective, long before rank 0 has evaluated; one still
+            # running a while after rank 0 is done waits for something that will never come.
+            deadline = time.monotonic() + (30 if failed else WORKER_EXIT_SECONDS)
+            stuck = []
+            for rank, proc in enumerate(self._workers, start=1):
                 try:
-                    proc.wait(timeout=max(1.0, deadline - time.monotonic()) if failed else None)
+                    proc.wait(timeout=max(1.0, deadline - time.monotonic()))
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
+                    stuck.append(rank)
             failure = None if failed else self.worker_failure()
+            if stuck and not failed:
+                failure = f"rank(s) {stuck} had not ended {WORKER_EXIT_SECONDS} s after rank 0 and were stopped (logs: {self._logs[0].parent})"
         import torch.distributed as dist
 
         if dist.is_available() and dist.is_initialized():

@@ -88,8 +88,8 @@ class ShardedTraining:
     in ``configure_model``; under any other strategy nothing changes."""
 
     def sharded_models(self) -> list[nn.Module]:
-        """The trained models, sharded in place."""
-        return []
+        """The trained models, sharded in place (by default the module's ``model``)."""
+        return [self.model] if isinstance(getattr(self, "model", None), nn.Module) else []
 
     def shard_frozen(self, mesh) -> None:
         """Replace frozen models the step uses by sharded copies (override where there are some)."""

@@ -34,9 +34,6 @@ class RewardModule(ShardedTraining, ResumableModule, pl.LightningModule):
         self.checkpoint_dir = checkpoint_dir
         self.train_loader, self.val_loader = train_loader, val_loader
 
-    def sharded_models(self) -> list:
-        return [self.model]
-
     def train_dataloader(self):
         return self.resumable(self.train_loader)
 

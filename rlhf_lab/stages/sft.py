@@ -69,9 +69,6 @@ class SFTModule(ShardedTraining, ResumableModule, pl.LightningModule):
         self.train_loader, self.val_loader = train_loader, val_loader
         self._val_nll, self._val_tokens = 0.0, 0
 
-    def sharded_models(self) -> list:
-        return [self.model]
-
     def train_dataloader(self):
         return self.resumable(self.train_loader)
 
