@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf
 
 from rlhf_lab.config import LoggerConfig, TrainerConfig, register_engine_schemas, to_object
 from rlhf_lab.training import check_trainer_config
@@ -72,6 +73,22 @@ def test_every_option_composes_and_builds(registry, group, option, tmp_path):
         assert isinstance(built, TrainerConfig)
         if built.accelerator == "cpu" or built.accelerator == "auto":
             check_trainer_config(cfg)  # buildable on this machine
+        else:
+            # A GPU preset: its strategy and precision built as they would be, on the CPU (2 devices when
+            # it takes every GPU: the sharded strategy needs its process count).
+            devices = 2 if built.devices == -1 else built.devices
+            plan = check_trainer_config(OmegaConf.merge(cfg, {"trainer": {"accelerator": "cpu", "devices": devices}}))
+            assert plan.world_size == devices
+
+
+@pytest.mark.parametrize("trainer", ["ddp_cpu", "fsdp_cpu"])
+@pytest.mark.parametrize("algo", ["ppo", "a2c", "dpo", "reinforce", "rloo", "grpo", "best_of_n"])
+def test_every_algorithm_with_its_defaults_passes_the_checks_of_a_two_process_run(algo, trainer, tmp_path):
+    """Default batch sizes divide over 2 processes: `trainer=ddp_cpu` works without further overrides."""
+    from rlhf_lab.pipeline import Pipeline
+
+    pipeline = Pipeline(_compose([f"algo={algo}", f"trainer={trainer}", f"cache_dir={tmp_path / 'cache'}"]), tmp_path / "run", "group")
+    assert pipeline.trainer_plan.world_size == 2 and pipeline.trainer_plan.device_type == "cpu"
 
 
 def test_every_registered_component_has_a_config_option(registry):
