@@ -198,7 +198,16 @@ class Pipeline:
         self.cache.check_writable()
 
     def _check_ranks(self) -> None:
-        """With several processes: every global batch size used divides over them; loops run on one."""
+        """With several processes: every global batch size used divides over them; loops run on one.
+        A process another launcher started as one of several ranks (torchrun, srun) is refused: each
+        would run the whole pipeline (rank 0 starts the ranks itself, ``distributed.py``)."""
+        outside = int(os.environ.get("WORLD_SIZE", "1") or 1)
+        if not self.worker and outside > 1:
+            raise RlhfLabError(
+                f"this process was started as rank {os.environ.get('RANK', '?')} of {outside} by another launcher "
+                "(torchrun, srun with several tasks, ...): rlhf_lab starts its own processes; start the command "
+                "once, with trainer=ddp or trainer.devices=N trainer.strategy=ddp"
+            )
         world = self.trainer_plan.world_size
         if world == 1:
             return

@@ -116,10 +116,17 @@ def build_trainer(cfg: DictConfig, stage: str, run_dir: Path, group: str, on_che
         callbacks.append(TQDMProgressBar())
     for extra in call_hook("rlhf_lab_callbacks", cfg=cfg, stage=stage):
         callbacks.extend(extra)
+    plugins = []
+    if world_size > 1:
+        from lightning.fabric.plugins.environments import LightningEnvironment
+
+        # The ranks are this run's own (distributed.py), even inside a SLURM job or a torchelastic agent.
+        plugins.append(LightningEnvironment())
     return Trainer(
         accelerator=t.accelerator,
         devices=t.devices,
         strategy=strategy_for(cfg, world_size),
+        plugins=plugins,
         precision=t.precision,
         logger=build_loggers(cfg, stage, run_dir, group),
         callbacks=callbacks,
@@ -207,6 +214,8 @@ def check_trainer_config(cfg: DictConfig) -> TrainerPlan:
 
     from rlhf_lab.errors import RlhfLabError
 
+    from lightning.fabric.plugins.environments import LightningEnvironment
+
     t = cfg.trainer
     if t.strategy == "fsdp" and cfg.model.lora.r > 0:
         raise RlhfLabError("trainer.strategy=fsdp with LoRA (model.lora.r > 0): LoRA already keeps the trained state small; use trainer.strategy=ddp")
@@ -214,6 +223,7 @@ def check_trainer_config(cfg: DictConfig) -> TrainerPlan:
         trainer = Trainer(
             # (fsdp: the devices and processes are counted as for DDP; the sharding strategy is built per stage.)
             accelerator=t.accelerator, devices=t.devices, strategy="ddp" if t.strategy == "fsdp" else t.strategy, precision=t.precision,
+            plugins=[LightningEnvironment()],  # the processes this config asks for, not those of a SLURM job around it
             logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
         )
     except (MisconfigurationException, ValueError, TypeError, RuntimeError) as exc:

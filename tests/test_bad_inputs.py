@@ -195,6 +195,8 @@ ENVIRONMENT = [
     ("wandb-online-no-key", ["logger=wandb", "logger.mode=online"], {"WANDB_MODE": None}, "wandb would log online (logger.mode=online) but no API key"),
     ("WANDB_MODE-online-no-key", ["logger=wandb"], {"WANDB_MODE": "online"}, "wandb would log online (WANDB_MODE=online) but no API key"),
     ("cache-dir-under-a-file", ["cache_dir={files}/a_file/cache"], {}, "cache_dir={files}/a_file/cache: cannot write artifacts there"),
+    ("started-by-torchrun", ["trainer=ddp_cpu"], {"RANK": "1", "LOCAL_RANK": "1", "WORLD_SIZE": "2"},
+     "this process was started as rank 1 of 2 by another launcher (torchrun, srun with several tasks, ...)"),
 ]
 
 DATA = [

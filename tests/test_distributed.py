@@ -204,10 +204,17 @@ def test_fsdp_shards_every_trained_model_trains_as_ddp_does_and_resumes_bit_for_
     _same_run(again, tmp_path / "fsdp")
 
 
+# What a one-task SLURM job (hydra/launcher=slurm) shows its process: Lightning would take the job's
+# single task as the whole world and refuse 2 devices.
+SLURM_JOB = {"SLURM_NTASKS": "1", "SLURM_NTASKS_PER_NODE": "1", "SLURM_JOB_NAME": "sweep", "SLURM_JOB_ID": "12",
+             "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_NODELIST": "localhost"}
+
+
 def test_a_multirun_of_two_process_jobs_starts_ranks_per_job_not_a_sweep_per_rank(tmp_path):
+    """Also inside a SLURM job's environment: the ranks are the run's own, not the job's tasks."""
     sweep = tmp_path / "sweep"
     result = run_cli(["-m", "task.num_sft_examples=400", "sft.epochs=1", "trainer.progress_bar=none", *TWO, "stop_after=sft", "seed=0,1", "logger=csv",
-                      f"cache_dir={tmp_path / 'cache'}", f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+                      f"cache_dir={tmp_path / 'cache'}", f"hydra.sweep.dir={sweep}"], cwd=tmp_path, env=SLURM_JOB)
     assert result.returncode == 0, result.stderr[-3000:]
     assert sorted(p.name for p in sweep.iterdir() if p.is_dir() and not p.name.startswith(".")) == ["0", "1"]
     for job in ("0", "1"):
