@@ -128,7 +128,11 @@ class TrainerConfig:
     """Number or list of devices, or auto."""
     strategy: str = "auto"
     """Lightning strategy: auto, or with several devices ddp (one process per device, started by
-    rank 0; batch sizes stay global) or fsdp (the same, every model sharded over the devices: FSDP2)."""
+    rank 0; batch sizes stay global), fsdp (the same, every model sharded over the devices: FSDP2) or
+    deepspeed (the same, training state partitioned by DeepSpeed ZeRO at zero_stage)."""
+    zero_stage: int = 2
+    """With strategy=deepspeed, what ZeRO partitions over the processes: 1 the AdamW moments, 2 also
+    the gradients, 3 also the weights (the frozen reference and reward model too)."""
     precision: str = "32-true"
     """Lightning precision, e.g. 32-true, bf16-mixed (GPU)."""
     log_every_n_steps: int = 1
@@ -140,6 +144,8 @@ class TrainerConfig:
     for on-policy algorithms, rollout iterations), and at the end of every epoch."""
 
     def __post_init__(self) -> None:
+        if self.zero_stage not in (1, 2, 3):
+            raise ValueError(f"trainer.zero_stage must be 1, 2 or 3, got {self.zero_stage}")
         if self.progress_bar not in ("rich", "tqdm", "none"):
             raise ValueError(f"trainer.progress_bar must be rich, tqdm or none, got '{self.progress_bar}'")
         if self.log_every_n_steps < 1 or self.checkpoint_every_n_steps < 1:

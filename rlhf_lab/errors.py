@@ -33,7 +33,7 @@ def check_finite(loss, stage: str, step: int, checkpoint_dir=None, what: str = "
     where = ""
     if checkpoint_dir is not None:
         last = Path(checkpoint_dir) / "last.ckpt"
-        where = f"; the last good checkpoint is kept: {last}" if last.is_file() else f"; no checkpoint was written yet in {checkpoint_dir}"
+        where = f"; the last good checkpoint is kept: {last}" if last.exists() else f"; no checkpoint was written yet in {checkpoint_dir}"
     raise NonFiniteLossError(f"stage '{stage}', step {step}: {what} is {value}{where}")
 
 

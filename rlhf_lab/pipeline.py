@@ -398,7 +398,7 @@ class Pipeline:
         est = memory.estimate(
             parameters, trainable, self.model_cfg.dtype, reference=self.lora is None,
             reward_model=learned_reward and "reward" in self.consumes, critic=hasattr(self.algo_cfg, "critic_init"),
-            shards=self.trainer_plan.world_size if self.cfg.trainer.strategy == "fsdp" else 1,
+            shards=self.trainer_plan.world_size if self._shards_weights() else 1,
         )
         device = inference_device(self.cfg)
         available = memory.device_memory_bytes(device)
@@ -526,12 +526,17 @@ class Pipeline:
         model = load_policy(str(sft.path), self.model_cfg.dtype, key=f"reference {sft.path}")
         return model.eval().requires_grad_(False).to(self._frozen_device())
 
+    def _shards_weights(self) -> bool:
+        """Whether training holds 1/N of every model per process (FSDP, ZeRO stage 3)."""
+        t = self.cfg.trainer
+        return t.strategy == "fsdp" or (t.strategy == "deepspeed" and t.zero_stage == 3)
+
     def _frozen_device(self):
-        """Where the frozen reference and reward function wait: the accelerator, or with trainer.strategy=fsdp
-        host memory (training shards copies of them; rank 0 moves them to the accelerator to evaluate)."""
+        """Where the frozen reference and reward function wait: the accelerator, or when training shards
+        the weights host memory (training shards copies of them; rank 0 moves them to the accelerator to evaluate)."""
         import torch
 
-        return torch.device("cpu") if self.cfg.trainer.strategy == "fsdp" else inference_device(self.cfg)
+        return torch.device("cpu") if self._shards_weights() else inference_device(self.cfg)
 
     def build_preferences(self, sft: Artifact, policy: Optional[Artifact] = None, round_: int = 1, previous: Optional[Artifact] = None) -> Artifact:
         """Preference records for training and held-out accuracy: ``train.jsonl``, ``heldout.jsonl``.

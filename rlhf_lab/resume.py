@@ -213,7 +213,7 @@ class InProgressIndex:
             recorded = Path(json.loads(self._path(stage, key).read_text())["checkpoint"])
         except (OSError, ValueError, KeyError):
             return None
-        return recorded if recorded.is_file() else None
+        return recorded if recorded.exists() else None  # a file, or a directory (DeepSpeed)
 
     def record(self, stage: str, key: str, checkpoint: Path) -> None:
         self.root.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,6 @@
-"""Fully sharded training (``trainer.strategy=fsdp``): PyTorch's FSDP2 through Lightning's ``ModelParallelStrategy``.
+"""Fully sharded training (``trainer.strategy=fsdp``): PyTorch's FSDP2 through Lightning's ``ModelParallelStrategy``;
+and what every sharding strategy (FSDP, DeepSpeed ZeRO: ``deepspeed_zero.py``) shares: the
+:class:`ShardedTraining` mixin and :func:`consolidated`.
 
 Each rank holds 1/N of every trainable model's weights, gradients and AdamW moments; a layer's weights
 are gathered for its forward and backward and freed after. A module that trains models mixes in
@@ -65,14 +67,21 @@ def whole(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def consolidated(model: nn.Module, build: Callable[[], nn.Module]) -> Optional[nn.Module]:
-    """``model`` itself if it is not sharded; else its weights gathered into ``build()`` (an unsharded
-    model of the same architecture) on rank 0, and None on the other ranks. Every rank must call it."""
-    if not is_sharded(model):
+    """``model`` itself if it is whole on every rank; else (sharded by FSDP or partitioned by ZeRO-3)
+    its weights gathered into ``build()`` (an unsharded model of the same architecture) on rank 0, and
+    None on the other ranks. Every rank must call it."""
+    from rlhf_lab.deepspeed_zero import gathered_state, is_partitioned
+
+    if not is_sharded(model) and not is_partitioned(model):
         return model
     import torch.distributed as dist
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if is_sharded(model):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    else:
+        state = gathered_state(model, is_main=dist.get_rank() == 0)
     if dist.get_rank() != 0:
         return None
     out = build()
@@ -85,24 +94,56 @@ def consolidated(model: nn.Module, build: Callable[[], nn.Module]) -> Optional[n
 
 class ShardedTraining:
     """Mixin for a stage's ``LightningModule``: under ``trainer.strategy=fsdp`` its models are sharded
-    in ``configure_model``; under any other strategy nothing changes."""
+    in ``configure_model``; under ``trainer.strategy=deepspeed`` DeepSpeed's engine partitions them (and,
+    at ZeRO stage 3, :meth:`partition_frozen` the frozen ones); under any other strategy nothing changes.
+
+    ``_sharded`` is true when each rank holds only a slice of the weights (FSDP, ZeRO-3): a forward
+    then gathers weights with the other ranks, so every rank must take the same forwards (lockstep).
+    """
 
     def sharded_models(self) -> list[nn.Module]:
         """The trained models, sharded in place (by default the module's ``model``)."""
         return [self.model] if isinstance(getattr(self, "model", None), nn.Module) else []
 
-    def shard_frozen(self, mesh) -> None:
-        """Replace frozen models the step uses by sharded copies (override where there are some)."""
+    def shard_frozen(self, copy_sharded: Callable[[nn.Module], nn.Module]) -> None:
+        """Replace the frozen models the step uses by ``copy_sharded(model)`` (override where there are some)."""
+
+    def gradient_clip_norm(self) -> Optional[float]:
+        """The norm DeepSpeed's engine, which clips by itself, clips the gradients to (None: no clipping)."""
+        return None
+
+    @property
+    def uses_deepspeed(self) -> bool:
+        """Whether DeepSpeed's engine runs the backward, the clipping and the step."""
+        from rlhf_lab.deepspeed_zero import ZeroStrategy
+
+        return self._trainer is not None and isinstance(self._trainer.strategy, ZeroStrategy)
 
     def configure_model(self) -> None:
+        if getattr(self, "_sharded", False):
+            return
+        if self.uses_deepspeed:
+            # The engine partitions the trained models when the strategy sets up, after this hook.
+            self._sharded = self._trainer.strategy.stage == 3
+            return
         mesh = self.device_mesh
-        if mesh is None or getattr(self, "_sharded", False):
+        if mesh is None:
             return
         mesh = mesh["data_parallel"]
         for model in self.sharded_models():
             shard(model, mesh)
-        self.shard_frozen(mesh)
+        self.shard_frozen(lambda model: sharded_copy(model, mesh))
         self._sharded = True
+
+    def partition_frozen(self) -> None:
+        """Under ZeRO stage 3, replace the frozen models by partitioned copies; call once the engine is
+        set up (``on_fit_start``: the models are created outside ``configure_model``'s ``zero.Init``)."""
+        if self.uses_deepspeed and self._sharded and not getattr(self, "_frozen_partitioned", False):
+            from rlhf_lab.deepspeed_zero import partitioned_copy
+
+            precision = str(self._trainer.precision)
+            self.shard_frozen(lambda model: partitioned_copy(model, precision))
+            self._frozen_partitioned = True
 
 
 def sharded_copy(model: nn.Module, mesh) -> nn.Module:

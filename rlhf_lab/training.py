@@ -159,18 +159,39 @@ class LastCheckpoint(Callback):
         self.on_checkpoint, self.resuming = on_checkpoint, resuming
 
     def save(self, trainer) -> None:
+        import shutil
+
         self.directory.mkdir(parents=True, exist_ok=True)
-        tmp = self.directory / "last.ckpt.tmp"
-        trainer.save_checkpoint(str(tmp), weights_only=False)
-        if trainer.is_global_zero:
-            os.replace(tmp, self.directory / "last.ckpt")
-            if self.on_checkpoint is not None:
-                self.on_checkpoint(self.directory / "last.ckpt")
+        last, tmp = self.directory / "last.ckpt", self.directory / "last.ckpt.tmp"
+        from rlhf_lab.deepspeed_zero import ZeroStrategy
+
+        if not isinstance(trainer.strategy, ZeroStrategy):
+            trainer.save_checkpoint(str(tmp), weights_only=False)
+            if trainer.is_global_zero:
+                os.replace(tmp, last)
+        else:
+            # DeepSpeed writes a directory, every rank its partition: into a fresh temporary one, then
+            # swapped in by two renames (a directory cannot replace a non-empty one in one step).
+            if trainer.is_global_zero and tmp.exists():
+                shutil.rmtree(tmp)
+            trainer.strategy.barrier("checkpoint")
+            trainer.save_checkpoint(str(tmp), weights_only=False)  # ends at a barrier: every rank has written
+            if trainer.is_global_zero:
+                old = self.directory / "last.ckpt.old"
+                if last.exists():
+                    os.replace(last, old)
+                os.replace(tmp, last)
+                shutil.rmtree(old, ignore_errors=True)
+        if trainer.is_global_zero and self.on_checkpoint is not None:
+            self.on_checkpoint(last)
 
     def on_fit_start(self, trainer, pl_module) -> None:
         # A reused run directory must not offer an earlier run's checkpoint as this run's last good one.
         if trainer.is_global_zero and not self.resuming:
-            (self.directory / "last.ckpt").unlink(missing_ok=True)
+            import shutil
+
+            last = self.directory / "last.ckpt"
+            shutil.rmtree(last) if last.is_dir() else last.unlink(missing_ok=True)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         from rlhf_lab.resume import ResumableLoader
@@ -193,9 +214,10 @@ class TrainerPlan:
     device_type: str
 
 
-MULTI_PROCESS_STRATEGIES = ("ddp", "ddp_find_unused_parameters_true", "ddp_find_unused_parameters_false", "fsdp")
+MULTI_PROCESS_STRATEGIES = ("ddp", "ddp_find_unused_parameters_true", "ddp_find_unused_parameters_false", "fsdp", "deepspeed")
 """Strategies a run may use with several processes (rank 0 starts the ranks, ``distributed.py``);
-``fsdp`` is this project's fully sharded training (``sharding.py``), not Lightning's FSDP1 wrapper."""
+``fsdp`` is this project's fully sharded training (``sharding.py``), not Lightning's FSDP1 wrapper;
+``deepspeed`` is ZeRO at ``trainer.zero_stage`` (``deepspeed_zero.py``)."""
 
 
 def strategy_for(cfg: DictConfig, world_size: int):
@@ -204,7 +226,17 @@ def strategy_for(cfg: DictConfig, world_size: int):
         from rlhf_lab.sharding import fsdp_strategy
 
         return fsdp_strategy(world_size)
+    if cfg.trainer.strategy == "deepspeed":
+        from rlhf_lab.deepspeed_zero import deepspeed_strategy
+
+        return deepspeed_strategy(cfg.trainer.zero_stage, cpu=_on_cpu(cfg))
     return cfg.trainer.strategy
+
+
+def _on_cpu(cfg: DictConfig) -> bool:
+    import torch
+
+    return cfg.trainer.accelerator == "cpu" or (cfg.trainer.accelerator == "auto" and not torch.cuda.is_available())
 
 
 def check_trainer_config(cfg: DictConfig) -> TrainerPlan:
@@ -217,25 +249,28 @@ def check_trainer_config(cfg: DictConfig) -> TrainerPlan:
     from lightning.fabric.plugins.environments import LightningEnvironment
 
     t = cfg.trainer
-    if t.strategy == "fsdp" and cfg.model.lora.r > 0:
-        raise RlhfLabError("trainer.strategy=fsdp with LoRA (model.lora.r > 0): LoRA already keeps the trained state small; use trainer.strategy=ddp")
+    if t.strategy in ("fsdp", "deepspeed") and cfg.model.lora.r > 0:
+        raise RlhfLabError(f"trainer.strategy={t.strategy} with LoRA (model.lora.r > 0): LoRA already keeps the trained state small; use trainer.strategy=ddp")
+    if t.strategy == "deepspeed":
+        import importlib.util
+
+        if importlib.util.find_spec("deepspeed") is None:
+            raise RlhfLabError("trainer.strategy=deepspeed needs DeepSpeed: pip install -e \".[deepspeed]\" (or pip install deepspeed)")
     try:
         trainer = Trainer(
-            # (fsdp: the devices and processes are counted as for DDP; the sharding strategy is built per stage.)
-            accelerator=t.accelerator, devices=t.devices, strategy="ddp" if t.strategy == "fsdp" else t.strategy, precision=t.precision,
+            # (fsdp, deepspeed: the devices and processes are counted as for DDP; the sharding strategy is built per stage.)
+            accelerator=t.accelerator, devices=t.devices, strategy="ddp" if t.strategy in ("fsdp", "deepspeed") else t.strategy, precision=t.precision,
             plugins=[LightningEnvironment()],  # the processes this config asks for, not those of a SLURM job around it
             logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
         )
     except (MisconfigurationException, ValueError, TypeError, RuntimeError) as exc:
         raise RlhfLabError(f"trainer: {exc} (trainer.accelerator={t.accelerator}, trainer.devices={t.devices}, trainer.precision={t.precision})") from None
-    if t.strategy == "fsdp":
-        from rlhf_lab.sharding import fsdp_strategy
-
-        try:  # the precisions FSDP2 takes, checked on the strategy each stage will use
-            Trainer(accelerator=t.accelerator, devices=t.devices, strategy=fsdp_strategy(trainer.world_size), precision=t.precision,
+    if t.strategy in ("fsdp", "deepspeed"):
+        try:  # the precisions the sharding strategy takes, checked on the strategy each stage will use
+            Trainer(accelerator=t.accelerator, devices=t.devices, strategy=strategy_for(cfg, trainer.world_size), precision=t.precision,
                     logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
         except (MisconfigurationException, ValueError, TypeError, RuntimeError) as exc:
-            raise RlhfLabError(f"trainer.strategy=fsdp: {exc} (trainer.precision={t.precision})") from None
+            raise RlhfLabError(f"trainer.strategy={t.strategy}: {exc} (trainer.precision={t.precision})") from None
     if trainer.world_size > 1 and t.strategy not in MULTI_PROCESS_STRATEGIES:
         # Other launchers (spawn, fork) would start the ranks inside the first fit, past the pipeline's
         # own start of the ranks; FSDP and DeepSpeed need models built for them.

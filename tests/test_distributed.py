@@ -60,6 +60,7 @@ ARGS = [
 ]
 TWO = ["trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp"]
 FSDP = ["trainer=fsdp_cpu"]
+DEEPSPEED = ["trainer=deepspeed_cpu"]  # ZeRO stage 3
 
 # Loaded at start-up by every Python process given its directory on PYTHONPATH (rank 0 and the workers
 # it starts). KILL_RANK_1: rank 1 (the environment rank 0 gives its workers) SIGKILLs itself after its
@@ -89,9 +90,12 @@ if os.environ.get("SHARD_PROBE"):
             self.stage = stage
         def on_train_start(self, trainer, module):
             params = [p for p in module.parameters() if p.requires_grad]
-            local = sum(p.to_local().numel() if hasattr(p, "to_local") else p.numel() for p in params)
+            # FSDP: DTensor shards; ZeRO-3: each parameter's partition (ds_tensor) and its whole size (ds_numel).
+            local = sum(p.to_local().numel() if hasattr(p, "to_local") else p.ds_tensor.numel() if hasattr(p, "ds_tensor") else p.numel()
+                        for p in params)
+            total = sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in params)
             out = Path(os.environ["SHARD_PROBE"]) / f"{self.stage}-rank{trainer.global_rank}.json"
-            out.write_text(json.dumps({"local": local, "total": sum(p.numel() for p in params)}))
+            out.write_text(json.dumps({"local": local, "total": total, "tensors": len(params)}))
     hooks.append(lambda stage: [Probe(stage)])
 
 if hooks:
@@ -174,20 +178,22 @@ def _same_run(a: Path, b: Path) -> None:
     assert (a / "policy" / "model.safetensors").read_bytes() == (b / "policy" / "model.safetensors").read_bytes()
 
 
-def test_fsdp_shards_every_trained_model_trains_as_ddp_does_and_resumes_bit_for_bit(runs, tmp_path):
+@pytest.mark.parametrize("strategy", [FSDP, DEEPSPEED], ids=["fsdp", "deepspeed_zero3"])
+def test_sharded_training_holds_half_of_every_trained_model_trains_as_ddp_does_and_resumes_bit_for_bit(runs, tmp_path, strategy):
     probe = tmp_path / "probe"
     probe.mkdir()
-    sharded = run_cli([*ARGS, *FSDP, f"cache_dir={tmp_path / 'cache_a'}", f"hydra.run.dir={tmp_path / 'fsdp'}"],
+    sharded = run_cli([*ARGS, *strategy, f"cache_dir={tmp_path / 'cache_a'}", f"hydra.run.dir={tmp_path / 'sharded'}"],
                       cwd=tmp_path, env=_injected_env(tmp_path, SHARD_PROBE=str(probe)))
     assert sharded.returncode == 0, sharded.stderr[-3000:]
     # Each rank held about half of every stage's trained weights (PPO: policy and critic).
     for stage in ("sft", "reward", "policy"):
         held = [json.loads((probe / f"{stage}-rank{rank}.json").read_text()) for rank in (0, 1)]
         assert held[0]["total"] == held[1]["total"] > 0
-        assert sum(h["local"] for h in held) == held[0]["total"], stage
+        # (ZeRO pads an odd-sized parameter's two partitions to equal sizes: at most one element each.)
+        assert 0 <= sum(h["local"] for h in held) - held[0]["total"] <= held[0]["tensors"], stage
         assert all(0.4 < h["local"] / h["total"] < 0.6 for h in held), (stage, held)
     # The same optimisation as DDP: identical global batches and gradients (up to float summation order).
-    a, b = _figures(tmp_path / "fsdp"), _figures(runs["ddp"])
+    a, b = _figures(tmp_path / "sharded"), _figures(runs["ddp"])
     assert abs(a["sft/val_loss"] - b["sft/val_loss"]) < 1e-4
     assert abs(a["reward/accuracy"] - b["reward/accuracy"]) < 1e-6
     for figure in ("gold_reward", "proxy_reward"):
@@ -196,12 +202,13 @@ def test_fsdp_shards_every_trained_model_trains_as_ddp_does_and_resumes_bit_for_
     # Rank 0 saved a whole model (gathered from the shards) that loads as a plain transformers model.
     from transformers import AutoModelForCausalLM
 
-    assert sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(tmp_path / "fsdp" / "policy").parameters()) > 0
+    assert sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(tmp_path / "sharded" / "policy").parameters()) > 0
     # Rank 1 killed in PPO: every rank's random streams and the data position come back from the
-    # checkpoint (DDP shares this machinery; under FSDP the checkpoint is restored after on_fit_start).
-    # The upstream stages come from the uninterrupted run's cache: only the policy stage is redone.
-    again = _kill_rank_1_then_resume(tmp_path, [*ARGS, *FSDP, f"cache_dir={tmp_path / 'cache_a'}"])
-    _same_run(again, tmp_path / "fsdp")
+    # checkpoint (DDP shares this machinery; under FSDP the checkpoint is restored after on_fit_start;
+    # DeepSpeed's is a directory of partitions). The upstream stages come from the uninterrupted run's
+    # cache: only the policy stage is redone.
+    again = _kill_rank_1_then_resume(tmp_path, [*ARGS, *strategy, f"cache_dir={tmp_path / 'cache_a'}"])
+    _same_run(again, tmp_path / "sharded")
 
 
 # What a one-task SLURM job (hydra/launcher=slurm) shows its process: Lightning would take the job's

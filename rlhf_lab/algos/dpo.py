@@ -199,7 +199,12 @@ class DPOModule(ShardedTraining, ResumableModule, pl.LightningModule):
     def sharded_models(self) -> list:
         return [self.policy]  # the reference is used once, whole, before training (on_fit_start)
 
+    def gradient_clip_norm(self) -> float:
+        return self.cfg.max_grad_norm
+
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        if self.uses_deepspeed:  # its engine clips, to gradient_clip_norm()
+            return
         if getattr(self, "_sharded", False):  # Lightning's clipping refuses sharded models; torch's spans the shards
             torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.cfg.max_grad_norm)
             return

@@ -110,12 +110,15 @@ class OnPolicyModule(ShardedTraining, ResumableModule, pl.LightningModule):
     def sharded_models(self) -> list[nn.Module]:
         return [m for m in (self.policy, self.critic) if m is not None]
 
-    def shard_frozen(self, mesh) -> None:
+    def shard_frozen(self, copy_sharded) -> None:
         reward = self.frozen.reward
         if isinstance(getattr(reward, "model", None), nn.Module):  # a learned reward; a rule has no weights
             reward = copy.copy(reward)
-            reward.model = sharded_copy(reward.model, mesh)
-        self.frozen = _Frozen(sharded_copy(self.frozen.reference, mesh), reward)
+            reward.model = copy_sharded(reward.model)
+        self.frozen = _Frozen(copy_sharded(self.frozen.reference), reward)
+
+    def gradient_clip_norm(self) -> float:
+        return self.cfg.max_grad_norm
 
     def train_dataloader(self) -> DataLoader:
         cfg, tok = self.cfg, self.tokenizer
@@ -130,8 +133,10 @@ class OnPolicyModule(ShardedTraining, ResumableModule, pl.LightningModule):
         return self.resumable(ResumableLoader(prompts, cfg.rollout_batch_size, collate, lambda epoch: list(sampler), len(sampler)))
 
     def on_fit_start(self) -> None:
-        self.frozen.reference.to(self.device)
-        self.frozen.reward.to(self.device)
+        self.partition_frozen()  # ZeRO-3 only; its engines place the partitions themselves
+        if not getattr(self, "_frozen_partitioned", False):
+            self.frozen.reference.to(self.device)
+            self.frozen.reward.to(self.device)
         # One stream per rank: the same seed everywhere would make every rank sample the same responses.
         self.generator = torch.Generator(device=self.device).manual_seed(self.inputs.seed + self.global_rank)
 
@@ -147,7 +152,10 @@ class OnPolicyModule(ShardedTraining, ResumableModule, pl.LightningModule):
         self._rollouts = state["rollouts"]
 
     def teardown(self, stage: str) -> None:
-        # Lightning moves only the module tree back to the CPU after fit; the frozen models follow.
+        # Lightning moves only the module tree back to the CPU after fit; the frozen models follow
+        # (ZeRO-3's partitioned copies are dropped with the module).
+        if getattr(self, "_frozen_partitioned", False):
+            return
         self.frozen.reference.cpu()
         self.frozen.reward.to("cpu")
 
@@ -218,6 +226,14 @@ class OnPolicyModule(ShardedTraining, ResumableModule, pl.LightningModule):
         opt = self.optimizers()
         opt.zero_grad()
         self.manual_backward(loss)
+        if self.uses_deepspeed:
+            # DeepSpeed's engine computes the norm (over its partitions) and clips inside its step.
+            check_finite(loss.detach(), "policy", self.global_step, self.inputs.checkpoint_dir)
+            opt.step()
+            grad_norm = torch.tensor(float(self.trainer.strategy.deepspeed_engine.get_global_grad_norm()), device=self.device)
+            # Past the step, but before the next checkpoint: the run stops with the last good one kept.
+            check_finite(grad_norm, "policy", self.global_step, self.inputs.checkpoint_dir, what="gradient norm")
+            return grad_norm
         # On sharded parameters the norm is computed over every shard (whole() makes it a plain tensor).
         grad_norm = whole(torch.nn.utils.clip_grad_norm_(self.trainable_parameters(), self.cfg.max_grad_norm))
         both = torch.stack([loss.detach().float(), grad_norm.float()])
