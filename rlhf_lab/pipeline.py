@@ -449,8 +449,8 @@ class Pipeline:
                 trainer.fit(module, ckpt_path=resume)
             finally:
                 close_loggers(trainer.loggers)
-            # Sharded (trainer.strategy=fsdp): gathered whole on rank 0, by every rank.
-            model = consolidated(module.model, lambda: load_policy(str(base.path), self.model_cfg.dtype))
+            # Sharded (fsdp, ZeRO-3) or trained by DeepSpeed: gathered whole on rank 0, by every rank.
+            model = consolidated(module.model, lambda: load_policy(str(base.path), self.model_cfg.dtype), rebuild=self._deepspeed)
             if out is None:
                 return {}  # a worker rank: rank 0 checks and saves
             check_weights_finite(model, "sft")
@@ -525,6 +525,10 @@ class Pipeline:
 
         model = load_policy(str(sft.path), self.model_cfg.dtype, key=f"reference {sft.path}")
         return model.eval().requires_grad_(False).to(self._frozen_device())
+
+    @property
+    def _deepspeed(self) -> bool:
+        return self.cfg.trainer.strategy == "deepspeed"
 
     def _shards_weights(self) -> bool:
         """Whether training holds 1/N of every model per process (FSDP, ZeRO stage 3)."""
@@ -658,7 +662,7 @@ class Pipeline:
                 trainer.fit(module, ckpt_path=resume)
             finally:
                 close_loggers(trainer.loggers)
-            model = consolidated(model, lambda: load_value_model(str(init.path), self.model_cfg.dtype))
+            model = consolidated(model, lambda: load_value_model(str(init.path), self.model_cfg.dtype), rebuild=self._deepspeed)
             if out is None:
                 return {}  # a worker rank: rank 0 checks, normalises and saves
             check_weights_finite(model, stage)
@@ -798,7 +802,7 @@ class Pipeline:
             result, trainer = self._fit_algorithm(inputs, "policy", seed=self.cfg.seed, key=key)
             if trainer is None:
                 return result, inference_device(self.cfg)  # a policy that trains nothing (best-of-n)
-            policy = consolidated(result.policy, inputs.load_policy)
+            policy = consolidated(result.policy, inputs.load_policy, rebuild=self._deepspeed)
             if not self.ranks.is_main:
                 return None, trainer.strategy.root_device  # rank 0 saves and evaluates
             result.policy = policy

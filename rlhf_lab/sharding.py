@@ -66,23 +66,29 @@ def whole(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
 
 
-def consolidated(model: nn.Module, build: Callable[[], nn.Module]) -> Optional[nn.Module]:
-    """``model`` itself if it is whole on every rank; else (sharded by FSDP or partitioned by ZeRO-3)
-    its weights gathered into ``build()`` (an unsharded model of the same architecture) on rank 0, and
-    None on the other ranks. Every rank must call it."""
+def consolidated(model: nn.Module, build: Callable[[], nn.Module], rebuild: bool = False) -> Optional[nn.Module]:
+    """``model`` itself if it is whole on every rank (and not ``rebuild``); else its weights gathered
+    into ``build()`` (an unsharded model of the same architecture, in the run's dtype) on rank 0, and
+    None on the other ranks. Every rank must call it.
+
+    ``rebuild``: a model DeepSpeed trained is whole under ZeRO 1-2, but its engine cast it to the
+    training precision and keeps hooks on it: rank 0 copies its weights into a plain model."""
     from rlhf_lab.deepspeed_zero import gathered_state, is_partitioned
 
-    if not is_sharded(model) and not is_partitioned(model):
+    if not is_sharded(model) and not is_partitioned(model) and not rebuild:
         return model
     import torch.distributed as dist
 
+    rank = dist.get_rank() if dist.is_initialized() else 0
     if is_sharded(model):
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
         state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    elif is_partitioned(model):
+        state = gathered_state(model, is_main=rank == 0)
     else:
-        state = gathered_state(model, is_main=dist.get_rank() == 0)
-    if dist.get_rank() != 0:
+        state = model.state_dict() if rank == 0 else None
+    if rank != 0:
         return None
     out = build()
     missing, unexpected = out.load_state_dict(state, strict=False)

@@ -147,6 +147,10 @@ BOUNDS = [
      "algo.rollout_batch_size=64 does not divide over 3 processes"),
     ("fsdp with LoRA", ["trainer=fsdp_cpu", "model.lora.r=4"], {}, "trainer.strategy=fsdp with LoRA (model.lora.r > 0)"),
     ("fsdp precision", ["trainer=fsdp_cpu", "trainer.precision=16-mixed"], {}, "trainer.strategy=fsdp: The `ModelParallelStrategy` does not support"),
+    ("trainer.zero_stage", ["trainer.zero_stage=4"], {}, "trainer.zero_stage must be 1, 2 or 3, got 4"),
+    ("deepspeed with LoRA", ["trainer=deepspeed_cpu", "model.lora.r=4"], {}, "trainer.strategy=deepspeed with LoRA (model.lora.r > 0)"),
+    ("deepspeed precision", ["trainer=deepspeed_cpu", "trainer.precision=64-true"], {},
+     "trainer.strategy=deepspeed: `Trainer(strategy='deepspeed', precision='64-true')` is not supported"),
     ("loop with several processes", ["trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp", "loop.rounds=2"], {},
      "loop.rounds=2 runs in one process for now"),
     ("logger.name", ["logger.name=mlflow"], {}, "logger.name must be wandb, csv or tensorboard, got 'mlflow'"),
@@ -281,6 +285,15 @@ def test_resume_names_what_it_cannot_resume(tmp_path, monkeypatch, capsys, no_tr
     assert code == 2 and f"resume={tmp_path / 'nowhere'}: no run there" in err
     code, err = run_main([f"resume={tmp_path}", "seed=1"], monkeypatch, capsys)
     assert code == 2 and "resume=<run dir> takes no other argument" in err
+
+
+def test_deepspeed_missing_is_named_with_how_to_install_it(tmp_path, monkeypatch, capsys, no_training):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "deepspeed" else find_spec(name, *a))
+    code, err = run_main([*TINY, "trainer=deepspeed_cpu", f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}"], monkeypatch, capsys)
+    assert code == 2 and 'trainer.strategy=deepspeed needs DeepSpeed: pip install -e ".[deepspeed]"' in err, err[-2000:]
 
 
 def test_the_table_has_at_least_eighty_cases():

@@ -81,7 +81,7 @@ def test_every_option_composes_and_builds(registry, group, option, tmp_path):
             assert plan.world_size == devices
 
 
-@pytest.mark.parametrize("trainer", ["ddp_cpu", "fsdp_cpu"])
+@pytest.mark.parametrize("trainer", ["ddp_cpu", "fsdp_cpu", "deepspeed_cpu"])
 @pytest.mark.parametrize("algo", ["ppo", "a2c", "dpo", "reinforce", "rloo", "grpo", "best_of_n"])
 def test_every_algorithm_with_its_defaults_passes_the_checks_of_a_two_process_run(algo, trainer, tmp_path):
     """Default batch sizes divide over 2 processes: `trainer=ddp_cpu` works without further overrides."""

@@ -211,6 +211,20 @@ def test_sharded_training_holds_half_of_every_trained_model_trains_as_ddp_does_a
     _same_run(again, tmp_path / "sharded")
 
 
+def test_zero_stage_2_keeps_whole_weights_and_gives_ddp_figures(runs, tmp_path):
+    """ZeRO-2 partitions gradients and AdamW moments, not weights: generation is not in lockstep, the
+    engine clips (to algo.max_grad_norm) and steps, and rank 0 copies the whole policy out of the engine."""
+    result = run_cli([*ARGS, *DEEPSPEED, "trainer.zero_stage=2", f"cache_dir={runs['ddp_cache']}", f"hydra.run.dir={tmp_path / 'zero2'}"],
+                     cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "zero2" / "checkpoints" / "policy" / "last.ckpt" / "latest").is_file()  # DeepSpeed's directory
+    a, b = _figures(tmp_path / "zero2"), _figures(runs["ddp"])
+    for figure in ("gold_reward", "proxy_reward"):
+        se = (a[f"eval/ppo/{figure}_se"] ** 2 + b[f"eval/ppo/{figure}_se"] ** 2) ** 0.5
+        assert abs(a[f"eval/ppo/{figure}"] - b[f"eval/ppo/{figure}"]) < 3 * se, figure
+    assert abs(a["eval/ppo/kl"] - b["eval/ppo/kl"]) < 3 * (a["eval/ppo/kl_se"] ** 2 + b["eval/ppo/kl_se"] ** 2) ** 0.5
+
+
 # What a one-task SLURM job (hydra/launcher=slurm) shows its process: Lightning would take the job's
 # single task as the whole world and refuse 2 devices.
 SLURM_JOB = {"SLURM_NTASKS": "1", "SLURM_NTASKS_PER_NODE": "1", "SLURM_JOB_NAME": "sweep", "SLURM_JOB_ID": "12",
