@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 from pathlib import Path
@@ -94,8 +95,11 @@ if os.environ.get("SHARD_PROBE"):
             local = sum(p.to_local().numel() if hasattr(p, "to_local") else p.ds_tensor.numel() if hasattr(p, "ds_tensor") else p.numel()
                         for p in params)
             total = sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in params)
+            # The frozen reference of a policy step: sharded (FSDP) or partitioned (ZeRO-3) as well.
+            frozen = getattr(getattr(module, "frozen", None), "reference", None)
+            frozen_sharded = frozen is not None and any(hasattr(p, "to_local") or hasattr(p, "ds_id") for p in frozen.parameters())
             out = Path(os.environ["SHARD_PROBE"]) / f"{self.stage}-rank{trainer.global_rank}.json"
-            out.write_text(json.dumps({"local": local, "total": total, "tensors": len(params)}))
+            out.write_text(json.dumps({"local": local, "total": total, "tensors": len(params), "frozen_sharded": frozen_sharded}))
     hooks.append(lambda stage: [Probe(stage)])
 
 if hooks:
@@ -173,6 +177,12 @@ def _kill_rank_1_then_resume(tmp_path, args: list[str]) -> Path:
     return tmp_path / "again"
 
 
+def _grad_norms(run_dir: Path) -> list[float]:
+    """The policy's gradient norm (before clipping) at each PPO iteration, from rank 0's csv log."""
+    with open(run_dir / "csv" / "policy" / "metrics.csv") as f:
+        return [float(row["losses/grad_norm"]) for row in csv.DictReader(f) if row.get("losses/grad_norm")]
+
+
 def _same_run(a: Path, b: Path) -> None:
     assert _figures(a) == _figures(b)
     assert (a / "policy" / "model.safetensors").read_bytes() == (b / "policy" / "model.safetensors").read_bytes()
@@ -192,7 +202,9 @@ def test_sharded_training_holds_half_of_every_trained_model_trains_as_ddp_does_a
         # (ZeRO pads an odd-sized parameter's two partitions to equal sizes: at most one element each.)
         assert 0 <= sum(h["local"] for h in held) - held[0]["total"] <= held[0]["tensors"], stage
         assert all(0.4 < h["local"] / h["total"] < 0.6 for h in held), (stage, held)
+        assert all(h["frozen_sharded"] == (stage == "policy") for h in held), (stage, held)
     # The same optimisation as DDP: identical global batches and gradients (up to float summation order).
+    assert _grad_norms(tmp_path / "sharded") == pytest.approx(_grad_norms(runs["ddp"]), rel=1e-3)
     a, b = _figures(tmp_path / "sharded"), _figures(runs["ddp"])
     assert abs(a["sft/val_loss"] - b["sft/val_loss"]) < 1e-4
     assert abs(a["reward/accuracy"] - b["reward/accuracy"]) < 1e-6
@@ -218,6 +230,10 @@ def test_zero_stage_2_keeps_whole_weights_and_gives_ddp_figures(runs, tmp_path):
                      cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "zero2" / "checkpoints" / "policy" / "last.ckpt" / "latest").is_file()  # DeepSpeed's directory
+    # The same rollouts and updates as DDP: each iteration's gradient norm (above algo.max_grad_norm=1,
+    # so the engine's clipping shapes every later one) equal up to float summation order.
+    assert _grad_norms(tmp_path / "zero2") == pytest.approx(_grad_norms(runs["ddp"]), rel=1e-4)
+    assert max(_grad_norms(runs["ddp"])) > 1.0
     a, b = _figures(tmp_path / "zero2"), _figures(runs["ddp"])
     for figure in ("gold_reward", "proxy_reward"):
         se = (a[f"eval/ppo/{figure}_se"] ** 2 + b[f"eval/ppo/{figure}_se"] ** 2) ** 0.5
