@@ -29,11 +29,20 @@ DEEPSPEED = "deepspeed"
 """The ``trainer.strategy`` value that selects DeepSpeed ZeRO."""
 
 
+CPU_ZERO = {
+    "reduce_scatter": False,  # gloo has no reduce-scatter: gradients are all-reduced, then partitioned
+    # Every weight partitioned, as a large model's are: DeepSpeed keeps tensors under 1e5 elements whole
+    # on every rank, which on a toy model is all of them, and would leave ZeRO-3's gathering untried.
+    "stage3_param_persistence_threshold": 0,
+}
+"""What the CPU path (trying and testing, on small models) changes in ZeRO's settings."""
+
+
 def zero_config(stage: int, cpu: bool) -> dict:
     """The DeepSpeed config of a training engine (Lightning adds precision and accumulation)."""
     zero = {"stage": stage}
     if cpu:
-        zero["reduce_scatter"] = False  # gloo has no reduce-scatter: gradients are all-reduced, then partitioned
+        zero.update(CPU_ZERO)
     return {
         "zero_optimization": zero,
         # Only DeepSpeed's throughput log reads it; the loaders give the real (global) batch sizes.
@@ -101,11 +110,11 @@ def is_partitioned(model: nn.Module) -> bool:
     return any(hasattr(p, "ds_id") for p in model.parameters())
 
 
-def partitioned_copy(model: nn.Module, precision: str) -> nn.Module:
+def partitioned_copy(model: nn.Module, precision: str, cpu: bool) -> nn.Module:
     """A ZeRO-3 partitioned copy of a frozen model, for inference only (the original stays whole)."""
     import deepspeed
 
-    config = {"zero_optimization": {"stage": 3}, "train_micro_batch_size_per_gpu": 1}
+    config = {"zero_optimization": {"stage": 3, **(CPU_ZERO if cpu else {})}, "train_micro_batch_size_per_gpu": 1}
     if precision.startswith("bf16"):
         config["bf16"] = {"enabled": True}
     elif precision.startswith("16"):

@@ -147,8 +147,8 @@ class ShardedTraining:
         if self.uses_deepspeed and self._sharded and not getattr(self, "_frozen_partitioned", False):
             from rlhf_lab.deepspeed_zero import partitioned_copy
 
-            precision = str(self._trainer.precision)
-            self.shard_frozen(lambda model: partitioned_copy(model, precision))
+            precision, cpu = str(self._trainer.precision), self._trainer.strategy.cpu
+            self.shard_frozen(lambda model: partitioned_copy(model, precision, cpu))
             self._frozen_partitioned = True
 
 
