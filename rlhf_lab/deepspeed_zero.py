@@ -76,7 +76,9 @@ class ZeroStrategy(DeepSpeedStrategy):
 
         # DeepSpeed's shared-memory all-reduce for CPUs is a C++ extension it compiles at first use
         # (a compiler and half a minute): the CPU path is for trying and testing, gloo serves it.
-        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+        compatible = getattr(deepspeed.ops, "__compatible_ops__", None)
+        if isinstance(compatible, dict):
+            compatible["deepspeed_shm_comm"] = False
         reset_seed()
         self.set_world_ranks()
         self._init_deepspeed_distributed()

@@ -8,7 +8,6 @@ import math
 
 import pytest
 import torch
-from torch.testing import assert_close
 
 from rlhf_lab.algos.dpo import DPOModule, preference_pairs
 from rlhf_lab.algos.dpo_config import DPOConfig

@@ -3,7 +3,6 @@ adapters merge into a plain model, and whole runs train and save adapters throug
 
 from __future__ import annotations
 
-import json
 
 import pytest
 import torch

@@ -22,7 +22,7 @@ from rlhf_lab.models.loading import disable_dropout
 from rlhf_lab.policy import ModelPolicy
 from rlhf_lab.resume import ResumableLoader, ResumableModule
 from rlhf_lab.rollout import Experience, collect_experience
-from rlhf_lab.sharding import ShardedTraining, sharded_copy, whole
+from rlhf_lab.sharding import ShardedTraining, whole
 
 
 class CyclingSampler(Sampler[int]):
