@@ -25,10 +25,6 @@ import torch
 from lightning.pytorch.strategies import DeepSpeedStrategy
 from torch import nn
 
-DEEPSPEED = "deepspeed"
-"""The ``trainer.strategy`` value that selects DeepSpeed ZeRO."""
-
-
 CPU_ZERO = {
     "reduce_scatter": False,  # gloo has no reduce-scatter: gradients are all-reduced, then partitioned
     # Every weight partitioned, as a large model's are: DeepSpeed keeps tensors under 1e5 elements whole

@@ -249,6 +249,14 @@ def check_trainer_config(cfg: DictConfig) -> TrainerPlan:
     from lightning.fabric.plugins.environments import LightningEnvironment
 
     t = cfg.trainer
+    for ours in ("fsdp", "deepspeed"):
+        if t.strategy != ours and t.strategy.startswith(ours):
+            # Lightning's own variants (deepspeed_stage_3, fsdp_cpu_offload, ...) would run without the
+            # stages' clipping, frozen-model sharding and consolidation.
+            raise RlhfLabError(
+                f"trainer.strategy={t.strategy} is Lightning's own; use trainer.strategy={ours}"
+                + (" with trainer.zero_stage=1|2|3" if ours == "deepspeed" else "")
+            )
     if t.strategy in ("fsdp", "deepspeed") and cfg.model.lora.r > 0:
         raise RlhfLabError(f"trainer.strategy={t.strategy} with LoRA (model.lora.r > 0): LoRA already keeps the trained state small; use trainer.strategy=ddp")
     if t.strategy == "deepspeed":
@@ -273,7 +281,7 @@ def check_trainer_config(cfg: DictConfig) -> TrainerPlan:
             raise RlhfLabError(f"trainer.strategy={t.strategy}: {exc} (trainer.precision={t.precision})") from None
     if trainer.world_size > 1 and t.strategy not in MULTI_PROCESS_STRATEGIES:
         # Other launchers (spawn, fork) would start the ranks inside the first fit, past the pipeline's
-        # own start of the ranks; FSDP and DeepSpeed need models built for them.
+        # own start of the ranks.
         raise RlhfLabError(
             f"trainer.strategy={t.strategy} with {trainer.world_size} processes: use one of {', '.join(MULTI_PROCESS_STRATEGIES)} "
             "(trainer=ddp), or one device"

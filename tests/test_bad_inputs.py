@@ -149,6 +149,8 @@ BOUNDS = [
     ("fsdp precision", ["trainer=fsdp_cpu", "trainer.precision=16-mixed"], {}, "trainer.strategy=fsdp: The `ModelParallelStrategy` does not support"),
     ("trainer.zero_stage", ["trainer.zero_stage=4"], {}, "trainer.zero_stage must be 1, 2 or 3, got 4"),
     ("deepspeed with LoRA", ["trainer=deepspeed_cpu", "model.lora.r=4"], {}, "trainer.strategy=deepspeed with LoRA (model.lora.r > 0)"),
+    ("Lightning's deepspeed", ["trainer.strategy=deepspeed_stage_3"], {},
+     "trainer.strategy=deepspeed_stage_3 is Lightning's own; use trainer.strategy=deepspeed with trainer.zero_stage=1|2|3"),
     ("deepspeed precision", ["trainer=deepspeed_cpu", "trainer.precision=64-true"], {},
      "trainer.strategy=deepspeed: `Trainer(strategy='deepspeed', precision='64-true')` is not supported"),
     ("loop with several processes", ["trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp", "loop.rounds=2"], {},
