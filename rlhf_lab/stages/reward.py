@@ -39,7 +39,6 @@ class RewardModule(ShardedTraining, ResumableModule, pl.LightningModule):
 
     def val_dataloader(self):
         return self.val_loader if self.val_loader is not None else []
-        self._correct = self._total = 0
 
     def _scores(self, batch):
         return self.model.sequence_scores(batch["input_ids"], batch["attention_mask"], batch["position_ids"])
