@@ -192,6 +192,13 @@ def _trl(*names: str, module: str = "trl"):
         raise Skip(f"trl {trl.__version__} has no {module}.{names[-1]}{hint}") from None
 
 
+def stock_policy(run: Run):
+    """The policy as plain transformers loads it, for TRL (rlhf_lab's loader fuses GPT-2's activation)."""
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(run.policy)
+
+
 def _preference_texts(run: Run, what: str) -> list[tuple[str, str, str]]:
     """(prompt, chosen, rejected) texts of the records rlhf_lab trains on."""
     from rlhf_lab.feedback.records import read_jsonl
@@ -201,7 +208,7 @@ def _preference_texts(run: Run, what: str) -> list[tuple[str, str, str]]:
 
 def dpo(side: str, run: Run):
     """DPO, sigmoid loss, beta 0.1, AdamW lr 1e-4, clip 1.0; chosen and rejected in one forward on both sides."""
-    from rlhf_lab.models.loading import load_policy, load_tokenizer
+    from rlhf_lab.models.loading import load_tokenizer
 
     batch, samples = run.batch["dpo"], run.steps * run.batch["dpo"]
     if side == "rlhf_lab":
@@ -224,7 +231,7 @@ def dpo(side: str, run: Run):
     # over one epoch that is the same number of reference forwards.
     args = DPOConfig(**run.trl_args(per_device_train_batch_size=batch, max_steps=run.steps, learning_rate=1e-4, beta=0.1,
                                     loss_type=["sigmoid"], max_grad_norm=1.0, max_length=64, precompute_ref_log_probs=False))
-    trainer = DPOTrainer(model=load_policy(run.policy), ref_model=load_policy(run.policy), args=args,
+    trainer = DPOTrainer(model=stock_policy(run), ref_model=stock_policy(run), args=args,
                          train_dataset=data, processing_class=load_tokenizer(run.policy))
     return trainer.train, samples
 
@@ -278,7 +285,7 @@ def length_reward(prompts, completions, **kwargs) -> list[float]:
 
 def _critic_free(what: str, side: str, run: Run):
     """GRPO or RLOO: k samples per prompt, one gradient step per rollout, KL 0.05 to the SFT reference."""
-    from rlhf_lab.models.loading import load_policy, load_tokenizer
+    from rlhf_lab.models.loading import load_tokenizer
 
     prompts, k = run.batch[what], SAMPLES_PER_PROMPT[what]
     samples = run.steps * prompts * k
@@ -308,7 +315,7 @@ def _critic_free(what: str, side: str, run: Run):
     # rlhf_lab: GRPO adds kl_coef * k3 to a token-mean loss over the rollout (TRL: "bnpo"); RLOO
     # subtracts kl_coef * sum(k1) from the reward, leave-one-out baseline, advantages not whitened.
     extra = {"grpo": dict(loss_type="bnpo", scale_rewards="group"), "rloo": dict(normalize_advantages=False)}[what]
-    trainer = Trainer(model=load_policy(run.policy), reward_funcs=[length_reward], args=Config(**common, **extra),
+    trainer = Trainer(model=stock_policy(run), reward_funcs=[length_reward], args=Config(**common, **extra),
                       train_dataset=Dataset.from_list([{"prompt": p} for p in _prompts(run)]),
                       processing_class=load_tokenizer(run.policy))
     return trainer.train, samples
@@ -324,7 +331,7 @@ def rloo(side: str, run: Run):
 
 def ppo(side: str, run: Run):
     """PPO with a critic initialised from the reward model: 4 epochs x (rollout / 16) minibatches, KL k1 0.05."""
-    from rlhf_lab.models.loading import load_policy, load_tokenizer
+    from rlhf_lab.models.loading import load_tokenizer
 
     prompts = run.batch["ppo"]
     if prompts % PPO_MINIBATCH:
@@ -364,7 +371,7 @@ def ppo(side: str, run: Run):
     def scalar_model():
         return AutoModelForSequenceClassification.from_pretrained(run.reward_model, num_labels=1)
 
-    trainer = PPOTrainer(args=args, processing_class=tokenizer, model=load_policy(run.policy), ref_model=load_policy(run.policy),
+    trainer = PPOTrainer(args=args, processing_class=tokenizer, model=stock_policy(run), ref_model=stock_policy(run),
                          reward_model=scalar_model(), value_model=scalar_model(), train_dataset=data)
     return trainer.train, samples
 

@@ -91,6 +91,39 @@ def collate_sequences(prompts: list[list[int]], responses: list[list[int]], pad_
     return {"input_ids": ids, "attention_mask": mask, "position_ids": position_ids_from_mask(mask)}
 
 
+def collate_prompt_groups(groups: list[tuple[list[int], list[list[int]]]], pad_id: int) -> dict:
+    """One right-padded row per (prompt, responses) group: the prompt once, then each response.
+
+    For a model that scores whole sequences at their last token (a reward model), K responses to one
+    prompt then cost P + sum(R_k) positions instead of K * (P + max R). ``segment_ids`` (0 prompt,
+    k the k-th response, -1 padding) give :func:`~rlhf_lab.ops.sequence.shared_prompt_mask`; position
+    ids restart every response after the prompt. ``score_rows``/``score_cols`` index each response's
+    last token, responses in group order (the order of :func:`collate_sequences` over the same
+    groups). Every sequence is one group's worth; nothing is truncated.
+    """
+    from rlhf_lab.ops.sequence import PADDING_SEGMENT, PROMPT_SEGMENT
+
+    width = max(1, max(len(p) + sum(len(r) for r in rs) for p, rs in groups))
+    # Rows built as lists and turned into tensors once: per-element tensor writes would cost more
+    # than the model's forward on a small batch.
+    ids, segments, positions, rows, cols = [], [], [], [], []
+    for row, (prompt, responses) in enumerate(groups):
+        row_ids, row_segments, row_positions = list(prompt), [PROMPT_SEGMENT] * len(prompt), list(range(len(prompt)))
+        for k, response in enumerate(responses, start=1):
+            row_ids += response
+            row_segments += [k] * len(response)
+            row_positions += range(len(prompt), len(prompt) + len(response))
+            rows.append(row)
+            cols.append(len(row_ids) - 1 if response else len(prompt) - 1)  # an empty response: where the prompt ends
+        pad = width - len(row_ids)
+        ids.append(row_ids + [pad_id] * pad)
+        segments.append(row_segments + [PADDING_SEGMENT] * pad)
+        positions.append(row_positions + [0] * pad)
+    return {"input_ids": torch.tensor(ids, dtype=torch.long), "segment_ids": torch.tensor(segments, dtype=torch.long),
+            "position_ids": torch.tensor(positions, dtype=torch.long),
+            "score_rows": torch.tensor(rows, dtype=torch.long), "score_cols": torch.tensor(cols, dtype=torch.long)}
+
+
 def batched_pairs(tokenizer, prompts: list[str], responses: list[list[int]], batch_size: int, device):
     """Batches (on ``device``) of prompt texts with response token ids, in the shared layout, in order."""
     for start in range(0, len(prompts), batch_size):

@@ -15,10 +15,11 @@ from torch.testing import assert_close
 
 from rlhf_lab.algos.kl_control import AdaptiveKLController, FixedKLController, build_kl_controller
 from rlhf_lab.algos.on_policy import CyclingSampler
-from rlhf_lab.data import encode_prompt, encode_response, pad_left
+from rlhf_lab.data import collate_prompt_groups, encode_prompt, encode_response, pad_left
 from rlhf_lab.feedback.records import PreferenceRecord
 from rlhf_lab.models.loading import load_policy, load_tokenizer
-from rlhf_lab.ops.sequence import position_ids_from_mask
+from rlhf_lab.ops.sequence import position_ids_from_mask, shared_prompt_mask
+from rlhf_lab.rewards.base import RewardObjective
 from rlhf_lab.rewards.configs import PairwiseRewardConfig, PointwiseRewardConfig
 from rlhf_lab.rewards.pairwise import PairwiseObjective
 from rlhf_lab.rewards.pointwise import PointwiseObjective
@@ -296,9 +297,9 @@ RANKED = [
 
 
 def _check_layout(batch, records, tokenizer):
-    """Each response appears once, in order, right after its record's prompt, right-padded."""
+    """One row per response: each response once, in order, right after its record's prompt, right-padded."""
     flat = [(r, resp) for r in records for resp in r.responses]
-    assert batch["input_ids"].shape[0] == len(flat) and "prompt_len" not in batch
+    assert batch["input_ids"].shape[0] == len(flat) and "prompt_len" not in batch and "segment_ids" not in batch
     assert batch["input_ids"].shape[1] == max(len(encode_prompt(tokenizer, r.prompt)) + len(encode_response(tokenizer, x)) for r, x in flat)
     for i, (record, resp) in enumerate(flat):
         expected = encode_prompt(tokenizer, record.prompt) + encode_response(tokenizer, resp)
@@ -307,44 +308,108 @@ def _check_layout(batch, records, tokenizer):
         assert batch["position_ids"][i, : len(expected)].tolist() == list(range(len(expected)))
 
 
-def test_reward_scores_do_not_depend_on_the_batch_layout(tokenizer, toy_dir):
-    """The reward model trains on compact right-padded sequences but scores rollouts in the shared
-    left/right-padded layout: the same sequence must get the same score in both."""
+def _check_group_layout(batch, records, tokenizer):
+    """One row per record: the prompt once, then each response, positions restarting after the prompt;
+    each response scored at its own last token."""
+    width = batch["input_ids"].shape[1]
+    assert batch["input_ids"].shape[0] == len(records)
+    assert width == max(len(encode_prompt(tokenizer, r.prompt)) + sum(len(encode_response(tokenizer, x)) for x in r.responses) for r in records)
+    cells = []
+    for row, record in enumerate(records):
+        prompt = encode_prompt(tokenizer, record.prompt)
+        ids, segments, positions = list(prompt), [0] * len(prompt), list(range(len(prompt)))
+        for k, response in enumerate(record.responses, start=1):
+            response = encode_response(tokenizer, response)
+            ids, segments, positions = ids + response, segments + [k] * len(response), positions + list(range(len(prompt), len(prompt) + len(response)))
+            cells.append((row, len(ids) - 1))
+        pad = width - len(ids)
+        assert batch["input_ids"][row].tolist() == ids + [tokenizer.pad_token_id] * pad
+        assert batch["segment_ids"][row].tolist() == segments + [-1] * pad
+        assert batch["position_ids"][row, : len(ids)].tolist() == positions
+    assert list(zip(batch["score_rows"].tolist(), batch["score_cols"].tolist())) == cells
+
+
+def test_shared_prompt_mask_by_hand():
+    # One row: prompt (2 tokens), response 1 (2), response 2 (1), two pads.
+    mask = shared_prompt_mask(torch.tensor([[0, 0, 1, 1, 2, -1, -1]]))
+    expected = [
+        [1, 0, 0, 0, 0, 0, 0],
+        [1, 1, 0, 0, 0, 0, 0],
+        [1, 1, 1, 0, 0, 0, 0],
+        [1, 1, 1, 1, 0, 0, 0],
+        [1, 1, 0, 0, 1, 0, 0],  # response 2 sees the prompt and itself, not response 1
+        [1, 1, 0, 0, 0, 1, 0],  # padding: the prompt and itself (never a fully masked row) ...
+        [1, 1, 0, 0, 0, 0, 1],  # ... and never other padding
+    ]
+    assert mask.shape == (1, 1, 7, 7) and mask.dtype == torch.bool
+    assert mask[0, 0].int().tolist() == expected
+
+
+def test_group_layout_scores_an_empty_response_where_the_prompt_ends():
+    batch = collate_prompt_groups([([5, 6, 7], [[8, 9], [], [10]])], pad_id=0)
+    assert batch["score_cols"].tolist() == [4, 2, 5]
+    assert batch["segment_ids"].tolist() == [[0, 0, 0, 1, 1, 3]]
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 3, 4, 3]]
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_reward_scores_do_not_depend_on_the_batch_layout(tokenizer, toy_dir, attention):
+    """The reward model trains with each record's responses sharing one forward of the prompt (or one
+    row per response) and scores rollouts in the left/right-padded layout: the same sequence must get
+    the same score in all three, with either attention implementation."""
     from rlhf_lab.data import collate_pairs
     from rlhf_lab.models.loading import load_value_model
 
     model = load_value_model(str(toy_dir)).eval()
+    model.model.config._attn_implementation = attention
     prompts = [encode_prompt(tokenizer, r.prompt) for r in RANKED for _ in r.responses]
     responses = [encode_response(tokenizer, x) for r in RANKED for x in r.responses]
-    compact = PairwiseObjective(PairwiseRewardConfig()).collate(RANKED, tokenizer)
+    grouped = PairwiseObjective(PairwiseRewardConfig()).collate(RANKED, tokenizer)
+    compact = PairwiseObjective(PairwiseRewardConfig(share_prompt=False)).collate(RANKED, tokenizer)
     shared = collate_pairs(prompts, responses, tokenizer.pad_token_id)
     with torch.no_grad():
-        a = model.sequence_scores(compact["input_ids"], compact["attention_mask"], compact["position_ids"])
+        g = RewardObjective.batch_scores(model, grouped)
+        a = RewardObjective.batch_scores(model, compact)
         b = model.sequence_scores(shared["input_ids"], shared["attention_mask"], shared["position_ids"])
     assert_close(a, b, rtol=1e-5, atol=1e-5)
+    assert_close(g, b, rtol=1e-5, atol=1e-5)
     assert a.unique().numel() == a.numel()  # the scores differ between sequences: the check has teeth
 
 
-def test_pairwise_collate(tokenizer):
-    batch = PairwiseObjective(PairwiseRewardConfig()).collate(RANKED, tokenizer)
+def test_reward_module_refuses_a_shared_prompt_without_custom_masks(toy_dir):
+    from rlhf_lab.errors import RlhfLabError
+    from rlhf_lab.models.loading import load_value_model
+    from rlhf_lab.stages.reward import RewardModule
+
+    model = load_value_model(str(toy_dir))
+    model.model.config._attn_implementation = "flash_attention_2"
+    with pytest.raises(RlhfLabError, match="reward.share_prompt=false"):
+        RewardModule(model, PairwiseObjective(PairwiseRewardConfig()), lr=1e-3, weight_decay=0.0)
+    RewardModule(model, PairwiseObjective(PairwiseRewardConfig(share_prompt=False)), lr=1e-3, weight_decay=0.0)
+
+
+@pytest.mark.parametrize("share_prompt", [True, False])
+def test_pairwise_collate(tokenizer, share_prompt):
+    batch = PairwiseObjective(PairwiseRewardConfig(share_prompt=share_prompt)).collate(RANKED, tokenizer)
     assert batch["pair_better"].tolist() == [2, 2, 0, 4]
     assert batch["pair_worse"].tolist() == [0, 1, 1, 3]
     assert batch["pair_better"].dtype == torch.long
     assert_close(batch["targets"], torch.zeros(5))
-    _check_layout(batch, RANKED, tokenizer)
+    (_check_group_layout if share_prompt else _check_layout)(batch, RANKED, tokenizer)
 
 
-def test_pointwise_collate_uses_scores(tokenizer):
+@pytest.mark.parametrize("share_prompt", [True, False])
+def test_pointwise_collate_uses_scores(tokenizer, share_prompt):
     records = [
         PreferenceRecord(prompt="tell me about the old cat .", responses=["the cat is good .", "the cat is bad .", "the cat is plain ."], scores=[0.5, -1.0, 0.5]),
         PreferenceRecord(prompt="describe the red river .", responses=["the river is dull .", "the river is charming ."], scores=[2.0, 1.0]),
     ]
-    batch = PointwiseObjective(PointwiseRewardConfig()).collate(records, tokenizer)
+    batch = PointwiseObjective(PointwiseRewardConfig(share_prompt=share_prompt)).collate(records, tokenizer)
     assert_close(batch["targets"], torch.tensor([0.5, -1.0, 0.5, 2.0, 1.0]))
     # Record 1: (0 > 1), (0 == 2: no pair), (2 > 1); record 2: (3 > 4).
     assert batch["pair_better"].tolist() == [0, 2, 3]
     assert batch["pair_worse"].tolist() == [1, 1, 4]
-    _check_layout(batch, records, tokenizer)
+    (_check_group_layout if share_prompt else _check_layout)(batch, records, tokenizer)
 
 
 def test_pairwise_loss_is_mean_negative_logsigmoid():

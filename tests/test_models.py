@@ -97,3 +97,27 @@ def test_saved_reward_model_scores_the_same_in_plain_transformers(tiny_dir, tmp_
         ours = model.sequence_scores(ids, mask, (mask.cumsum(-1) - 1).clamp(min=0))
         theirs = hf(input_ids=ids, attention_mask=mask).logits.squeeze(-1)
     torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
+
+
+def test_loaded_models_run_the_fused_gelu_with_the_same_outputs_and_save_the_config_unchanged(tiny_dir, tmp_path):
+    """GPT-2's written-out tanh GELU becomes torch's one-kernel version on load: the same function to
+    float rounding, logits and gradients included; the saved model still names ``gelu_new``."""
+    import json
+
+    from transformers import AutoModelForCausalLM
+    from transformers.activations import NewGELUActivation
+
+    stock = AutoModelForCausalLM.from_pretrained(str(tiny_dir))
+    ours = load_policy(str(tiny_dir))
+    assert any(isinstance(m, NewGELUActivation) for m in stock.modules())
+    assert not any(isinstance(m, NewGELUActivation) for m in ours.modules())
+    assert not any(isinstance(m, NewGELUActivation) for m in load_value_model(str(tiny_dir)).modules())
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10, 11]])
+    for model in (stock, ours):
+        model.eval().zero_grad()
+        model(input_ids=ids).logits.pow(2).mean().backward()
+    torch.testing.assert_close(ours(input_ids=ids).logits, stock(input_ids=ids).logits, rtol=1e-5, atol=1e-5)
+    for (name, a), (_, b) in zip(ours.named_parameters(), stock.named_parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-6, msg=name)
+    ours.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["activation_function"] == "gelu_new"

@@ -192,7 +192,7 @@ class DPOModule(ShardedTraining, ResumableModule, pl.LightningModule):
         self.log_dict({f"val/{k}": v for k, v in stats.items()}, batch_size=size)
 
     def configure_optimizers(self):
-        from rlhf_lab.training import adamw
+        from rlhf_lab.optim import adamw
 
         return adamw(self.policy.parameters(), self.cfg.lr, weight_decay=self.cfg.weight_decay)
 

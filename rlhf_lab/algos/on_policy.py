@@ -213,7 +213,7 @@ class OnPolicyModule(ShardedTraining, ResumableModule, pl.LightningModule):
         if self.critic is not None:
             critic_lr = getattr(self.cfg, "critic_lr", None)
             groups.append({"params": [p for p in self.critic.parameters() if p.requires_grad], "lr": critic_lr or self.cfg.lr})
-        from rlhf_lab.training import adamw
+        from rlhf_lab.optim import adamw
 
         return adamw(groups, self.cfg.lr, eps=1e-5)  # weight decay 0: Adam, as in the references
 

@@ -54,6 +54,16 @@ class RewardNormaliser:
         return cls(**json.loads(path.read_text()))
 
 
+CUSTOM_MASK_ATTENTION = ("sdpa", "eager")
+"""Attention implementations that apply a given 4D mask as it is (flash-attention kernels do not)."""
+
+
+def attention_implementation(model: nn.Module) -> str:
+    """The attention implementation a Hugging Face model runs with ("sdpa", "eager", ...)."""
+    config = getattr(model, "config", None)
+    return str(getattr(config, "_attn_implementation", None) or "eager")
+
+
 class ValueModel(nn.Module):
     """Per-token scalar values from a sequence-classification model's backbone and head."""
 
@@ -66,7 +76,7 @@ class ValueModel(nn.Module):
         self.head = head
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
-        """Values (B, L), one per position."""
+        """Values (B, L), one per position; ``attention_mask`` is (B, L) padding or a ready (B, 1, L, L) mask."""
         hidden = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).last_hidden_state
         return self.head(hidden).squeeze(-1).float()
 
@@ -74,6 +84,19 @@ class ValueModel(nn.Module):
         """Scores (B,): the value at the last non-padding token of each row."""
         values = self(input_ids, attention_mask, position_ids)
         return values.gather(1, last_token_index(attention_mask).unsqueeze(1)).squeeze(1)
+
+    def group_scores(self, batch: dict) -> torch.Tensor:
+        """Scores (N,) of the responses of a :func:`~rlhf_lab.data.collate_prompt_groups` batch: one
+        forward per row, each response attending to the prompt and itself only; equal to
+        :meth:`sequence_scores` of each prompt + response alone."""
+        from rlhf_lab.ops.sequence import shared_prompt_mask
+
+        mask = shared_prompt_mask(batch["segment_ids"])
+        if attention_implementation(self.model) == "eager":  # eager attention adds its mask to the scores
+            mask = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device).masked_fill(~mask, torch.finfo(torch.float32).min)
+        # Through forward (not the backbone directly): a sharded model gathers its weights in the root's hooks.
+        values = self(batch["input_ids"], mask, batch["position_ids"])
+        return values[batch["score_rows"], batch["score_cols"]]
 
     @torch.no_grad()
     def fold_normaliser(self, normaliser: RewardNormaliser) -> None:

@@ -1,4 +1,4 @@
-"""Token-level helpers: log-probs of chosen tokens, entropy, positions, last valid token."""
+"""Token-level helpers: log-probs of chosen tokens, entropy, positions, last valid token, the shared-prompt mask."""
 
 from __future__ import annotations
 
@@ -43,6 +43,27 @@ def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
     """Index of the last position with mask 1 in each row (left or right padding)."""
     length = attention_mask.shape[-1]
     return length - 1 - attention_mask.long().flip(-1).argmax(-1)
+
+
+PROMPT_SEGMENT, PADDING_SEGMENT = 0, -1
+"""Segment ids of the shared-prompt layout: the prompt, padding; responses are 1, 2, ..."""
+
+
+def shared_prompt_mask(segment_ids: torch.Tensor) -> torch.Tensor:
+    """Attention mask (B, 1, L, L), True where query i may attend to key j, for rows that hold one
+    prompt followed by several responses (``segment_ids`` (B, L): 0 prompt, k >= 1 the k-th response,
+    -1 padding).
+
+    Each response sees the prompt and its own earlier tokens, never another response, so its hidden
+    states equal those of a row holding the prompt and that response alone (given position ids that
+    restart each response after the prompt). Every query also sees itself: a padding row is never
+    fully masked, which would give NaN in scaled-dot-product attention.
+    """
+    length = segment_ids.shape[-1]
+    query, key = segment_ids.unsqueeze(-1), segment_ids.unsqueeze(-2)
+    causal = torch.ones(length, length, dtype=torch.bool, device=segment_ids.device).tril()
+    visible = ((key == PROMPT_SEGMENT) | (key == query)) & (key != PADDING_SEGMENT) & causal
+    return (visible | torch.eye(length, dtype=torch.bool, device=segment_ids.device)).unsqueeze(1)
 
 
 def truncate_after_eos(tokens: torch.Tensor, eos_token_id: int, pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from rlhf_lab.data import collate_sequences, encode_prompt, record_response_ids
+from rlhf_lab.data import collate_prompt_groups, collate_sequences, encode_prompt, record_response_ids
 from rlhf_lab.feedback.records import PreferenceRecord
 from rlhf_lab.rewards.configs import RewardConfig
 
@@ -35,20 +35,24 @@ class RewardObjective:
         (the records' scores where present, else zeros). Responses are the records' token ids where they
         carry them (candidates the policy sampled), so the model trains on the ids it will score.
         ``prompt_ids`` maps prompt texts to ids already encoded (a loader encodes each prompt once).
+        With ``share_prompt`` a record is one row (:func:`~rlhf_lab.data.collate_prompt_groups`),
+        else each response is one row; score it with :meth:`batch_scores`.
         """
-        prompts, responses, better, worse, targets = [], [], [], [], []
+        groups, better, worse, targets = [], [], [], []
+        offset = 0
         for record in records:
-            offset = len(responses)
             ids = prompt_ids[record.prompt] if prompt_ids and record.prompt in prompt_ids else encode_prompt(tokenizer, record.prompt)
-            for i, response_ids in enumerate(record_response_ids(tokenizer, record)):
-                prompts.append(ids)
-                responses.append(response_ids)
-                targets.append(record.scores[i] if record.scores is not None else 0.0)
+            responses = record_response_ids(tokenizer, record)
+            groups.append((ids, responses))
+            targets.extend(record.scores[i] if record.scores is not None else 0.0 for i in range(len(responses)))
             for b, w in record.preference_pairs():
                 better.append(offset + b)
                 worse.append(offset + w)
-        # A reward model scores whole sequences: the compact right-padded layout is enough.
-        batch = collate_sequences(prompts, responses, tokenizer.pad_token_id)
+            offset += len(responses)
+        if getattr(self.cfg, "share_prompt", False):
+            batch = collate_prompt_groups(groups, tokenizer.pad_token_id)
+        else:  # a reward model scores whole sequences: the compact right-padded layout is enough
+            batch = collate_sequences([p for p, rs in groups for _ in rs], [r for _, rs in groups for r in rs], tokenizer.pad_token_id)
         batch["pair_better"] = torch.tensor(better, dtype=torch.long)
         batch["pair_worse"] = torch.tensor(worse, dtype=torch.long)
         batch["targets"] = torch.tensor(targets, dtype=torch.float)
@@ -67,6 +71,13 @@ class RewardObjective:
         # A reward model given by path may come from elsewhere, without our normaliser: scores stay raw.
         normaliser = RewardNormaliser.load(path, missing_ok=bool(getattr(self.cfg, "path", None)))
         return LearnedReward(load_value_model(str(path), dtype, key=f"reward model {path}"), normaliser)
+
+    @staticmethod
+    def batch_scores(model, batch: dict) -> torch.Tensor:
+        """Scores (N,) of a :meth:`collate` batch's responses under a value model, in either layout."""
+        if "segment_ids" in batch:
+            return model.group_scores(batch)
+        return model.sequence_scores(batch["input_ids"], batch["attention_mask"], batch["position_ids"])
 
     @staticmethod
     def pair_accuracy(scores: torch.Tensor, batch: dict) -> tuple[int, int]:

@@ -29,6 +29,14 @@ class RewardModule(ShardedTraining, ResumableModule, pl.LightningModule):
 
     def __init__(self, model, objective, lr: float, weight_decay: float, checkpoint_dir=None, train_loader=None, val_loader=None) -> None:
         super().__init__()
+        from rlhf_lab.models.value_model import CUSTOM_MASK_ATTENTION, attention_implementation
+
+        attention = attention_implementation(model.model)
+        if getattr(objective.cfg, "share_prompt", False) and attention not in CUSTOM_MASK_ATTENTION:
+            from rlhf_lab.errors import RlhfLabError
+
+            raise RlhfLabError(f"reward.share_prompt=true needs attention that takes a custom mask ({', '.join(CUSTOM_MASK_ATTENTION)}); "
+                               f"the reward model runs {attention}: set reward.share_prompt=false")
         self.model, self.objective = model.train(), objective
         self.lr, self.weight_decay = lr, weight_decay
         self.checkpoint_dir = checkpoint_dir
@@ -41,7 +49,7 @@ class RewardModule(ShardedTraining, ResumableModule, pl.LightningModule):
         return self.val_loader if self.val_loader is not None else []
 
     def _scores(self, batch):
-        return self.model.sequence_scores(batch["input_ids"], batch["attention_mask"], batch["position_ids"])
+        return self.objective.batch_scores(self.model, batch)
 
     def training_step(self, batch, batch_idx):
         scores = self._scores(batch)
@@ -66,7 +74,7 @@ class RewardModule(ShardedTraining, ResumableModule, pl.LightningModule):
         self.log("reward/accuracy", self._correct / max(self._total, 1))
 
     def configure_optimizers(self):
-        from rlhf_lab.training import adamw
+        from rlhf_lab.optim import adamw
 
         return adamw(self.model.parameters(), self.lr, weight_decay=self.weight_decay)
 

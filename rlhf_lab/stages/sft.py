@@ -96,6 +96,6 @@ class SFTModule(ShardedTraining, ResumableModule, pl.LightningModule):
         self.log_dict({"sft/val_loss": loss, "sft/val_perplexity": math.exp(loss) if loss < 709.0 else math.inf})
 
     def configure_optimizers(self):
-        from rlhf_lab.training import adamw
+        from rlhf_lab.optim import adamw
 
         return adamw(self.model.parameters(), self.lr, weight_decay=self.weight_decay)
