@@ -635,7 +635,7 @@ class Pipeline:
         from rlhf_lab.models.loading import load_value_model
         from rlhf_lab.models.lora import add_value_adapters, merge_value_adapters
         from rlhf_lab.models.value_model import RewardNormaliser
-        from rlhf_lab.stages.reward import RewardModule, record_loader, score_records
+        from rlhf_lab.stages.reward import RewardModule, record_loader, score_records, shares_prompt
 
         init = sft or base
         objective = self.reward_component
@@ -652,10 +652,11 @@ class Pipeline:
             model = load_value_model(str(init.path), self.model_cfg.dtype)
             if self.lora is not None:
                 add_value_adapters(model, self.lora)
+            share = shares_prompt(objective, model)
             module = RewardModule(
                 model, objective, c.lr, c.weight_decay, checkpoint_dir(self.run_dir, stage),
-                record_loader(train, objective, self.tokenizer, c.batch_size, True, self.cfg.seed),
-                record_loader(heldout, objective, self.tokenizer, 64, False, self.cfg.seed),
+                record_loader(train, objective, self.tokenizer, c.batch_size, True, self.cfg.seed, share),
+                record_loader(heldout, objective, self.tokenizer, 64, False, self.cfg.seed, share),
             )
             trainer, resume = self._resumable_trainer(stage, "reward_model", key, max_epochs=c.epochs)
             try:

@@ -376,16 +376,30 @@ def test_reward_scores_do_not_depend_on_the_batch_layout(tokenizer, toy_dir, att
     assert a.unique().numel() == a.numel()  # the scores differ between sequences: the check has teeth
 
 
-def test_reward_module_refuses_a_shared_prompt_without_custom_masks(toy_dir):
+@pytest.mark.parametrize("setting,value,problem", [
+    ("_attn_implementation", "flash_attention_2", "flash_attention_2 attention"),
+    ("layer_types", ["sliding_attention", "full_attention"], "sliding_attention layers"),
+    ("sliding_window", 16, "sliding window of 16"),
+])
+def test_a_model_that_cannot_take_one_mask_for_every_layer_gets_one_row_per_response(toy_dir, tokenizer, setting, value, problem, caplog):
+    """Flash-attention ignores a given mask and sliding-window layers would see past their window:
+    such a reward model trains on one row per response (with a warning), and a grouped batch given
+    to it anyway is refused rather than scored wrongly."""
     from rlhf_lab.errors import RlhfLabError
     from rlhf_lab.models.loading import load_value_model
-    from rlhf_lab.stages.reward import RewardModule
+    from rlhf_lab.models.value_model import custom_mask_problem
+    from rlhf_lab.stages.reward import shares_prompt
 
     model = load_value_model(str(toy_dir))
-    model.model.config._attn_implementation = "flash_attention_2"
-    with pytest.raises(RlhfLabError, match="reward.share_prompt=false"):
-        RewardModule(model, PairwiseObjective(PairwiseRewardConfig()), lr=1e-3, weight_decay=0.0)
-    RewardModule(model, PairwiseObjective(PairwiseRewardConfig(share_prompt=False)), lr=1e-3, weight_decay=0.0)
+    objective = PairwiseObjective(PairwiseRewardConfig())
+    assert custom_mask_problem(model.model) is None and shares_prompt(objective, model)
+    setattr(model.model.config, setting, value)
+    assert problem in custom_mask_problem(model.model)
+    assert not shares_prompt(objective, model)
+    assert "reward.share_prompt" in caplog.text and problem in caplog.text
+    assert not shares_prompt(PairwiseObjective(PairwiseRewardConfig(share_prompt=False)), load_value_model(str(toy_dir)))
+    with pytest.raises(RlhfLabError, match="shared prompts"):
+        RewardObjective.batch_scores(model, objective.collate(RANKED, tokenizer))
 
 
 @pytest.mark.parametrize("share_prompt", [True, False])

@@ -64,6 +64,24 @@ def attention_implementation(model: nn.Module) -> str:
     return str(getattr(config, "_attn_implementation", None) or "eager")
 
 
+def custom_mask_problem(model: nn.Module) -> str | None:
+    """Why ``model`` cannot take one ready 4D mask for all its layers, or None when it can.
+
+    A given 4D mask reaches every layer as it is: an attention kernel that ignores it, or layers
+    that should see only a sliding window or a chunk, would silently attend to more than they should.
+    """
+    attention = attention_implementation(model)
+    if attention not in CUSTOM_MASK_ATTENTION:
+        return f"it runs {attention} attention (a custom mask needs {' or '.join(CUSTOM_MASK_ATTENTION)})"
+    config = getattr(model, "config", None)
+    layer_types = set(getattr(config, "layer_types", None) or [])
+    if layer_types - {"full_attention"}:
+        return f"it has {', '.join(sorted(layer_types - {'full_attention'}))} layers"
+    if not layer_types and getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True):
+        return f"it attends within a sliding window of {config.sliding_window} tokens"
+    return None
+
+
 class ValueModel(nn.Module):
     """Per-token scalar values from a sequence-classification model's backbone and head."""
 
@@ -91,6 +109,11 @@ class ValueModel(nn.Module):
         :meth:`sequence_scores` of each prompt + response alone."""
         from rlhf_lab.ops.sequence import shared_prompt_mask
 
+        problem = custom_mask_problem(self.model)
+        if problem is not None:
+            from rlhf_lab.errors import RlhfLabError
+
+            raise RlhfLabError(f"a batch with shared prompts (reward.share_prompt) cannot be scored by this model: {problem}")
         mask = shared_prompt_mask(batch["segment_ids"])
         if attention_implementation(self.model) == "eager":  # eager attention adds its mask to the scores
             mask = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device).masked_fill(~mask, torch.finfo(torch.float32).min)

@@ -28,15 +28,17 @@ class RewardObjective:
     def __init__(self, cfg: RewardConfig) -> None:
         self.cfg = cfg
 
-    def collate(self, records: list[PreferenceRecord], tokenizer, prompt_ids: dict[str, list[int]] | None = None) -> dict:
+    def collate(self, records: list[PreferenceRecord], tokenizer, prompt_ids: dict[str, list[int]] | None = None,
+                share_prompt: bool | None = None) -> dict:
         """Flatten every response of every record into one batch, plus the preference pairs between them.
 
         Adds ``pair_better``/``pair_worse`` (indices into the flattened responses) and ``targets``
         (the records' scores where present, else zeros). Responses are the records' token ids where they
         carry them (candidates the policy sampled), so the model trains on the ids it will score.
         ``prompt_ids`` maps prompt texts to ids already encoded (a loader encodes each prompt once).
-        With ``share_prompt`` a record is one row (:func:`~rlhf_lab.data.collate_prompt_groups`),
-        else each response is one row; score it with :meth:`batch_scores`.
+        With ``share_prompt`` (default: ``reward.share_prompt``) a record is one row
+        (:func:`~rlhf_lab.data.collate_prompt_groups`), else each response is one row; score either
+        with :meth:`batch_scores`.
         """
         groups, better, worse, targets = [], [], [], []
         offset = 0
@@ -49,7 +51,9 @@ class RewardObjective:
                 better.append(offset + b)
                 worse.append(offset + w)
             offset += len(responses)
-        if getattr(self.cfg, "share_prompt", False):
+        if share_prompt is None:
+            share_prompt = getattr(self.cfg, "share_prompt", False)
+        if share_prompt:
             batch = collate_prompt_groups(groups, tokenizer.pad_token_id)
         else:  # a reward model scores whole sequences: the compact right-padded layout is enough
             batch = collate_sequences([p for p, rs in groups for _ in rs], [r for _, rs in groups for r in rs], tokenizer.pad_token_id)

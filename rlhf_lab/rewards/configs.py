@@ -21,10 +21,10 @@ class RewardConfig:
     """AdamW weight decay."""
     share_prompt: bool = True
     """Forward each record's prompt once, with all its responses after it in one row, each response
-    attending to the prompt and itself only (same scores as one row per response). Cheaper when the
-    prompt is not short next to the responses; false gives one row per response, for long responses
-    after short prompts (a row's attention grows with (prompt + all responses)^2) or attention
-    without custom masks (flash-attention)."""
+    attending to the prompt and itself only (same scores as one row per response). Cheaper unless
+    responses are long after short prompts (a row's attention grows with (prompt + all responses)^2):
+    then set false for one row per response. Models that cannot take the mask (flash-attention,
+    sliding-window layers) get one row per response anyway, with a warning."""
     init_from_sft: bool = True
     """Start the backbone from the SFT policy (Ouyang et al. 2022) instead of the base model."""
     path: Optional[str] = None

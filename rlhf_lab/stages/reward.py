@@ -12,8 +12,10 @@ from rlhf_lab.resume import ResumableModule
 from rlhf_lab.sharding import ShardedTraining
 
 
-def record_loader(records: list[PreferenceRecord], objective, tokenizer, batch_size: int, shuffle: bool, seed: int) -> DataLoader:
-    """Batches of records for ``objective``; every text is tokenised once here, not once per epoch."""
+def record_loader(records: list[PreferenceRecord], objective, tokenizer, batch_size: int, shuffle: bool, seed: int,
+                  share_prompt: bool | None = None) -> DataLoader:
+    """Batches of records for ``objective``; every text is tokenised once here, not once per epoch.
+    ``share_prompt`` overrides the objective's ``reward.share_prompt`` (see :func:`shares_prompt`)."""
     from dataclasses import replace
 
     from rlhf_lab.data import encode_prompt, record_response_ids
@@ -21,7 +23,23 @@ def record_loader(records: list[PreferenceRecord], objective, tokenizer, batch_s
 
     records = [replace(r, response_ids=record_response_ids(tokenizer, r)) for r in records]
     prompt_ids = {p: encode_prompt(tokenizer, p) for p in {r.prompt for r in records}}
-    return shuffled_loader(records, batch_size, lambda items: objective.collate(items, tokenizer, prompt_ids), shuffle, seed)
+    return shuffled_loader(records, batch_size, lambda items: objective.collate(items, tokenizer, prompt_ids, share_prompt), shuffle, seed)
+
+
+def shares_prompt(objective, model) -> bool:
+    """Whether reward-model batches put each record's prompt once before all its responses: asked for
+    by ``reward.share_prompt`` and possible for ``model`` (a :class:`ValueModel`); where it is not
+    (flash-attention, sliding-window layers), one row per response, with a warning."""
+    import logging
+
+    from rlhf_lab.models.value_model import custom_mask_problem
+
+    if not getattr(objective.cfg, "share_prompt", False):
+        return False
+    problem = custom_mask_problem(model.model)
+    if problem is not None:
+        logging.getLogger(__name__).warning("reward.share_prompt: the reward model cannot share prompts, %s; one row per response", problem)
+    return problem is None
 
 
 class RewardModule(ShardedTraining, ResumableModule, pl.LightningModule):
@@ -29,14 +47,6 @@ class RewardModule(ShardedTraining, ResumableModule, pl.LightningModule):
 
     def __init__(self, model, objective, lr: float, weight_decay: float, checkpoint_dir=None, train_loader=None, val_loader=None) -> None:
         super().__init__()
-        from rlhf_lab.models.value_model import CUSTOM_MASK_ATTENTION, attention_implementation
-
-        attention = attention_implementation(model.model)
-        if getattr(objective.cfg, "share_prompt", False) and attention not in CUSTOM_MASK_ATTENTION:
-            from rlhf_lab.errors import RlhfLabError
-
-            raise RlhfLabError(f"reward.share_prompt=true needs attention that takes a custom mask ({', '.join(CUSTOM_MASK_ATTENTION)}); "
-                               f"the reward model runs {attention}: set reward.share_prompt=false")
         self.model, self.objective = model.train(), objective
         self.lr, self.weight_decay = lr, weight_decay
         self.checkpoint_dir = checkpoint_dir
