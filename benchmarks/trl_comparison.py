@@ -495,10 +495,14 @@ def main() -> None:
     parser.add_argument("--ppo-python", help="Python of an environment with trl==1.12.0 for TRL's PPO side (default: this one)")
     parser.add_argument("--trl-without-gc", action="store_true", help="make gc.collect() a no-op on the TRL side "
                         "(TRL's PPO calls it every update): TRL's best case")
+    parser.add_argument("--threads", type=int, help="torch threads in every run (default: torch's own); on a small "
+                        "machine two threads' scheduling can make single runs vary by 30%%, one thread is steadier")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--root", help=argparse.SUPPRESS)
     args = parser.parse_args()
     os.environ.update(OFFLINE)
+    if args.threads:  # inherited by the worker processes, set before torch is imported
+        os.environ.update(OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     if args.trl_without_gc:
         os.environ[NO_GC_ENV] = "1"
     if args.worker:
