@@ -68,3 +68,28 @@ def test_a_llama_directory_runs_sft_and_rloo_through_the_cli(tmp_path, tokenizer
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = read_metrics(tmp_path / "run")
     assert "eval/rloo/proxy_reward" in metrics and "eval/rloo/gold_reward" in metrics
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "mistral"])
+def test_reward_scores_with_shared_prompts_equal_one_row_per_response(tmp_path, family, tokenizer_without_pad):
+    """Rotary positions and grouped-query attention too: a response after a shared prompt, with
+    positions restarting after the prompt, scores as prompt + response alone."""
+    from rlhf_lab.feedback.records import PreferenceRecord
+    from rlhf_lab.models.loading import load_value_model
+    from rlhf_lab.rewards.base import RewardObjective
+    from rlhf_lab.rewards.configs import PairwiseRewardConfig
+    from rlhf_lab.rewards.pairwise import PairwiseObjective
+
+    path = _model_dir(tmp_path, family, tokenizer_without_pad)
+    tokenizer, model = load_tokenizer(str(path)), load_value_model(str(path)).eval()
+    records = [PreferenceRecord(prompt=p, responses=["the river is charming .", "dull .", "a lovely quiet garden ."], ranking=[0, 2, 1])
+               for p in PROMPTS]
+    grouped = PairwiseObjective(PairwiseRewardConfig()).collate(records, tokenizer, share_prompt=True)
+    flat = PairwiseObjective(PairwiseRewardConfig()).collate(records, tokenizer, share_prompt=False)
+    # Mistral's sliding window makes the pipeline choose one row per response (any window is refused,
+    # however long); without it, its architecture takes the grouped layout like the others.
+    model.model.config.sliding_window = None
+    with torch.no_grad():
+        a, b = RewardObjective.batch_scores(model, grouped), RewardObjective.batch_scores(model, flat)
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    assert a.unique().numel() == a.numel()
