@@ -92,7 +92,7 @@ def main() -> None:
         for _ in range(args.repeats):
             records, _ = timed("read + parse", lambda: parse_preferences(read_table(str(path), "feedback.path")))
 
-            def length_pass():  # as Pipeline._preflight does it
+            def length_pass():  # as rlhf_lab.run.preflight.check_lengths does it
                 check = LengthCheck(tokenizer, LengthLimits(positions=4096, max_new_tokens=256), truncate=False)
                 check.encode_prompts([r.prompt for r in records])
                 encoded = iter(encode_responses(tokenizer, [t for r in records for t in r.responses]))

@@ -119,7 +119,7 @@ def prepare(run: Run, sft_epochs: int) -> None:
     from lightning.pytorch import seed_everything
     from transformers import AutoModelForSequenceClassification
 
-    from rlhf_lab.feedback.records import PreferenceRecord, write_jsonl
+    from rlhf_lab.records import PreferenceRecord, write_jsonl
     from rlhf_lab.models.loading import load_policy, load_tokenizer
     from rlhf_lab.models.value_model import RewardNormaliser
     from rlhf_lab.stages.sft import SFTModule, demonstration_loader, tokenize_demonstrations
@@ -201,7 +201,7 @@ def stock_policy(run: Run):
 
 def _preference_texts(run: Run, what: str) -> list[tuple[str, str, str]]:
     """(prompt, chosen, rejected) texts of the records rlhf_lab trains on."""
-    from rlhf_lab.feedback.records import read_jsonl
+    from rlhf_lab.records import read_jsonl
 
     return [(r.prompt, r.responses[r.ranking[0]], r.responses[r.ranking[1]]) for r in read_jsonl(Path(run.root) / what / "train.jsonl")]
 
@@ -245,7 +245,7 @@ def reward(side: str, run: Run):
     if side == "rlhf_lab":
         from lightning.pytorch import seed_everything
 
-        from rlhf_lab.feedback.records import read_jsonl
+        from rlhf_lab.records import read_jsonl
         from rlhf_lab.models.loading import load_value_model
         from rlhf_lab.rewards.configs import PairwiseRewardConfig
         from rlhf_lab.rewards.pairwise import PairwiseObjective

@@ -1,6 +1,7 @@
 """rlhf_lab: post-train language models from feedback.
 
-Plugins implement the hooks in :mod:`rlhf_lab.hookspecs` with the :data:`hookimpl` marker.
+Plugins import :mod:`rlhf_lab.api` (the hook marker, the component Protocols and the types they use)
+and implement the hooks in :mod:`rlhf_lab.hookspecs`.
 """
 
 import pluggy
@@ -8,4 +9,4 @@ import pluggy
 __version__ = "0.2.0"
 
 hookimpl = pluggy.HookimplMarker("rlhf_lab")
-"""Marker for plugin hook implementations: ``@rlhf_lab.hookimpl``."""
+"""Marker for plugin hook implementations: ``@hookimpl`` (``from rlhf_lab.api import hookimpl``)."""

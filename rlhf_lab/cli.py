@@ -81,7 +81,7 @@ def print_paths(console) -> None:
 
     from hydra.core.hydra_config import HydraConfig
 
-    from rlhf_lab.pipeline import PATHS_FILE
+    from rlhf_lab.run.outputs import PATHS_FILE
 
     path = Path(HydraConfig.get().runtime.output_dir) / PATHS_FILE
     if path.is_file():
@@ -142,7 +142,7 @@ def hydra_entry() -> None:
         from rich.console import Console
 
         from rlhf_lab.errors import RlhfLabError
-        from rlhf_lab.pipeline import run
+        from rlhf_lab.run.experiment import run
         from rlhf_lab.stats import verdict_lines
 
         _JOB_STARTED[0] = True

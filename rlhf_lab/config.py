@@ -175,7 +175,7 @@ class LoggerConfig:
 
 @dataclass
 class LoopConfig:
-    """``loop.*``: iterated RLHF (rlhf_lab/loop.py)."""
+    """``loop.*``: iterated RLHF (rlhf_lab/run/loop.py)."""
 
     rounds: int = 1
     """Rounds of feedback -> reward model -> policy. Each round after the first samples candidates from the

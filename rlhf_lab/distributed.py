@@ -4,10 +4,11 @@ Lightning's own launcher starts the other ranks at the first ``Trainer.fit`` by 
 line again. Here that would compose the config again (a sweep would relaunch its sweep in every
 child), claim the run directory, build the cached stages and evaluate in every rank. Instead, rank 0
 starts the other ranks when the run starts (:meth:`Ranks.launch`): each worker gets the composed
-config, not the command line, joins the process group and walks the same pipeline. Because
+config, not the command line (:mod:`rlhf_lab.run.worker`), joins the process group and walks the same
+experiment. Because
 ``LOCAL_RANK`` is set in every process, Lightning starts nothing and finds the process group ready.
 
-Who does what (the pipeline asks :attr:`Ranks.is_main`):
+Who does what (the experiment asks :attr:`Ranks.is_main`):
 
 - rank 0 claims the run directory, takes the cache's locks, builds and publishes artifacts, writes
   checkpoints and outputs, evaluates and logs;
@@ -138,7 +139,7 @@ class Ranks:
                 log_path = folder / f"rank{rank}.log"
                 with open(log_path, "w") as out:
                     ranks._workers.append(subprocess.Popen(
-                        [sys.executable, "-m", "rlhf_lab.distributed", str(spec_path)],
+                        [sys.executable, "-m", "rlhf_lab.run.worker", str(spec_path)],
                         env={**os.environ, **env, "LOCAL_RANK": str(rank), "RANK": str(rank)},
                         stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                     ))
@@ -241,23 +242,3 @@ class Ranks:
             else:
                 os.environ[key] = value
         return failure
-
-
-def main(spec_path: str) -> int:
-    """A worker rank: the pipeline of the run ``spec_path`` describes (written by :meth:`Ranks.launch`)."""
-    from rlhf_lab.errors import RlhfLabError
-    from rlhf_lab.pipeline import Pipeline
-
-    logging.basicConfig(level=logging.INFO, format=f"[rank {os.environ.get('RANK')}] %(asctime)s %(name)s %(levelname)s %(message)s")
-    spec = pickle.loads(Path(spec_path).read_bytes())
-    try:
-        pipeline = Pipeline(spec["config"], Path(spec["run_dir"]), spec["group"], spec["overrides"], worker=True)
-        pipeline.run()
-    except RlhfLabError as exc:
-        print(f"Error: {exc}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1]))

@@ -5,9 +5,10 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any, Callable
+import sys
+from typing import Any, Callable, Mapping
 
 import pluggy
 
@@ -43,8 +44,9 @@ KINDS = {
 def lazy_factory(target: str, **attributes: Any) -> Callable[..., Any]:
     """A factory that imports ``"module:attribute"`` on its first call, keeping plugin import light.
 
-    ``attributes`` are set on the returned factory (e.g. an algorithm's ``consumes=("reward",)``), so
-    the pipeline can read them without importing the target.
+    ``attributes`` are the factory's traits, set on the returned factory (e.g. an algorithm's
+    ``consumes=("reward",)``, :data:`rlhf_lab.components.TRAITS`), so the run reads them without
+    importing the target.
     """
     module_name, attribute = target.split(":")
 
@@ -59,7 +61,8 @@ def lazy_factory(target: str, **attributes: Any) -> Callable[..., Any]:
 
 @dataclass(frozen=True)
 class Component:
-    """One registered component: its factory, config schema and the plugin that provided it."""
+    """One registered component: its factory, config schema, the plugin that provided it, and the
+    factory's traits (:data:`rlhf_lab.components.TRAITS`), read once when it registered."""
 
     kind: str
     name: str
@@ -67,6 +70,7 @@ class Component:
     schema: type
     plugin: str
     distribution: str
+    traits: Mapping[str, Any] = field(default_factory=dict)
 
 
 class Registry:
@@ -124,18 +128,6 @@ def _store_schema(group: str, name: str, schema: type) -> None:
         store.store(group=group, name=name, node=schema)
 
 
-def _check_consumes(name: str, factory: Callable[..., Any], plugin: str) -> None:
-    """An algorithm factory must say what it consumes, in names the pipeline knows how to build."""
-    from rlhf_lab.algos.inputs import CONSUMABLE
-
-    consumes = getattr(factory, "consumes", None)
-    if not isinstance(consumes, (tuple, list)) or any(c not in CONSUMABLE for c in consumes):
-        raise RlhfLabError(
-            f"algo '{name}' (plugin {plugin}): its factory needs an attribute `consumes`, a tuple of names from "
-            f"{CONSUMABLE}; got {consumes!r}"
-        )
-
-
 def _load_entry_points(pm: pluggy.PluginManager) -> None:
     """Register every entry point in group ``rlhf_lab``; a plugin that fails to import is named."""
     from importlib.metadata import entry_points
@@ -177,48 +169,77 @@ def build_plugin_manager(load_entry_points: bool | None = None, extra_plugins: t
     except pluggy.PluginValidationError as exc:
         raise RlhfLabError(f"plugin '{pm.get_name(exc.plugin)}' implements an unknown hook: {exc}") from None
 
+    pm.registry = _fill_registry(pm)
+    return pm
+
+
+def _impl_running(impls: list, frame) -> Any:
+    """The hook implementation among ``impls`` whose function is running in ``frame`` or a frame
+    around it (the innermost one), else None: which plugin called ``register`` or raised."""
+    codes = {impl.function.__code__: impl for impl in impls if hasattr(impl.function, "__code__")}
+    while frame is not None:
+        if frame.f_code in codes:
+            return codes[frame.f_code]
+        frame = frame.f_back
+    return None
+
+
+def _plugin_label(pm: pluggy.PluginManager, impl, dists: dict[int, str]) -> tuple[str, str]:
+    """(plugin name, distribution) of a hook implementation."""
+    if impl is None:
+        return "unknown plugin", "unknown distribution"
+    return pm.get_name(impl.plugin) or repr(impl.plugin), dists.get(id(impl.plugin), "rlhf_lab (built-in)")
+
+
+def _fill_registry(pm: pluggy.PluginManager) -> Registry:
+    """Call each registration hook through pluggy's hook caller with one ``register`` callable, which
+    finds the plugin calling it from the stack (so hook wrappers run as wrappers); each component's
+    traits are checked and read here, once."""
+    from rlhf_lab.components import read_traits
+
     dists = _distribution_names(pm)
     registry = Registry()
     for kind, hook_name in KINDS.items():
         hook = getattr(pm.hook, hook_name)
-        for impl in hook.get_hookimpls():
-            plugin_name = pm.get_name(impl.plugin) or repr(impl.plugin)
-            dist = dists.get(id(impl.plugin), "rlhf_lab (built-in)")
+        impls = hook.get_hookimpls()
 
-            def register(name: str, factory: Callable[..., Any], schema: type, _kind=kind, _plugin=plugin_name, _dist=dist) -> None:
-                if _kind == "algo":
-                    _check_consumes(name, factory, _plugin)
-                _store_schema(_kind, name, schema)
-                registry.add(Component(_kind, name, factory, schema, _plugin, _dist))
+        def register(name: str, factory: Callable[..., Any], schema: type, _kind=kind, _impls=impls) -> None:
+            plugin, dist = _plugin_label(pm, _impl_running(_impls, sys._getframe(1)), dists)
+            traits = read_traits(_kind, name, factory, plugin)
+            _store_schema(_kind, name, schema)
+            registry.add(Component(_kind, name, factory, schema, plugin, dist, traits))
 
-            try:
-                impl.function(**{arg: register for arg in impl.argnames})
-            except RlhfLabError:
-                raise
-            except Exception as exc:
-                raise RlhfLabError(f"plugin '{plugin_name}' ({dist}) failed in its hook {hook_name}: {type(exc).__name__}: {exc}") from exc
-    pm.registry = registry
-    return pm
-
-
-def call_hook(name: str, **kwargs: Any) -> list:
-    """Call the run-phase hook ``name`` like pluggy does (last registered first, None results dropped),
-    but an implementation that raises stops the run with one message naming its plugin."""
-    pm = get_plugin_manager()
-    dists = _distribution_names(pm)
-    results = []
-    for impl in reversed(getattr(pm.hook, name).get_hookimpls()):
         try:
-            result = impl.function(**{arg: kwargs[arg] for arg in impl.argnames})
+            hook(register=register)
         except RlhfLabError:
             raise
         except Exception as exc:
-            plugin = pm.get_name(impl.plugin) or repr(impl.plugin)
-            dist = dists.get(id(impl.plugin), "rlhf_lab (built-in)")
-            raise RlhfLabError(f"plugin '{plugin}' ({dist}) failed in its hook {name}: {type(exc).__name__}: {exc}") from exc
-        if result is not None:
-            results.append(result)
-    return results
+            plugin, dist = _plugin_label(pm, _impl_running(impls, _innermost_frame(exc)), dists)
+            raise RlhfLabError(f"plugin '{plugin}' ({dist}) failed in its hook {hook_name}: {type(exc).__name__}: {exc}") from exc
+    return registry
+
+
+def _innermost_frame(exc: BaseException):
+    """The frame where ``exc`` was raised."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb.tb_frame if tb is not None else None
+
+
+def call_hook(name: str, **kwargs: Any) -> list:
+    """Call the run-phase hook ``name`` through pluggy's hook caller (wrappers wrap; the results of
+    plugins that return something, last registered first); an implementation that raises stops the run
+    with one message naming its plugin."""
+    pm = get_plugin_manager()
+    hook = getattr(pm.hook, name)
+    try:
+        return hook(**kwargs)
+    except RlhfLabError:
+        raise
+    except Exception as exc:
+        plugin, dist = _plugin_label(pm, _impl_running(hook.get_hookimpls(), _innermost_frame(exc)), _distribution_names(pm))
+        raise RlhfLabError(f"plugin '{plugin}' ({dist}) failed in its hook {name}: {type(exc).__name__}: {exc}") from exc
 
 
 _PM: pluggy.PluginManager | None = None

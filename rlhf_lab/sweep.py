@@ -14,7 +14,6 @@ import csv
 import io
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,8 @@ from typing import Any
 import yaml
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
+
+from rlhf_lab.files import write_atomic
 
 log = logging.getLogger("rlhf_lab.sweep")
 
@@ -130,7 +131,7 @@ def write_markdown(rows: list[dict[str, Any]], path: Path) -> None:
         cells = ["-" if row["job"] is None else row["job"], row["label"], row["algo"] or "-", *figures]
         # A "|" inside an override would otherwise split the cell.
         lines.append("| " + " | ".join(str(cell).replace("|", "\\|") for cell in cells) + " |")
-    _write_atomic(path, ("\n".join(lines) + "\n").encode())
+    write_atomic(path, ("\n".join(lines) + "\n").encode())
 
 
 def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
@@ -146,7 +147,7 @@ def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
     writer.writeheader()
     for row in rows:
         writer.writerow({key: "" if row[key] is None else row[key] for key in COLUMNS})
-    _write_atomic(path, buffer.getvalue().encode())
+    write_atomic(path, buffer.getvalue().encode())
 
 
 def plot_overoptimisation(rows: list[dict[str, Any]], path: Path) -> None:
@@ -202,7 +203,7 @@ def plot_overoptimisation(rows: list[dict[str, Any]], path: Path) -> None:
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", bbox_inches="tight")
-    _write_atomic(path, buffer.getvalue())
+    write_atomic(path, buffer.getvalue())
 
 
 def write_comparison(sweep_dir: Path) -> list[Path]:
@@ -339,14 +340,6 @@ def _with_interval(value: float | None, low: float | None, high: float | None) -
     if value is None:
         return "-"
     return f"{value:.3f}" if low is None or high is None else f"{value:.3f} [{low:.3f}, {high:.3f}]"
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    # Jobs of a parallel launcher may refresh the comparison at the same time; a rename never
-    # leaves a reader with half a file.
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 if __name__ == "__main__":

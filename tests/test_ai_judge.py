@@ -200,6 +200,7 @@ def test_local_judge_errors_and_generation(judge_dir):
     assert len(revised) == 2 and all(isinstance(r, str) for r in revised)
 
 
+@pytest.mark.slow
 def test_ai_judge_run_on_the_toy_task_reports_its_agreement_with_the_gold_annotator(tmp_path, judge_dir, refused):
     result = run_cli(
         [*(o for o in TINY_UPSTREAM if not o.startswith("eval.")), "stop_after=preferences", "feedback=ai_judge", f"feedback.model={judge_dir}", "logger=csv",

@@ -11,6 +11,8 @@ from rlhf_lab.tasks.toy import NEGATIVE, NOUNS, POSITIVE, ToyTaskConfig, make_to
 
 from conftest import read_metrics, run_cli
 
+pytestmark = pytest.mark.slow  # real runs of the CLI: the full suite only (README: the fast tier)
+
 QUICK = ["eval.samples_per_prompt=1", "trainer.progress_bar=none", "trainer.checkpoint_every_n_steps=2", "logger=csv"]
 PPO = ["algo.total_episodes=32", "algo.rollout_batch_size=16", "algo.minibatch_size=16", "algo.ppo_epochs=1"]
 
@@ -92,8 +94,8 @@ def test_stages_one_command_at_a_time(user_files, tmp_path, refused):
     assert second.returncode == 0, second.stderr[-3000:]
     metrics = read_metrics(tmp_path / "ppo")
     assert "time/sft_seconds" in metrics and "feedback/train_records" not in metrics and "reward/accuracy" not in metrics
-    # Nothing was trained or collected before the policy: the cache holds no SFT, feedback or reward model.
-    assert not [p.name for p in (tmp_path / "cache2").iterdir() if not p.name.startswith(".")]  # (.inprogress: resume bookkeeping)
+    # Nothing was trained or collected before the policy: the cache holds the policy alone, no SFT, feedback or reward model.
+    assert [p.name for p in (tmp_path / "cache2").iterdir() if not p.name.startswith(".")] == ["policy"]  # (.inprogress, .locks: bookkeeping)
     assert _paths(tmp_path / "ppo")["policy"].endswith("ppo/policy")
 
 

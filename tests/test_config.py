@@ -63,10 +63,11 @@ def test_every_option_composes_and_builds(registry, group, option, tmp_path):
             assert hasattr(component.factory(built, task), "collect")
         elif group == "reward":
             reward = component.factory(built)
-            assert set(reward.consumes) <= {"reward_model"} and callable(reward.reward_function)
-            assert reward.feedback_kind in (("ranking", "rating") if reward.consumes else (None,))
+            consumes = component.traits["consumes"]
+            assert set(consumes) <= {"reward_model"} and callable(reward.reward_function)
+            assert component.traits["feedback_kind"] in (("ranking", "rating") if consumes else (None,))
         else:  # algorithms need trained models to build; their factory must say what they consume
-            assert set(component.factory.consumes) <= {"reward", "preferences"} and component.factory.consumes
+            assert set(component.traits["consumes"]) <= {"reward", "preferences"} and component.traits["consumes"]
     elif group == "logger":
         assert isinstance(built, LoggerConfig) and built.name == option
     else:
@@ -85,10 +86,13 @@ def test_every_option_composes_and_builds(registry, group, option, tmp_path):
 @pytest.mark.parametrize("algo", ["ppo", "a2c", "dpo", "reinforce", "rloo", "grpo", "best_of_n"])
 def test_every_algorithm_with_its_defaults_passes_the_checks_of_a_two_process_run(algo, trainer, tmp_path):
     """Default batch sizes divide over 2 processes: `trainer=ddp_cpu` works without further overrides."""
-    from rlhf_lab.pipeline import Pipeline
+    from rlhf_lab.plugin_manager import get_plugin_manager
+    from rlhf_lab.run.plan import make_plan
+    from rlhf_lab.run.preflight import check_trainer
 
-    pipeline = Pipeline(_compose([f"algo={algo}", f"trainer={trainer}", f"cache_dir={tmp_path / 'cache'}"]), tmp_path / "run", "group")
-    assert pipeline.trainer_plan.world_size == 2 and pipeline.trainer_plan.device_type == "cpu"
+    plan = make_plan(_compose([f"algo={algo}", f"trainer={trainer}", f"cache_dir={tmp_path / 'cache'}"]), get_plugin_manager().registry)
+    trainer_plan = check_trainer(plan, worker=False)
+    assert trainer_plan.world_size == 2 and trainer_plan.device_type == "cpu"
 
 
 def test_every_registered_component_has_a_config_option(registry):

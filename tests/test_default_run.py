@@ -10,6 +10,8 @@ import pytest
 
 from conftest import read_metrics, run_cli
 
+pytestmark = pytest.mark.slow  # real runs of the CLI: the full suite only (README: the fast tier)
+
 
 @pytest.fixture(scope="module")
 def shared_cache(tmp_path_factory):

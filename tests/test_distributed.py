@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,8 @@ import torch
 
 from conftest import TINY_FEEDBACK, TINY_UPSTREAM, read_metrics, run_cli
 from rlhf_lab.resume import rank_share, shuffled_loader
+
+pytestmark = pytest.mark.slow  # real runs of the CLI: the full suite only (README: the fast tier)
 
 
 @pytest.mark.parametrize("size,world", [(8, 2), (7, 2), (5, 3), (1, 2), (2, 3), (9, 4)])
@@ -144,7 +147,7 @@ def test_two_processes_build_once_write_once_and_match_one_process(runs):
     for stage in ("base", "sft", "preferences", "reward_model"):
         assert len(list((runs["ddp_cache"] / stage).iterdir())) == 1, stage
     run = runs["ddp"]
-    assert sorted(p.name for p in (run / "csv").iterdir()) == ["eval", "policy", "reward", "sft"]
+    assert sorted(p.name for p in (run / "csv").iterdir()) == ["eval", "policy", "reward_model", "sft"]
     assert (run / "ranks" / "rank1.log").is_file() and not (run / "ranks" / "spec.pkl").exists()
     rank1 = (run / "ranks" / "rank1.log").read_text()
     assert "[rank 1]" in rank1 and "evaluate" not in rank1  # it trained; it never evaluated
@@ -196,7 +199,7 @@ def test_sharded_training_holds_half_of_every_trained_model_trains_as_ddp_does_a
                       cwd=tmp_path, env=_injected_env(tmp_path, SHARD_PROBE=str(probe)))
     assert sharded.returncode == 0, sharded.stderr[-3000:]
     # Each rank held about half of every stage's trained weights (PPO: policy and critic).
-    for stage in ("sft", "reward", "policy"):
+    for stage in ("sft", "reward_model", "policy"):
         held = [json.loads((probe / f"{stage}-rank{rank}.json").read_text()) for rank in (0, 1)]
         assert held[0]["total"] == held[1]["total"] > 0
         # (ZeRO pads an odd-sized parameter's two partitions to equal sizes: at most one element each.)
@@ -218,7 +221,8 @@ def test_sharded_training_holds_half_of_every_trained_model_trains_as_ddp_does_a
     # Rank 1 killed in PPO: every rank's random streams and the data position come back from the
     # checkpoint (DDP shares this machinery; under FSDP the checkpoint is restored after on_fit_start;
     # DeepSpeed's is a directory of partitions). The upstream stages come from the uninterrupted run's
-    # cache: only the policy stage is redone.
+    # cache: only the policy stage is redone (its cached artifact is removed, or the run would reuse it).
+    shutil.rmtree(tmp_path / "cache_a" / "policy")
     again = _kill_rank_1_then_resume(tmp_path, [*ARGS, *strategy, f"cache_dir={tmp_path / 'cache_a'}"])
     _same_run(again, tmp_path / "sharded")
 
@@ -226,7 +230,9 @@ def test_sharded_training_holds_half_of_every_trained_model_trains_as_ddp_does_a
 def test_zero_stage_2_keeps_whole_weights_and_gives_ddp_figures(runs, tmp_path):
     """ZeRO-2 partitions gradients and AdamW moments, not weights: generation is not in lockstep, the
     engine clips (to algo.max_grad_norm) and steps, and rank 0 copies the whole policy out of the engine."""
-    result = run_cli([*ARGS, *DEEPSPEED, "trainer.zero_stage=2", f"cache_dir={runs['ddp_cache']}", f"hydra.run.dir={tmp_path / 'zero2'}"],
+    # DDP's upstream stages, not its policy (the strategy is not part of a key: the policy would be reused).
+    shutil.copytree(runs["ddp_cache"], tmp_path / "cache", ignore=lambda folder, names: ["policy"] if Path(folder) == runs["ddp_cache"] else [])
+    result = run_cli([*ARGS, *DEEPSPEED, "trainer.zero_stage=2", f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'zero2'}"],
                      cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "zero2" / "checkpoints" / "policy" / "last.ckpt" / "latest").is_file()  # DeepSpeed's directory

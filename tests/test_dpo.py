@@ -13,7 +13,7 @@ from rlhf_lab.algos.dpo import DPOModule, preference_pairs
 from rlhf_lab.algos.dpo_config import DPOConfig
 from rlhf_lab.algos.inputs import AlgoInputs
 from rlhf_lab.data import collate_pairs, encode_prompt, encode_response
-from rlhf_lab.feedback.records import PreferenceRecord
+from rlhf_lab.records import PreferenceRecord
 from rlhf_lab.models.loading import load_policy, load_tokenizer
 from rlhf_lab.tasks.toy import ToyTaskConfig, make_toy_task
 

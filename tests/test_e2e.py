@@ -10,6 +10,8 @@ import pytest
 
 from conftest import SUBPROCESS_TIMEOUT, TINY, TINY_FEEDBACK, TINY_ONLINE, TINY_UPSTREAM, read_metrics, run_cli
 
+pytestmark = pytest.mark.slow  # real runs of the CLI: the full suite only (README: the fast tier)
+
 EVAL_FIGURES = ("gold_reward", "proxy_reward", "kl", "response_length", "perplexity")
 
 
@@ -51,7 +53,7 @@ def test_tiny_pipeline_writes_metrics_models_and_checkpoints(tmp_path, tiny_run_
     eval_header = (run_dir / "csv" / "eval" / "metrics.csv").read_text().splitlines()[0]
     assert "eval/ppo/win_rate" in eval_header and "eval/sft/gold_reward" in eval_header
     # Checkpoints live in the run directory; samples are kept for inspection.
-    for stage in ("sft", "reward", "policy"):
+    for stage in ("sft", "reward_model", "policy"):
         assert (run_dir / "checkpoints" / stage / "last.ckpt").is_file(), stage
     samples = [json.loads(line) for line in (run_dir / "samples.jsonl").open()]
     assert len(samples) == 57  # held-out prompts x eval.samples_per_prompt

@@ -5,15 +5,15 @@ from __future__ import annotations
 import json
 import math
 import re
-from types import SimpleNamespace
 
 import pytest
 import torch
 
 from rlhf_lab.config import check_finite_numbers
 from rlhf_lab.errors import NonFiniteLossError, RlhfLabError, check_weights_finite, nonfinite_figures
-from rlhf_lab.feedback.records import PreferenceRecord
-from rlhf_lab.pipeline import Pipeline, gold_agreement
+from rlhf_lab.records import PreferenceRecord
+from rlhf_lab.run.builders.preferences import gold_agreement
+from rlhf_lab.run.outputs import write_metrics
 from rlhf_lab.stages.sft import check_converged
 
 from test_bad_inputs import TINY, run_main
@@ -29,12 +29,11 @@ def test_non_finite_numbers_anywhere_in_the_config_are_named():
 
 
 def test_a_figure_that_is_not_finite_fails_the_run_and_keeps_every_figure_elsewhere(tmp_path):
-    holder = SimpleNamespace(run_dir=tmp_path)
-    Pipeline._write_metrics(holder, {"eval/ppo/kl": 0.5})
+    write_metrics(tmp_path, {"eval/ppo/kl": 0.5})
     assert json.loads((tmp_path / "metrics.json").read_text()) == {"eval/ppo/kl": 0.5}
     (tmp_path / "metrics.json").unlink()
     with pytest.raises(RlhfLabError, match=r"2 figure\(s\) that are not finite numbers: eval/ppo/kl=nan, eval/sft/perplexity=inf"):
-        Pipeline._write_metrics(holder, {"eval/ppo/kl": float("nan"), "eval/sft/perplexity": math.inf, "eval/ppo/gold_reward": 1.0, "n": 3})
+        write_metrics(tmp_path, {"eval/ppo/kl": float("nan"), "eval/sft/perplexity": math.inf, "eval/ppo/gold_reward": 1.0, "n": 3})
     assert not (tmp_path / "metrics.json").exists()
     kept = json.loads((tmp_path / "metrics.nonfinite.json").read_text())
     assert kept == {"eval/ppo/kl": "nan", "eval/sft/perplexity": "inf", "eval/ppo/gold_reward": "1.0", "n": "3"}

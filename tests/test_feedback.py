@@ -8,7 +8,7 @@ import pytest
 
 from rlhf_lab.errors import DataError, RlhfLabError
 from rlhf_lab.feedback.dataset import DatasetFeedback, DatasetFeedbackConfig
-from rlhf_lab.feedback.records import PreferenceRecord, read_jsonl, write_jsonl
+from rlhf_lab.records import PreferenceRecord, read_jsonl, write_jsonl
 from rlhf_lab.feedback.simulated import SimulatedFeedback, SimulatedFeedbackConfig
 from rlhf_lab.tasks.base import Task
 from rlhf_lab.tasks.toy import ToyTaskConfig, make_toy_task, toy_utility
@@ -106,6 +106,7 @@ def test_dataset_source_splits_and_checks_kind(tmp_path):
         source.collect([], [], kind="rating", seed=0)
 
 
+@pytest.mark.slow
 def test_cli_trains_reward_model_from_a_preference_file(tmp_path):
     task = make_toy_task(ToyTaskConfig(num_sft_examples=50), seed=0)
     records = [

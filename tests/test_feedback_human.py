@@ -7,12 +7,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from conftest import SUBPROCESS_TIMEOUT, read_metrics, run_cli
 
 from rlhf_lab.feedback.human import HumanFeedbackConfig
-from rlhf_lab.feedback.records import read_jsonl
+from rlhf_lab.records import read_jsonl
 from rlhf_lab.labelling.store import Label, LabelStore
 from rlhf_lab.tasks.toy import ToyTaskConfig, make_toy_task
+
+pytestmark = pytest.mark.slow  # real runs of the CLI: the full suite only (README: the fast tier)
 
 COMMON = [
     "stop_after=reward_model", "feedback.responses_per_prompt=4", "feedback.rounds=2", "task.num_sft_examples=1000",

@@ -13,9 +13,11 @@ from lightning.pytorch.loggers import CSVLogger
 import rlhf_lab.plugin_manager as plugin_manager
 from rlhf_lab import hookimpl
 from rlhf_lab.config import register_engine_schemas
-from rlhf_lab.pipeline import run
+from rlhf_lab.run.experiment import run
 
 from conftest import TINY
+
+pytestmark = pytest.mark.slow  # real runs of the CLI: the full suite only (README: the fast tier)
 
 
 class CountBatches(Callback):
@@ -64,7 +66,7 @@ def test_run_phase_hooks_see_every_stage_and_the_final_metrics(observer, tmp_pat
     # SFT: 400 demonstrations / 64 per batch = 7 batches; PPO: 64 episodes / 32 per rollout = 2 iterations.
     assert observer.callbacks["sft"].batches == 7
     assert observer.callbacks["policy"].batches == 2
-    assert observer.callbacks["reward"].batches > 0
+    assert observer.callbacks["reward_model"].batches > 0
     assert (tmp_path / "run" / "observer" / "policy" / "metrics.csv").is_file()
     assert (tmp_path / "run" / "observer" / "eval" / "metrics.csv").is_file()
     assert len(observer.finished) == 1

@@ -8,7 +8,11 @@ import sys
 import sysconfig
 from pathlib import Path
 
+import pytest
+
 from conftest import SUBPROCESS_TIMEOUT, TINY, run_cli
+
+pytestmark = pytest.mark.slow  # real runs of the CLI: the full suite only (README: the fast tier)
 
 ROOT = Path(__file__).resolve().parents[1]
 

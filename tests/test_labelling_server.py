@@ -44,6 +44,7 @@ def assert_stored_exactly_once(db: Path, acknowledged):
     return stored
 
 
+@pytest.mark.slow
 def test_twenty_concurrent_labellers_each_label_stored_exactly_once(tmp_path):
     store, campaign, tokens = campaign_with(tmp_path, labellers=20, items=2100)
     with LabelServer(campaign) as server:
@@ -81,6 +82,7 @@ def start_server(db: Path, port: int) -> subprocess.Popen:
     raise AssertionError("server did not start")
 
 
+@pytest.mark.slow
 def test_sigkill_mid_load_loses_no_acknowledged_label(tmp_path):
     store, campaign, tokens = campaign_with(tmp_path, labellers=8, items=3000)
     store.close()

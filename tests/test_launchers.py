@@ -13,6 +13,8 @@ from rlhf_lab.plugin_manager import get_plugin_manager
 
 from conftest import TINY_UPSTREAM, read_metrics, run_cli
 
+pytestmark = pytest.mark.slow  # real runs of the CLI: the full suite only (README: the fast tier)
+
 # Two DPO jobs that differ only in beta: both need the same SFT policy and preference records.
 DPO = [*TINY_UPSTREAM, "algo=dpo", "feedback.rounds=1", "algo.epochs=1", "logger=csv"]
 

@@ -76,6 +76,7 @@ def _hh_file(path, turns: int, rows: int = 30):
     return path
 
 
+@pytest.mark.slow
 def test_cli_a_dialogue_too_long_for_the_model_stops_before_sft_or_is_cut_and_counted(toy, tmp_path, refused):
     model_dir, _ = toy
     prefs = _hh_file(tmp_path / "hh.jsonl", turns=12)

@@ -6,7 +6,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from rlhf_lab.config import RunConfig
-from rlhf_lab.training import build_logger, wandb_mode
+from rlhf_lab.loggers import build_logger, wandb_mode
 
 
 @pytest.fixture

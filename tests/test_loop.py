@@ -1,4 +1,4 @@
-"""Iterated RLHF (``loop.rounds``, rlhf_lab/loop.py) through the real CLI: rounds build on each other,
+"""Iterated RLHF (``loop.rounds``, rlhf_lab/run/loop.py) through the real CLI: rounds build on each other,
 every round is evaluated, a restart reuses finished rounds and asks for no label again, and loops
 that cannot run are refused before any work."""
 
@@ -12,6 +12,8 @@ import pytest
 from conftest import TINY, TINY_UPSTREAM, read_metrics, run_cli
 
 from rlhf_lab.labelling.store import LabelStore
+
+pytestmark = pytest.mark.slow  # real runs of the CLI: the full suite only (README: the fast tier)
 
 
 def test_two_rounds_of_ppo_sample_from_the_current_policy_and_retrain_on_all_labels(tmp_path):
@@ -33,7 +35,7 @@ def test_two_rounds_of_ppo_sample_from_the_current_policy_and_retrain_on_all_lab
     assert len(list((cache / "policy").iterdir())) == 2 and len(list((cache / "reward_model").iterdir())) == 2
     assert len(list((cache / "preferences").iterdir())) == 2
     assert (tmp_path / "run" / "policy" / "config.json").is_file()
-    for stage in ("policy", "policy_round2", "reward_round2", "eval", "eval_round1"):
+    for stage in ("policy", "policy_round2", "reward_model_round2", "eval", "eval_round1"):
         assert (tmp_path / "run" / "csv" / stage).is_dir(), stage
     # Round 2's candidates come from round 1's policy, not from the SFT policy again.
     first, second = sorted((cache / "preferences").iterdir(), key=lambda d: (d / "metrics.json").stat().st_mtime)

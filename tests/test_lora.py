@@ -11,6 +11,8 @@ from rlhf_lab.config import LoraSettings
 from rlhf_lab.models.loading import load_policy, load_value_model
 from rlhf_lab.models.lora import AdapterDisabled, add_policy_adapters, add_value_adapters, merge_value_adapters, merged_copy
 
+pytestmark = pytest.mark.slow  # real runs of the CLI: the full suite only (README: the fast tier)
+
 LORA = LoraSettings(r=4, alpha=8.0)
 
 

@@ -52,8 +52,9 @@ def test_a_model_too_large_for_the_device_is_refused_before_any_work(tmp_path, m
 
     from rlhf_lab.config import register_engine_schemas
     from rlhf_lab.errors import RlhfLabError
-    from rlhf_lab.pipeline import Pipeline
     from rlhf_lab.plugin_manager import get_plugin_manager
+    from rlhf_lab.run.plan import make_plan
+    from rlhf_lab.run.preflight import check_memory, check_trainer
 
     get_plugin_manager()
     register_engine_schemas()
@@ -63,7 +64,8 @@ def test_a_model_too_large_for_the_device_is_refused_before_any_work(tmp_path, m
     total, _ = memory.count_parameters(str(llama_dir))
     monkeypatch.setattr(memory, "device_memory_bytes", lambda device: 3 * total * 4)  # less than policy + state + copies
     with pytest.raises(RlhfLabError) as info:
-        Pipeline(cfg, tmp_path / "run", "g").need("base")
+        plan = make_plan(cfg, get_plugin_manager().registry)
+        check_memory(plan, check_trainer(plan, worker=False), llama_dir)
     message = str(info.value)
     # policy, reference, reward model, critic weights + (gradient + 2 moments) for policy and critic = 10 copies
     assert message.startswith(f"the policy stage needs at least {memory.gib(10 * total * 4)} GiB")

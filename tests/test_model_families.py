@@ -58,6 +58,7 @@ def test_left_padded_generation_equals_each_prompt_alone(tmp_path, family, token
         assert batch.response_ids[row].tolist() == single.response_ids[0].tolist(), f"{family}: row {row} depends on its padding"
 
 
+@pytest.mark.slow
 def test_a_llama_directory_runs_sft_and_rloo_through_the_cli(tmp_path, tokenizer_without_pad):
     path = _model_dir(tmp_path / "llama", "llama", tokenizer_without_pad)
     args = [f"model.name_or_path={path}", "task.num_sft_examples=200", "sft.epochs=1", "algo=rloo", "reward=rule",
@@ -74,7 +75,7 @@ def test_a_llama_directory_runs_sft_and_rloo_through_the_cli(tmp_path, tokenizer
 def test_reward_scores_with_shared_prompts_equal_one_row_per_response(tmp_path, family, tokenizer_without_pad):
     """Rotary positions and grouped-query attention too: a response after a shared prompt, with
     positions restarting after the prompt, scores as prompt + response alone."""
-    from rlhf_lab.feedback.records import PreferenceRecord
+    from rlhf_lab.records import PreferenceRecord
     from rlhf_lab.models.loading import load_value_model
     from rlhf_lab.rewards.base import RewardObjective
     from rlhf_lab.rewards.configs import PairwiseRewardConfig

@@ -35,6 +35,7 @@ def test_a_file_is_not_a_model_directory(tmp_path):
         load_tokenizer(str(tmp_path / "weights.bin"))
 
 
+@pytest.mark.slow
 def test_unreachable_hub_name_is_one_clear_error():
     # A subprocess: huggingface_hub reads HF_HUB_OFFLINE once, at import.
     code = "from rlhf_lab.models.loading import load_tokenizer; load_tokenizer('no-such-org/no-such-model')"

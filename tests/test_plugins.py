@@ -63,8 +63,10 @@ def test_duplicate_component_names_both_plugins():
 
             register("ppo", noop_algorithm, PPOConfig)
 
-    with pytest.raises(RlhfLabError, match="algo 'ppo' is registered twice: by rlhf_lab.algos"):
-        build_plugin_manager(load_entry_points=False, extra_plugins=(Clash(),))
+    clash = Clash()
+    with pytest.raises(RlhfLabError, match=r"algo 'ppo' is registered twice: by (\d+) .* and by rlhf_lab.algos \(rlhf_lab \(built-in\)\)") as info:
+        build_plugin_manager(load_entry_points=False, extra_plugins=(clash,))
+    assert info.match(str(id(clash)))  # each registration is credited to the plugin that made it
 
 
 def test_misspelled_hook_fails_loudly():
@@ -134,5 +136,125 @@ def test_an_algorithm_that_does_not_say_what_it_consumes_is_rejected():
         def rlhf_lab_register_algorithms(self, register):
             register("vague_test", lambda cfg, inputs: None, VagueConfig)
 
-    with pytest.raises(RlhfLabError, match=r"algo 'vague_test' .*needs an attribute `consumes`"):
+    with pytest.raises(RlhfLabError, match=r"algo 'vague_test' \(plugin \d+\): its factory has no `consumes`"):
         build_plugin_manager(load_entry_points=False, extra_plugins=(Vague(),))
+
+
+@dataclass
+class ProbeFeedbackConfig:
+    name: str = "probe_test"
+
+
+class CompleteSource:
+    needs_candidates = True
+    responses_per_prompt = 2
+
+    def __init__(self, cfg, task):
+        self.cfg = cfg
+
+    def collect(self, prompts, candidates, *, kind, seed, split):
+        return []
+
+
+class NoCollect:
+    needs_candidates = False
+
+    def __init__(self, cfg, task):
+        pass
+
+
+class NoTrait:
+    def __init__(self, cfg, task):
+        pass
+
+    def collect(self, prompts, candidates, *, kind, seed, split):
+        return []
+
+
+def _registering(kind_hook: str, factory, schema=ProbeFeedbackConfig):
+    """A plugin object registering ``factory`` through the hook ``kind_hook``."""
+
+    class Probe:
+        pass
+
+    def hook(self, register):
+        register(schema.name, factory, schema)
+
+    setattr(Probe, kind_hook, hookimpl(hook))
+    return Probe()
+
+
+@pytest.mark.parametrize("factory, message", [
+    (NoCollect, r"feedback 'probe_test' \(plugin \d+\): it has no method `collect`; see rlhf_lab.api.FeedbackSource"),
+    (NoTrait, r"feedback 'probe_test' \(plugin \d+\): its factory has no `needs_candidates` \(true or false\); see rlhf_lab.api.FeedbackSourceFactory"),
+    ("not callable", r"feedback 'probe_test' \(plugin \d+\): the registered factory 'not callable' is not callable"),
+])
+def test_a_component_missing_a_member_is_refused_at_registration_naming_it(factory, message):
+    with pytest.raises(RlhfLabError, match=message):
+        build_plugin_manager(load_entry_points=False, extra_plugins=(_registering("rlhf_lab_register_feedback_sources", factory),))
+
+
+def test_traits_are_read_once_with_their_defaults():
+    pm = build_plugin_manager(load_entry_points=False, extra_plugins=(_registering("rlhf_lab_register_feedback_sources", CompleteSource),))
+    assert dict(pm.registry.get("feedback", "probe_test").traits) == {"needs_candidates": True}
+    assert dict(pm.registry.get("algo", "ppo").traits) == {"consumes": ("reward",), "trains_policy": True}
+    assert dict(pm.registry.get("algo", "best_of_n").traits) == {"consumes": ("reward",), "trains_policy": False}
+    assert dict(pm.registry.get("reward", "pointwise").traits) == {"consumes": ("reward_model",), "feedback_kind": "rating"}
+    assert dict(pm.registry.get("reward", "rule").traits) == {"consumes": (), "feedback_kind": None}
+
+
+def test_a_reward_component_with_an_unknown_input_is_refused():
+    @dataclass
+    class OddConfig:
+        name: str = "odd_test"
+
+    def odd(cfg):
+        return None
+
+    odd.consumes = ("preferences",)
+    with pytest.raises(RlhfLabError, match=r"reward 'odd_test' .*`consumes` must be a tuple of names from \('reward_model',\), or \(\), got \('preferences',\)"):
+        build_plugin_manager(load_entry_points=False, extra_plugins=(_registering("rlhf_lab_register_reward_models", odd, OddConfig),))
+
+
+def test_a_built_source_is_checked_against_its_protocol():
+    from rlhf_lab.components import check_built
+
+    class Built:
+        def collect(self, prompts, candidates, *, kind, seed, split):
+            return []
+
+    with pytest.raises(RlhfLabError, match=r"feedback 'x' \(plugin p\): a source with needs_candidates=True needs an integer `responses_per_prompt`"):
+        check_built("feedback", "x", Built(), "p", needs_candidates=True)
+    assert check_built("feedback", "x", Built(), "p", needs_candidates=False) is not None
+
+
+def test_run_hooks_go_through_pluggys_caller_so_wrappers_wrap(monkeypatch):
+    """A hook wrapper sees the other implementations' results; a failing implementation is named."""
+    import rlhf_lab.plugin_manager as plugin_manager
+
+    seen = []
+
+    class Plain:
+        @hookimpl
+        def rlhf_lab_callbacks(self, cfg, stage):
+            return ["plain"]
+
+    class Wrapper:
+        @hookimpl(wrapper=True)
+        def rlhf_lab_callbacks(self, cfg, stage):
+            results = yield
+            seen.append(list(results))
+            return results + [["wrapped"]]
+
+    class Failing:
+        @hookimpl
+        def rlhf_lab_run_finished(self, cfg, metrics, run_dir):
+            raise ValueError("no disk")
+
+    failing = Failing()
+    pm = build_plugin_manager(load_entry_points=False, extra_plugins=(Plain(), Wrapper(), failing))
+    monkeypatch.setattr(plugin_manager, "_PM", pm)
+    assert plugin_manager.call_hook("rlhf_lab_callbacks", cfg=None, stage="sft") == [["plain"], ["wrapped"]]
+    assert seen == [[["plain"]]]
+    with pytest.raises(RlhfLabError, match=rf"plugin '{id(failing)}' \(rlhf_lab \(built-in\)\) failed in its hook rlhf_lab_run_finished: ValueError: no disk"):
+        plugin_manager.call_hook("rlhf_lab_run_finished", cfg=None, metrics={}, run_dir=None)

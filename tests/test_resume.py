@@ -7,12 +7,15 @@ import json
 import subprocess
 import sys
 
+import pytest
 import torch
 from torch.utils.data import DataLoader
 
 from rlhf_lab.resume import ResumableLoader, shuffled_loader, shuffled_order
 
 from conftest import SUBPROCESS_TIMEOUT, TINY_FEEDBACK, TINY_UPSTREAM, read_metrics, run_cli
+
+pytestmark = pytest.mark.slow  # real runs of the CLI: the full suite only (README: the fast tier)
 
 
 def test_the_resumable_order_is_the_shuffled_data_loaders_order():
@@ -98,13 +101,13 @@ def test_a_run_killed_in_each_stage_resumes_to_the_figures_of_an_uninterrupted_r
     # (stage, batches after which the process is SIGKILLed): SFT (7 batches an epoch) one batch after
     # its first epoch's closing checkpoint, so the next epoch's order must be restored; the reward model
     # and PPO mid-epoch, one batch after a checkpoint.
-    for attempt, (stage, batches) in enumerate((("sft", 8), ("reward", 3), ("policy", 3))):
+    for attempt, (stage, batches) in enumerate((("sft", 8), ("reward_model", 3), ("policy", 3))):
         killed = subprocess.run([sys.executable, "-c", KILLER, stage, str(batches), *args, f"hydra.run.dir={tmp_path / f'b{attempt}'}"],
                                 cwd=tmp_path, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT)
         assert killed.returncode == -9, (stage, killed.stderr[-3000:])
         log = (tmp_path / f"b{attempt}" / "rlhf_lab.log").read_text()
         if attempt:  # the stage killed before this one is resumed from its checkpoint, then finished
-            previous = ("sft", "reward")[attempt - 1]
+            previous = ("sft", "reward_model")[attempt - 1]
             assert f"{previous}: resuming from " in log, log[-3000:]
     final = run_cli([*args, f"hydra.run.dir={tmp_path / 'b_final'}"], cwd=tmp_path)
     assert final.returncode == 0, final.stderr[-3000:]

@@ -15,6 +15,8 @@ from conftest import TINY_UPSTREAM
 from rlhf_lab.errors import RlhfLabError
 from rlhf_lab.run_lock import LOCK_NAME, RunDirLock
 
+pytestmark = pytest.mark.slow  # real runs of the CLI: the full suite only (README: the fast tier)
+
 STOP_AT_SFT = [*(o for o in TINY_UPSTREAM if not o.startswith("eval.")), "stop_after=sft", "logger=csv"]
 
 

@@ -39,7 +39,6 @@ def a2c_loss(logprobs, advantages, values, returns, entropy, mask, vf_coef: floa
 class A2CModule(OnPolicyModule):
     """A2C with a frozen reference, a frozen reward function and a learned critic."""
 
-    consumes = ("reward",)
     values_in_rollout = False
 
     def __init__(self, cfg: A2CConfig, inputs: AlgoInputs) -> None:

@@ -74,6 +74,3 @@ def best_of_n(cfg: BestOfNConfig, inputs: AlgoInputs) -> BestOfNPolicy:
     """The ``algo=best_of_n`` factory: the policy handle itself (there is nothing to train)."""
     return BestOfNPolicy(ModelPolicy(inputs.reference, inputs.tokenizer), inputs.reward, cfg.n, cfg.kl_samples, cfg.sampling)
 
-
-best_of_n.consumes = ("reward",)
-best_of_n.trains_policy = False

@@ -99,11 +99,9 @@ def split_pairs(logps: torch.Tensor, lengths: torch.Tensor) -> PairLogps:
 class DPOModule(ShardedTraining, ResumableModule, pl.LightningModule):
     """The DPO family on preference pairs, against a frozen reference."""
 
-    consumes = ("preferences",)
-
     def __init__(self, cfg: DPOConfig, inputs: AlgoInputs) -> None:
         super().__init__()
-        from rlhf_lab.feedback.records import read_jsonl
+        from rlhf_lab.records import read_jsonl
         from rlhf_lab.models.loading import disable_dropout
 
         self.cfg, self.inputs, self.tokenizer = cfg, inputs, inputs.tokenizer

@@ -1,14 +1,11 @@
-"""What the pipeline hands an algorithm factory: the artifacts it declared in ``consumes``, and the basics."""
+"""What the run hands an algorithm factory: the artifacts it declared in ``consumes`` (names from
+:data:`rlhf_lab.components.CONSUMABLE`), and the basics."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
-
-CONSUMABLE = ("reward", "preferences")
-"""Artifacts an algorithm may declare in ``consumes``; the SFT policy and the reference come always."""
-
 
 @dataclass
 class AlgoInputs:

@@ -84,7 +84,6 @@ class OnPolicyModule(ShardedTraining, ResumableModule, pl.LightningModule):
     :attr critic: a value model, or None for critic-free algorithms.
     """
 
-    consumes = ("reward",)
     samples_per_prompt = 1
     """Responses sampled per prompt in a rollout; critic-free group baselines set it from their config."""
     values_in_rollout = True

@@ -35,8 +35,6 @@ from rlhf_lab.rollout import Experience
 class PolicyGradientModule(OnPolicyModule):
     """REINFORCE / RLOO / GRPO: no critic, a baseline from the other samples (or from the past)."""
 
-    consumes = ("reward",)
-
     def __init__(self, cfg: PolicyGradientConfig, inputs: AlgoInputs) -> None:
         super().__init__(cfg, inputs)
         self.samples_per_prompt = cfg.samples_per_prompt

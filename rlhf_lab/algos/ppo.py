@@ -34,7 +34,6 @@ from rlhf_lab.rollout import Experience
 class PPOModule(OnPolicyModule):
     """PPO with a frozen reference policy, a frozen reward function and a learned critic."""
 
-    consumes = ("reward",)
 
     def __init__(self, cfg: PPOConfig, inputs: AlgoInputs) -> None:
         super().__init__(cfg, inputs, critic=build_critic(inputs, cfg.critic_init))

@@ -17,7 +17,7 @@ from rlhf_lab.chat import load_chat_tokenizer
 from rlhf_lab.datafiles import FileSourceConfig, read_table
 from rlhf_lab.errors import DataError, RlhfLabError
 from rlhf_lab.feedback.formats import FORMATS, parse_preferences
-from rlhf_lab.feedback.records import PreferenceRecord
+from rlhf_lab.records import PreferenceRecord
 
 log = logging.getLogger(__name__)
 

@@ -33,7 +33,7 @@ from typing import Callable, Optional
 from rlhf_lab.chat import check_messages, render_prompt, split_reply
 from rlhf_lab.datafiles import Table, check_mapped_columns
 from rlhf_lab.errors import DataError
-from rlhf_lab.feedback.records import PreferenceRecord
+from rlhf_lab.records import PreferenceRecord
 
 FORMATS = ("native", "pairwise", "hh", "chat", "rating")
 HH_ASSISTANT = "\n\nAssistant:"

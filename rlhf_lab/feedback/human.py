@@ -25,7 +25,7 @@ from typing import ClassVar, Optional
 
 from rlhf_lab import hookimpl
 from rlhf_lab.errors import RlhfLabError
-from rlhf_lab.feedback.records import PreferenceRecord
+from rlhf_lab.records import PreferenceRecord
 
 log = logging.getLogger("rlhf_lab")
 

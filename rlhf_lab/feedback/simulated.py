@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 from rlhf_lab import hookimpl
 from rlhf_lab.errors import RlhfLabError
-from rlhf_lab.feedback.noise import gaussian_ratings, plackett_luce_ranking
-from rlhf_lab.feedback.records import PreferenceRecord
+from rlhf_lab.noise import gaussian_ratings, plackett_luce_ranking
+from rlhf_lab.records import PreferenceRecord
 
 
 @dataclass

@@ -143,7 +143,7 @@ def terminal_session(campaign, labeller, read=input, write=print) -> int:
 
 def main(argv: list[str]) -> None:
     """Entry of ``python -m rlhf_lab label``."""
-    from rlhf_lab.feedback.records import write_jsonl
+    from rlhf_lab.records import write_jsonl
 
     args = _parser().parse_args(argv)
     if args.command == "create":

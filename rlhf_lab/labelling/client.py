@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 from urllib.parse import urlsplit
 
-from rlhf_lab.feedback.noise import plackett_luce_ranking
+from rlhf_lab.noise import plackett_luce_ranking
 
 
 class ApiError(Exception):
@@ -82,7 +82,7 @@ class LabelClient:
 class BotLabeller:
     """A simulated annotator labelling through the app: Plackett-Luce choices on a utility, temperature ``beta``.
 
-    Its draws use the same noise model as ``feedback=simulated`` (``feedback/noise.py``), so a campaign
+    Its draws use the same noise model as ``feedback=simulated`` (``noise.py``), so a campaign
     labelled by bots gives records distributed as the simulated source's.
     """
 

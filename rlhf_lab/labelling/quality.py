@@ -22,7 +22,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Iterable, Optional
 
-from rlhf_lab.feedback.records import PreferenceRecord
+from rlhf_lab.records import PreferenceRecord
 from rlhf_lab.labelling.store import Item, Label
 
 
@@ -37,10 +37,10 @@ def pair_judgements(label: Label, k: int) -> dict[tuple[int, int], int]:
 
 
 def _agreement_of(values: list[int]) -> Optional[float]:
-    m = len(values)
-    if m < 2:
+    coders = len(values)
+    if coders < 2:
         return None
-    return sum(n * (n - 1) for n in Counter(values).values()) / (m * (m - 1))
+    return sum(count * (count - 1) for count in Counter(values).values()) / (coders * (coders - 1))
 
 
 def item_agreement(labels: Iterable[Label], k: int) -> Optional[float]:
@@ -49,7 +49,7 @@ def item_agreement(labels: Iterable[Label], k: int) -> Optional[float]:
     for label in labels:
         for pair, value in pair_judgements(label, k).items():
             by_pair[pair].append(value)
-    shares = [s for s in (_agreement_of(v) for v in by_pair.values()) if s is not None]
+    shares = [share for share in (_agreement_of(values) for values in by_pair.values()) if share is not None]
     return sum(shares) / len(shares) if shares else None
 
 
@@ -88,7 +88,8 @@ def gold_score(label: Label, gold: list[int]) -> Optional[float]:
     if not judgements:
         return None
     truth = pair_judgements(Label(label.item_id, label.labeller_id, ranking=gold), len(gold))
-    return sum(1.0 if v == truth[p] else 0.5 if v == 0 else 0.0 for p, v in judgements.items()) / len(judgements)
+    scores = (1.0 if judgement == truth[pair] else 0.5 if judgement == 0 else 0.0 for pair, judgement in judgements.items())
+    return sum(scores) / len(judgements)
 
 
 @dataclass
@@ -119,6 +120,20 @@ class LabellerQuality:
     flags: list[str] = field(default_factory=list)
 
 
+def _flags(quality: LabellerQuality, thresholds: QualityThresholds) -> list[str]:
+    """Why a labeller's figures fall under the thresholds (a figure on too few labels flags nothing)."""
+    flags = []
+    if (quality.gold_accuracy is not None and quality.gold_labels >= thresholds.min_gold_labels
+            and quality.gold_accuracy < thresholds.min_gold_accuracy):
+        flags.append(f"gold accuracy {quality.gold_accuracy:.2f} < {thresholds.min_gold_accuracy}")
+    if (quality.self_consistency is not None and quality.repeats >= thresholds.min_repeats
+            and quality.self_consistency < thresholds.min_self_consistency):
+        flags.append(f"self-consistency {quality.self_consistency:.2f} < {thresholds.min_self_consistency}")
+    if quality.median_seconds is not None and quality.median_seconds < thresholds.min_median_seconds:
+        flags.append(f"median {quality.median_seconds:.1f} s per label < {thresholds.min_median_seconds} s")
+    return flags
+
+
 def labeller_quality(labellers, items: dict[int, Item], labels: list[Label], thresholds: QualityThresholds) -> list[LabellerQuality]:
     """Figures per labeller (crowd and expert) with the reasons each is flagged, if any."""
     by_labeller = defaultdict(list)
@@ -129,29 +144,25 @@ def labeller_quality(labellers, items: dict[int, Item], labels: list[Label], thr
         if person.role not in ("crowd", "expert"):
             continue
         mine = by_labeller.get(person.id, [])
-        q = LabellerQuality(person.name, person.role, labels=len(mine), skips=sum(l.skip for l in mine), excluded=person.excluded)
-        scores = [s for s in (gold_score(l, items[l.item_id].gold) for l in mine if items[l.item_id].gold is not None) if s is not None]
-        q.gold_labels = len(scores)
-        q.gold_accuracy = sum(scores) / len(scores) if scores else None
-        answers = {l.item_id: l for l in mine}
+        quality = LabellerQuality(person.name, person.role, labels=len(mine), skips=sum(label.skip for label in mine), excluded=person.excluded)
+        on_gold = [label for label in mine if items[label.item_id].gold is not None]
+        scores = [score for score in (gold_score(label, items[label.item_id].gold) for label in on_gold) if score is not None]
+        quality.gold_labels = len(scores)
+        quality.gold_accuracy = sum(scores) / len(scores) if scores else None
+        answers = {label.item_id: label for label in mine}
         same = []
         for label in mine:
             original = items[label.item_id].repeat_of
             if original is not None and original in answers:
                 k = len(items[label.item_id].responses)
                 first, again = pair_judgements(answers[original], k), pair_judgements(label, k)
-                same.extend(first[p] == again[p] for p in first if p in again)
-                q.repeats += 1
-        q.self_consistency = sum(same) / len(same) if same else None
-        seconds = [l.seconds for l in mine if l.seconds is not None]
-        q.median_seconds = statistics.median(seconds) if seconds else None
-        if q.gold_accuracy is not None and q.gold_labels >= thresholds.min_gold_labels and q.gold_accuracy < thresholds.min_gold_accuracy:
-            q.flags.append(f"gold accuracy {q.gold_accuracy:.2f} < {thresholds.min_gold_accuracy}")
-        if q.self_consistency is not None and q.repeats >= thresholds.min_repeats and q.self_consistency < thresholds.min_self_consistency:
-            q.flags.append(f"self-consistency {q.self_consistency:.2f} < {thresholds.min_self_consistency}")
-        if q.median_seconds is not None and q.median_seconds < thresholds.min_median_seconds:
-            q.flags.append(f"median {q.median_seconds:.1f} s per label < {thresholds.min_median_seconds} s")
-        report.append(q)
+                same.extend(first[pair] == again[pair] for pair in first if pair in again)
+                quality.repeats += 1
+        quality.self_consistency = sum(same) / len(same) if same else None
+        seconds = [label.seconds for label in mine if label.seconds is not None]
+        quality.median_seconds = statistics.median(seconds) if seconds else None
+        quality.flags = _flags(quality, thresholds)
+        report.append(quality)
     return report
 
 
@@ -172,29 +183,29 @@ def dawid_skene(votes: dict, iterations: int = 50, smoothing: float = 1.0) -> di
     Each labeller has a 2x2 confusion matrix (true class -> vote), each with ``smoothing`` pseudo-counts;
     EM starts from the vote shares.
     """
-    posterior = {u: (sum(v > 0 for _, v in vs) + 0.5) / (len(vs) + 1.0) for u, vs in votes.items() if vs}
-    labellers = {who for vs in votes.values() for who, _ in vs}
+    posterior = {unit: (sum(vote > 0 for _, vote in unit_votes) + 0.5) / (len(unit_votes) + 1.0) for unit, unit_votes in votes.items() if unit_votes}
+    labellers = {who for unit_votes in votes.values() for who, _ in unit_votes}
     for _ in range(iterations):
         prior = (sum(posterior.values()) + 1.0) / (len(posterior) + 2.0)
         # confusion[who][true][vote]: expected counts, true/vote as 0 (first better) or 1.
         confusion = {who: [[smoothing, smoothing], [smoothing, smoothing]] for who in labellers}
-        for u, p in posterior.items():
-            for who, v in votes[u]:
-                column = 0 if v > 0 else 1
-                confusion[who][0][column] += p
-                confusion[who][1][column] += 1.0 - p
+        for unit, p_first in posterior.items():
+            for who, vote in votes[unit]:
+                column = 0 if vote > 0 else 1
+                confusion[who][0][column] += p_first
+                confusion[who][1][column] += 1.0 - p_first
         for who in labellers:
             for true in (0, 1):
                 total = sum(confusion[who][true])
-                confusion[who][true] = [c / total for c in confusion[who][true]]
+                confusion[who][true] = [count / total for count in confusion[who][true]]
         updated = {}
-        for u in posterior:
+        for unit in posterior:
             log_first, log_second = math.log(prior), math.log(1.0 - prior)
-            for who, v in votes[u]:
-                column = 0 if v > 0 else 1
+            for who, vote in votes[unit]:
+                column = 0 if vote > 0 else 1
                 log_first += math.log(confusion[who][0][column])
                 log_second += math.log(confusion[who][1][column])
-            updated[u] = 1.0 / (1.0 + math.exp(log_second - log_first))
+            updated[unit] = 1.0 / (1.0 + math.exp(log_second - log_first))
         posterior = updated
     return posterior
 
@@ -208,7 +219,57 @@ class Aggregate:
     by_expert: int = 0
 
 
-def aggregate(items: list[Item], labels: list[Label], roles: dict[int, str], excluded: set[int] = frozenset(), method: str = "majority", annotator: str = "human") -> Aggregate:
+def _all_pairs(k: int) -> list[tuple[int, int]]:
+    return [(i, j) for i in range(k) for j in range(i + 1, k)]
+
+
+def _crowd_votes(items: list[Item], by_item: dict[int, list[Label]], roles: dict[int, str]) -> dict:
+    """The crowd's non-tie judgements as Dawid-Skene votes: ``{(item id, pair): [(labeller id, +1|-1), ...]}``."""
+    votes = {}
+    for item in items:
+        for label in by_item.get(item.id, []):
+            if roles.get(label.labeller_id) != "crowd":
+                continue
+            for pair, judgement in pair_judgements(label, len(item.responses)).items():
+                if judgement != 0:
+                    votes.setdefault((item.id, pair), []).append((label.labeller_id, judgement))
+    return votes
+
+
+def _majority_decisions(deciders: list[Label], k: int) -> dict[tuple[int, int], int]:
+    """Each pair's decision (+1 or -1) by the sum of the deciders' judgements; a pair whose votes tie is left out."""
+    decisions = {}
+    for pair in _all_pairs(k):
+        total = sum(pair_judgements(label, k).get(pair, 0) for label in deciders)
+        if total != 0:
+            decisions[pair] = 1 if total > 0 else -1
+    return decisions
+
+
+def _posterior_decisions(item_id: int, k: int, posterior: dict) -> dict[tuple[int, int], int]:
+    """Each pair's decision by its Dawid-Skene P(first better); a pair at exactly 1/2 (or never voted on) is left out."""
+    decisions = {}
+    for pair in _all_pairs(k):
+        p_first = posterior.get((item_id, pair))
+        if p_first is not None and p_first != 0.5:
+            decisions[pair] = 1 if p_first > 0.5 else -1
+    return decisions
+
+
+def _copeland_ranking(decisions: dict[tuple[int, int], int], k: int) -> list[int]:
+    """Responses best first by pairs won, an undecided pair counting 1/2 to each side; ties go to the lower index."""
+    wins = [0.0] * k
+    for (i, j), decision in decisions.items():
+        wins[i if decision > 0 else j] += 1.0
+    for i, j in _all_pairs(k):
+        if (i, j) not in decisions:
+            wins[i] += 0.5
+            wins[j] += 0.5
+    return sorted(range(k), key=lambda response: (-wins[response], response))
+
+
+def aggregate(items: list[Item], labels: list[Label], roles: dict[int, str], excluded: set[int] = frozenset(),
+              method: str = "majority", annotator: str = "human") -> Aggregate:
     """Preference records, one per item (repeats left out), from the labels of included labellers.
 
     Each pair is decided by the experts' majority when the item has expert labels, else by the crowd's
@@ -222,52 +283,32 @@ def aggregate(items: list[Item], labels: list[Label], roles: dict[int, str], exc
     for label in labels:
         if label.labeller_id not in excluded and not label.skip:
             by_item[label.item_id].append(label)
-    crowd_votes = {}
-    for item in items:
-        for label in by_item.get(item.id, []):
-            if roles.get(label.labeller_id) == "crowd":
-                for pair, v in pair_judgements(label, len(item.responses)).items():
-                    if v != 0:
-                        crowd_votes.setdefault((item.id, pair), []).append((label.labeller_id, v))
-    posterior = dawid_skene(crowd_votes) if method == "dawid_skene" else {}
+    posterior = dawid_skene(_crowd_votes(items, by_item, roles)) if method == "dawid_skene" else {}
     result = Aggregate([])
     for item in items:
         if item.repeat_of is not None or len(item.responses) < 2:
             continue
-        mine = by_item.get(item.id, [])
-        experts = [l for l in mine if roles.get(l.labeller_id) == "expert"]
-        deciders = experts or [l for l in mine if roles.get(l.labeller_id) == "crowd"]
-        if not deciders:
+        answers = by_item.get(item.id, [])
+        experts = [label for label in answers if roles.get(label.labeller_id) == "expert"]
+        crowd = [label for label in answers if roles.get(label.labeller_id) == "crowd"]
+        if not (experts or crowd):
             continue
         k = len(item.responses)
-        decisions = {}
-        for pair in ((i, j) for i in range(k) for j in range(i + 1, k)):
-            if not experts and method == "dawid_skene":
-                p = posterior.get((item.id, pair))
-                if p is not None and p != 0.5:
-                    decisions[pair] = 1 if p > 0.5 else -1
-                continue
-            total = sum(pair_judgements(l, k).get(pair, 0) for l in deciders)
-            if total != 0:
-                decisions[pair] = 1 if total > 0 else -1
+        if experts:
+            decisions = _majority_decisions(experts, k)
+        elif method == "dawid_skene":
+            decisions = _posterior_decisions(item.id, k, posterior)
+        else:
+            decisions = _majority_decisions(crowd, k)
         if not decisions:
             result.unresolved += 1
             continue
-        wins = [0.0] * k
-        for (i, j), v in decisions.items():
-            wins[i if v > 0 else j] += 1.0
-        for i in range(k):
-            for j in range(i + 1, k):
-                if (i, j) not in decisions:
-                    wins[i] += 0.5
-                    wins[j] += 0.5
-        ranking = sorted(range(k), key=lambda r: (-wins[r], r))
         result.by_expert += bool(experts)
-        agreement = item_agreement([l for l in mine if roles.get(l.labeller_id) == "crowd"], k)
+        decided_by = "expert" if experts else method
         result.records.append(
             PreferenceRecord(
-                prompt=item.prompt, responses=list(item.responses), ranking=ranking, annotator=f"{annotator}:{'expert' if experts else method}",
-                meta={"item_id": item.id, "labels": len(mine), "agreement": agreement, "decided_by": "expert" if experts else method},
+                prompt=item.prompt, responses=list(item.responses), ranking=_copeland_ranking(decisions, k), annotator=f"{annotator}:{decided_by}",
+                meta={"item_id": item.id, "labels": len(answers), "agreement": item_agreement(crowd, k), "decided_by": decided_by},
                 response_ids=item.response_ids,
             )
         )
@@ -303,7 +344,7 @@ def online_records(items: list[Item], labels: list[Label]) -> list[PreferenceRec
 
 def should_route_to_expert(labels: list[Label], k: int, redundancy: int, threshold: float) -> bool:
     """Once ``redundancy`` crowd labels are in, an item whose agreement is under ``threshold`` goes to an expert."""
-    answered = [l for l in labels if not l.skip]
+    answered = [label for label in labels if not label.skip]
     if len(answered) < max(redundancy, 2):
         return False
     agreement = item_agreement(answered, k)

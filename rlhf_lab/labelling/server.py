@@ -29,8 +29,9 @@ import math
 import random
 import socket
 import threading
+from dataclasses import asdict
 from importlib import resources
-from typing import Optional
+from typing import Callable, Optional
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -39,7 +40,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from rlhf_lab.labelling.campaign import Campaign
-from rlhf_lab.labelling.store import DuplicateLabel, Label, Labeller
+from rlhf_lab.labelling.store import DuplicateLabel, Item, Label, Labeller
 
 MAX_BODY_BYTES = 16 * 1024
 MAX_REASON_CHARS = 2000
@@ -69,6 +70,10 @@ def _static(name: str) -> bytes:
     return resources.files("rlhf_lab.labelling").joinpath("static", name).read_bytes()
 
 
+def _json(payload, status: int = 200, headers: Optional[dict] = None) -> JSONResponse:
+    return JSONResponse(payload, status_code=status, headers={**SECURITY_HEADERS, **(headers or {})})
+
+
 def display_order(labeller_id: int, item_id: int, k: int) -> list[int]:
     """The order a labeller sees an item's responses in: shuffled, the same on every reload."""
     order = list(range(k))
@@ -76,210 +81,265 @@ def display_order(labeller_id: int, item_id: int, k: int) -> list[int]:
     return order
 
 
-def create_app(campaign: Campaign) -> Starlette:
-    """The web application of one campaign."""
-    store = campaign.store
+# --- request checks ------------------------------------------------------------------------------
 
-    def authenticate(request: Request, *roles: str) -> Labeller:
+
+def _is_integer(value) -> bool:
+    # JSON true and false arrive as bools, which Python counts as ints.
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _refuse_foreign_origin(request: Request) -> Optional[str]:
+    """The reason to refuse a request that is not a GET and comes from another origin, else None."""
+    origin = request.headers.get("origin")
+    own_origin = f"{request.url.scheme}://{request.headers.get('host', '')}"
+    if request.method != "GET" and origin is not None and origin != own_origin:
+        return f"requests from origin {origin} are refused"
+    return None
+
+
+async def _read_json_object(request: Request) -> dict:
+    """The request's JSON object body, refused if it is not JSON, too large, or not an object."""
+    if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
+        raise HttpError(415, "the body must be JSON (Content-Type: application/json)")
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY_BYTES):
+        raise HttpError(413, f"the body is over {MAX_BODY_BYTES} bytes")
+    raw = b""
+    # A chunked body declares no length: count what arrives, and stop reading at the limit.
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > MAX_BODY_BYTES:
+            raise HttpError(413, f"the body is over {MAX_BODY_BYTES} bytes")
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise HttpError(400, "the body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise HttpError(422, "the body must be a JSON object")
+    return body
+
+
+def _reject_unknown_fields(body: dict, allowed: set[str], *, list_allowed: bool = False) -> None:
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        hint = f"; allowed: {sorted(allowed)}" if list_allowed else ""
+        raise HttpError(422, f"unknown field(s) {unknown}{hint}")
+
+
+def _check_rating(rating) -> None:
+    if rating is not None and not (_is_integer(rating) and 1 <= rating <= 7):
+        raise HttpError(422, "'rating' must be an integer from 1 to 7")
+
+
+def _check_answer(ranking, tie, skip, k: int) -> None:
+    """A label answers with exactly one of a ranking of all k responses, a tie (of two), or a skip."""
+    if not isinstance(tie, bool) or not isinstance(skip, bool):
+        raise HttpError(422, "'tie' and 'skip' must be true or false")
+    if (ranking is not None) + tie + skip != 1:
+        raise HttpError(422, "give exactly one of 'ranking', 'tie': true, 'skip': true")
+    if ranking is not None and not (isinstance(ranking, list) and all(map(_is_integer, ranking)) and sorted(ranking) == list(range(k))):
+        raise HttpError(422, f"'ranking' must list the response indices 0..{k - 1} once each, best first")
+    if tie and k != 2:
+        raise HttpError(422, "a tie is only for items with two responses")
+
+
+def _check_label_extras(rating, reason, seconds) -> None:
+    """The optional parts of a label: a 1-7 rating, a bounded reason, the seconds spent."""
+    _check_rating(rating)
+    if reason is not None and (not isinstance(reason, str) or len(reason) > MAX_REASON_CHARS):
+        raise HttpError(422, f"'reason' must be text of at most {MAX_REASON_CHARS} characters")
+    if seconds is not None and not (isinstance(seconds, (int, float)) and not isinstance(seconds, bool) and math.isfinite(seconds) and seconds >= 0):
+        raise HttpError(422, "'seconds' must be a non-negative number")
+
+
+def _check_online_feedback(item: Item, thumb, rating, choice) -> None:
+    """Online feedback is one of a thumb or a rating (of a single response) or a choice (between two)."""
+    if (thumb is not None) + (rating is not None) + (choice is not None) != 1:
+        raise HttpError(422, "give exactly one of 'thumb' (1 or -1), 'rating' (1-7), 'choice' (0 or 1)")
+    if thumb is not None and (isinstance(thumb, bool) or thumb not in (1, -1)):
+        raise HttpError(422, "'thumb' must be 1 (up) or -1 (down)")
+    _check_rating(rating)
+    if choice is not None and (len(item.responses) != 2 or isinstance(choice, bool) or choice not in (0, 1)):
+        raise HttpError(422, "'choice' (0 or 1) needs an item logged with two responses")
+    if (thumb is not None or rating is not None) and len(item.responses) != 1:
+        raise HttpError(422, "'thumb' and 'rating' need an item logged with one response")
+
+
+def _save(submit: Callable[[Labeller, Label], bool], labeller: Labeller, label: Label) -> dict:
+    """Store a label through ``submit``; a different earlier answer to the same item is a conflict."""
+    try:
+        new = submit(labeller, label)
+    except DuplicateLabel as error:
+        raise HttpError(409, str(error)) from None
+    return {"saved": True, "duplicate": not new}
+
+
+# --- the app -----------------------------------------------------------------------------------
+
+
+async def _page(request: Request) -> Response:
+    return Response(_static(PAGES[request.url.path]), media_type="text/html; charset=utf-8", headers=SECURITY_HEADERS)
+
+
+async def _static_file(request: Request) -> Response:
+    name = request.path_params["name"]
+    if name not in STATIC:
+        return _json({"error": "not found"}, 404)
+    return Response(_static(name), media_type=STATIC[name] + "; charset=utf-8", headers=SECURITY_HEADERS)
+
+
+_Handler = Callable[[Request, Labeller, Optional[dict]], dict]
+
+_LABELLER_ROLES = ("crowd", "expert")
+
+
+class _LabelApp:
+    """The API of one campaign: one method per endpoint, each called with the request, the
+    authenticated labeller and the JSON body (None for a GET)."""
+
+    def __init__(self, campaign: Campaign) -> None:
+        self.campaign = campaign
+        self.store = campaign.store
+
+    def routes(self) -> list[Route]:
+        api = [
+            ("/api/me", self.me, None, ()),
+            ("/api/next", self.next_item, None, _LABELLER_ROLES),
+            ("/api/labels", self.submit, ["POST"], _LABELLER_ROLES),
+            ("/api/status", self.status, None, ("admin",)),
+            ("/api/export", self.export, None, ("admin",)),
+            ("/api/labellers/{name}/exclude", self.exclude, ["POST"], ("admin",)),
+            ("/api/online/responses", self.online_response, ["POST"], ("app",)),
+            ("/api/online/feedback", self.online_feedback, ["POST"], ("app",)),
+        ]
+        pages = [Route("/", _page), Route("/status", _page), Route("/static/{name}", _static_file)]
+        return pages + [Route(path, self._endpoint(handler, roles), methods=methods) for path, handler, methods, roles in api]
+
+    def authenticate(self, request: Request) -> Labeller:
+        """The labeller of the request's bearer token; 401 without a valid token of this campaign."""
         header = request.headers.get("authorization", "")
         token = header[7:].strip() if header.lower().startswith("bearer ") else ""
-        labeller = store.labeller_for_token(token) if token else None
-        if labeller is None or labeller.campaign != campaign.name:
+        labeller = self.store.labeller_for_token(token) if token else None
+        if labeller is None or labeller.campaign != self.campaign.name:
             raise HttpError(401, "a valid token is required (Authorization: Bearer <token>)")
-        if roles and labeller.role not in roles:
-            raise HttpError(403, f"role '{labeller.role}' may not do this")
         return labeller
 
-    async def read_body(request: Request) -> dict:
-        if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
-            raise HttpError(415, "the body must be JSON (Content-Type: application/json)")
-        declared = request.headers.get("content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY_BYTES):
-            raise HttpError(413, f"the body is over {MAX_BODY_BYTES} bytes")
-        raw = b""
-        async for chunk in request.stream():
-            raw += chunk
-            if len(raw) > MAX_BODY_BYTES:
-                raise HttpError(413, f"the body is over {MAX_BODY_BYTES} bytes")
-        try:
-            body = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
-            raise HttpError(400, "the body is not valid JSON") from None
-        if not isinstance(body, dict):
-            raise HttpError(422, "the body must be a JSON object")
-        return body
-
-    def endpoint(handler):
-        # Handlers are plain functions run on the thread pool: SQLite's commits (fsync) never block the event loop.
-        async def wrapped(request: Request) -> Response:
-            origin = request.headers.get("origin")
-            if request.method != "GET" and origin is not None and origin != f"{request.url.scheme}://{request.headers.get('host', '')}":
-                return _json({"error": f"requests from origin {origin} are refused"}, 403)
+    def _endpoint(self, handler: _Handler, roles: tuple[str, ...]):
+        async def endpoint(request: Request) -> Response:
+            refusal = _refuse_foreign_origin(request)
+            if refusal is not None:
+                return _json({"error": refusal}, 403)
             try:
-                authenticate(request)  # before the body is read: without a token nothing is parsed or stored
-                body = await read_body(request) if request.method == "POST" else None
-                result = await run_in_threadpool(handler, request, body)
+                labeller = self.authenticate(request)  # before the body is read: without a token nothing is parsed or stored
+                body = await _read_json_object(request) if request.method == "POST" else None
+                if roles and labeller.role not in roles:
+                    raise HttpError(403, f"role '{labeller.role}' may not do this")
+                # Handlers run on the thread pool: SQLite's commits (fsync) never block the event loop.
+                result = await run_in_threadpool(handler, request, labeller, body)
             except HttpError as error:
                 headers = {"WWW-Authenticate": "Bearer"} if error.status == 401 else {}
                 return _json({"error": error.reason}, error.status, headers)
-            return result if isinstance(result, Response) else _json(result)
+            return _json(result)
 
-        return wrapped
+        return endpoint
 
-    async def page(request: Request) -> Response:
-        return Response(_static(PAGES[request.url.path]), media_type="text/html; charset=utf-8", headers=SECURITY_HEADERS)
+    def _campaign_item(self, item_id, source: str) -> Optional[Item]:
+        item = self.store.item(item_id)
+        if item is None or item.campaign != self.campaign.name or item.source != source:
+            return None
+        return item
 
-    async def static(request: Request) -> Response:
-        name = request.path_params["name"]
-        if name not in STATIC:
-            return _json({"error": "not found"}, 404)
-        return Response(_static(name), media_type=STATIC[name] + "; charset=utf-8", headers=SECURITY_HEADERS)
+    # --- labellers ---
 
-    def me(request: Request, body: Optional[dict]):
-        labeller = authenticate(request)
-        return {"name": labeller.name, "role": labeller.role, "campaign": campaign.name, **campaign.progress_of(labeller)}
+    def me(self, request: Request, labeller: Labeller, body: Optional[dict]) -> dict:
+        return {"name": labeller.name, "role": labeller.role, "campaign": self.campaign.name, **self.campaign.progress_of(labeller)}
 
-    def next_item(request: Request, body: Optional[dict]):
-        labeller = authenticate(request, "crowd", "expert")
-        item = campaign.next_item(labeller)
-        progress = campaign.progress_of(labeller)
+    def next_item(self, request: Request, labeller: Labeller, body: Optional[dict]) -> dict:
+        item = self.campaign.next_item(labeller)
+        progress = self.campaign.progress_of(labeller)
         if item is None:
             return {"item": None, **progress}
         order = display_order(labeller.id, item.id, len(item.responses))
-        shown = [{"index": i, "text": item.responses[i]} for i in order]
-        return {"item": {"id": item.id, "prompt": item.prompt, "responses": shown, "rating": campaign.settings.ask_rating}, **progress}
+        shown = [{"index": index, "text": item.responses[index]} for index in order]
+        return {"item": {"id": item.id, "prompt": item.prompt, "responses": shown, "rating": self.campaign.settings.ask_rating}, **progress}
 
-    def submit(request: Request, body: Optional[dict]):
-        labeller = authenticate(request, "crowd", "expert")
-        label = parse_label(body, labeller)
-        try:
-            new = campaign.submit(labeller, label)
-        except DuplicateLabel as error:
-            raise HttpError(409, str(error)) from None
-        return {"saved": True, "duplicate": not new}
+    def submit(self, request: Request, labeller: Labeller, body: dict) -> dict:
+        return _save(self.campaign.submit, labeller, self._parse_label(body, labeller))
 
-    def parse_label(body: dict, labeller: Labeller) -> Label:
-        allowed = {"item_id", "ranking", "tie", "skip", "rating", "reason", "seconds"}
-        unknown = sorted(set(body) - allowed)
-        if unknown:
-            raise HttpError(422, f"unknown field(s) {unknown}; allowed: {sorted(allowed)}")
+    def _parse_label(self, body: dict, labeller: Labeller) -> Label:
+        _reject_unknown_fields(body, {"item_id", "ranking", "tie", "skip", "rating", "reason", "seconds"}, list_allowed=True)
         item_id = body.get("item_id")
-        if not isinstance(item_id, int) or isinstance(item_id, bool):
+        if not _is_integer(item_id):
             raise HttpError(422, "'item_id' must be an integer")
-        item = store.item(item_id)
-        if item is None or item.campaign != campaign.name or item.source != "campaign":
+        item = self._campaign_item(item_id, "campaign")
+        if item is None:
             raise HttpError(404, f"no item {item_id} in this campaign")
-        k = len(item.responses)
         ranking, tie, skip = body.get("ranking"), body.get("tie", False), body.get("skip", False)
-        if not isinstance(tie, bool) or not isinstance(skip, bool):
-            raise HttpError(422, "'tie' and 'skip' must be true or false")
-        if (ranking is not None) + tie + skip != 1:
-            raise HttpError(422, "give exactly one of 'ranking', 'tie': true, 'skip': true")
-        if ranking is not None and (
-            not isinstance(ranking, list) or any(not isinstance(r, int) or isinstance(r, bool) for r in ranking) or sorted(ranking) != list(range(k))
-        ):
-            raise HttpError(422, f"'ranking' must list the response indices 0..{k - 1} once each, best first")
-        if tie and k != 2:
-            raise HttpError(422, "a tie is only for items with two responses")
-        rating = body.get("rating")
-        if rating is not None and (not isinstance(rating, int) or isinstance(rating, bool) or not 1 <= rating <= 7):
-            raise HttpError(422, "'rating' must be an integer from 1 to 7")
-        reason = body.get("reason")
-        if reason is not None and (not isinstance(reason, str) or len(reason) > MAX_REASON_CHARS):
-            raise HttpError(422, f"'reason' must be text of at most {MAX_REASON_CHARS} characters")
-        seconds = body.get("seconds")
-        if seconds is not None and (
-            not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or not math.isfinite(seconds) or seconds < 0
-        ):
-            raise HttpError(422, "'seconds' must be a non-negative number")
+        _check_answer(ranking, tie, skip, len(item.responses))
+        rating, reason, seconds = body.get("rating"), body.get("reason"), body.get("seconds")
+        _check_label_extras(rating, reason, seconds)
         return Label(item_id, labeller.id, ranking=ranking, tie=tie, skip=skip, rating=rating, reason=reason or None,
                      seconds=float(seconds) if seconds is not None else None)
 
-    def status(request: Request, body: Optional[dict]):
-        authenticate(request, "admin")
-        return campaign.status()
+    # --- admins ---
 
-    def export(request: Request, body: Optional[dict]):
-        authenticate(request, "admin")
-        method = request.query_params.get("method", campaign.settings.aggregation)
-        exclude_flagged = request.query_params.get("exclude_flagged", str(campaign.settings.exclude_flagged)).lower() in ("1", "true", "yes")
+    def status(self, request: Request, labeller: Labeller, body: Optional[dict]) -> dict:
+        return self.campaign.status()
+
+    def export(self, request: Request, labeller: Labeller, body: Optional[dict]) -> dict:
+        settings = self.campaign.settings
+        method = request.query_params.get("method", settings.aggregation)
+        exclude_flagged = request.query_params.get("exclude_flagged", str(settings.exclude_flagged)).lower() in ("1", "true", "yes")
         try:
-            result = campaign.export(batch=request.query_params.get("batch"), method=method, exclude_flagged=exclude_flagged)
+            result = self.campaign.export(batch=request.query_params.get("batch"), method=method, exclude_flagged=exclude_flagged)
         except ValueError as error:
             raise HttpError(422, str(error)) from None
-        from dataclasses import asdict
+        return {"records": [asdict(record) for record in result.records], "unresolved": result.unresolved, "by_expert": result.by_expert}
 
-        return {"records": [asdict(r) for r in result.records], "unresolved": result.unresolved, "by_expert": result.by_expert}
-
-    def exclude(request: Request, body: Optional[dict]):
-        authenticate(request, "admin")
+    def exclude(self, request: Request, labeller: Labeller, body: dict) -> dict:
         name = request.path_params["name"]
-        if store.labeller(campaign.name, name) is None:
+        if self.store.labeller(self.campaign.name, name) is None:
             raise HttpError(404, f"no labeller '{name}'")
         excluded = body.get("excluded", True)
         if not isinstance(excluded, bool):
             raise HttpError(422, "'excluded' must be true or false")
-        store.set_excluded(campaign.name, name, excluded)
+        self.store.set_excluded(self.campaign.name, name, excluded)
         return {"name": name, "excluded": excluded}
 
-    def online_response(request: Request, body: Optional[dict]):
-        authenticate(request, "app")
-        prompt, responses = body.get("prompt"), body.get("responses")
-        if set(body) - {"prompt", "responses", "key"}:
-            raise HttpError(422, f"unknown field(s) {sorted(set(body) - {'prompt', 'responses', 'key'})}")
-        if not isinstance(prompt, str) or not isinstance(responses, list) or not 1 <= len(responses) <= 2 or not all(isinstance(r, str) for r in responses):
+    # --- a deployed application ---
+
+    def online_response(self, request: Request, labeller: Labeller, body: dict) -> dict:
+        _reject_unknown_fields(body, {"prompt", "responses", "key"})
+        prompt, responses, key = body.get("prompt"), body.get("responses"), body.get("key")
+        responses_are_texts = isinstance(responses, list) and all(isinstance(response, str) for response in responses)
+        if not (isinstance(prompt, str) and responses_are_texts and 1 <= len(responses) <= 2):
             raise HttpError(422, "'prompt' must be text and 'responses' a list of one or two texts")
         if len(prompt) + sum(map(len, responses)) > MAX_ONLINE_TEXT_CHARS:
             raise HttpError(422, f"prompt and responses are over {MAX_ONLINE_TEXT_CHARS} characters")
-        key = body.get("key")
         if key is not None and (not isinstance(key, str) or not 1 <= len(key) <= 128):
             raise HttpError(422, "'key' must be text of 1 to 128 characters")
-        (item_id,) = store.add_items(campaign.name, "online", [{"prompt": prompt, "responses": responses, "key": key and f"online:{key}"}], source="online")
+        # The prefix keeps an application's keys apart from the keys of campaign items.
+        logged = {"prompt": prompt, "responses": responses, "key": f"online:{key}" if key is not None else None}
+        (item_id,) = self.store.add_items(self.campaign.name, "online", [logged], source="online")
         return {"item_id": item_id}
 
-    def online_feedback(request: Request, body: Optional[dict]):
-        labeller = authenticate(request, "app")
-        if set(body) - {"item_id", "thumb", "rating", "choice"}:
-            raise HttpError(422, f"unknown field(s) {sorted(set(body) - {'item_id', 'thumb', 'rating', 'choice'})}")
-        item = store.item(body.get("item_id")) if isinstance(body.get("item_id"), int) else None
-        if item is None or item.campaign != campaign.name or item.source != "online":
+    def online_feedback(self, request: Request, labeller: Labeller, body: dict) -> dict:
+        _reject_unknown_fields(body, {"item_id", "thumb", "rating", "choice"})
+        item_id = body.get("item_id")
+        item = self._campaign_item(item_id, "online") if isinstance(item_id, int) else None
+        if item is None:
             raise HttpError(404, "no logged response with this 'item_id'")
         thumb, rating, choice = body.get("thumb"), body.get("rating"), body.get("choice")
-        if (thumb is not None) + (rating is not None) + (choice is not None) != 1:
-            raise HttpError(422, "give exactly one of 'thumb' (1 or -1), 'rating' (1-7), 'choice' (0 or 1)")
-        if thumb is not None and thumb not in (1, -1) or isinstance(thumb, bool):
-            raise HttpError(422, "'thumb' must be 1 (up) or -1 (down)")
-        if rating is not None and (not isinstance(rating, int) or isinstance(rating, bool) or not 1 <= rating <= 7):
-            raise HttpError(422, "'rating' must be an integer from 1 to 7")
-        if choice is not None and (len(item.responses) != 2 or choice not in (0, 1) or isinstance(choice, bool)):
-            raise HttpError(422, "'choice' (0 or 1) needs an item logged with two responses")
-        if (thumb is not None or rating is not None) and len(item.responses) != 1:
-            raise HttpError(422, "'thumb' and 'rating' need an item logged with one response")
-        label = Label(item.id, labeller.id, ranking=[choice, 1 - choice] if choice is not None else None, rating=rating, thumb=thumb)
-        try:
-            new = store.submit(labeller, label)
-        except DuplicateLabel as error:
-            raise HttpError(409, str(error)) from None
-        return {"saved": True, "duplicate": not new}
-
-    routes = [
-        Route("/", page),
-        Route("/status", page),
-        Route("/static/{name}", static),
-        Route("/api/me", endpoint(me)),
-        Route("/api/next", endpoint(next_item)),
-        Route("/api/labels", endpoint(submit), methods=["POST"]),
-        Route("/api/status", endpoint(status)),
-        Route("/api/export", endpoint(export)),
-        Route("/api/labellers/{name}/exclude", endpoint(exclude), methods=["POST"]),
-        Route("/api/online/responses", endpoint(online_response), methods=["POST"]),
-        Route("/api/online/feedback", endpoint(online_feedback), methods=["POST"]),
-    ]
-    return Starlette(routes=routes)
+        _check_online_feedback(item, thumb, rating, choice)
+        # A choice between two responses is stored as their ranking, the chosen one first.
+        ranking = [choice, 1 - choice] if choice is not None else None
+        return _save(self.store.submit, labeller, Label(item.id, labeller.id, ranking=ranking, rating=rating, thumb=thumb))
 
 
-def _json(payload, status: int = 200, headers: Optional[dict] = None) -> JSONResponse:
-    return JSONResponse(payload, status_code=status, headers={**SECURITY_HEADERS, **(headers or {})})
+def create_app(campaign: Campaign) -> Starlette:
+    """The web application of one campaign."""
+    return Starlette(routes=_LabelApp(campaign).routes())
 
 
 class LabelServer:

@@ -21,40 +21,14 @@ import secrets
 import sqlite3
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
+
+from rlhf_lab.labelling.schema import SCHEMA
 
 ROLES = ("crowd", "expert", "admin", "app")
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS campaigns (
-    name TEXT PRIMARY KEY, settings TEXT NOT NULL, created REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS labellers (
-    id INTEGER PRIMARY KEY, campaign TEXT NOT NULL, name TEXT NOT NULL, role TEXT NOT NULL,
-    token_hash TEXT NOT NULL UNIQUE, excluded INTEGER NOT NULL DEFAULT 0, created REAL NOT NULL,
-    UNIQUE (campaign, name)
-);
-CREATE TABLE IF NOT EXISTS items (
-    id INTEGER PRIMARY KEY, campaign TEXT NOT NULL, key TEXT NOT NULL, batch TEXT NOT NULL,
-    prompt TEXT NOT NULL, responses TEXT NOT NULL, response_ids TEXT, gold TEXT, repeat_of INTEGER,
-    needs_expert INTEGER NOT NULL DEFAULT 0, source TEXT NOT NULL DEFAULT 'campaign', created REAL NOT NULL,
-    UNIQUE (campaign, key)
-);
-CREATE INDEX IF NOT EXISTS items_batch ON items (campaign, batch);
-CREATE TABLE IF NOT EXISTS labels (
-    id INTEGER PRIMARY KEY, item_id INTEGER NOT NULL REFERENCES items (id),
-    labeller_id INTEGER NOT NULL REFERENCES labellers (id),
-    ranking TEXT, tie INTEGER NOT NULL DEFAULT 0, skip INTEGER NOT NULL DEFAULT 0,
-    rating INTEGER, thumb INTEGER, reason TEXT, seconds REAL, created REAL NOT NULL,
-    UNIQUE (item_id, labeller_id)
-);
-CREATE INDEX IF NOT EXISTS labels_labeller ON labels (labeller_id);
-CREATE TABLE IF NOT EXISTS online_used (
-    item_id INTEGER PRIMARY KEY REFERENCES items (id), batch TEXT NOT NULL
-);
-"""
 
 
 def _hash_token(token: str) -> str:
@@ -111,7 +85,7 @@ class Label:
     def same_answer(self, other: "Label") -> bool:
         """Whether two labels say the same thing (a retry), ignoring timing."""
         keys = ("ranking", "tie", "skip", "rating", "thumb", "reason")
-        return all(getattr(self, k) == getattr(other, k) for k in keys)
+        return all(getattr(self, key) == getattr(other, key) for key in keys)
 
 
 class DuplicateLabel(Exception):
@@ -141,21 +115,17 @@ class LabelStore:
             self._local.db = db
         return db
 
-    def _write(self):
-        store = self
-
-        class _Transaction:
-            def __enter__(self):
-                self.db = store._db()
-                # IMMEDIATE takes the write lock at once: two writers queue instead of failing mid-way.
-                self.db.execute("BEGIN IMMEDIATE")
-                return self.db
-
-            def __exit__(self, exc_type, exc, tb):
-                self.db.execute("COMMIT" if exc_type is None else "ROLLBACK")
-                return False
-
-        return _Transaction()
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        db = self._db()
+        # IMMEDIATE takes the write lock at once: two writers queue instead of failing mid-way.
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
 
     def close(self) -> None:
         """Close this thread's connection."""
@@ -207,7 +177,7 @@ class LabelStore:
     def labellers(self, campaign: str) -> list[Labeller]:
         """Every labeller of the campaign."""
         rows = self._db().execute("SELECT * FROM labellers WHERE campaign = ? ORDER BY id", (campaign,)).fetchall()
-        return [self._labeller(r) for r in rows]
+        return [self._labeller(row) for row in rows]
 
     def set_excluded(self, campaign: str, name: str, excluded: bool = True) -> None:
         """Exclude a labeller's labels from aggregation (or take them back in)."""
@@ -261,7 +231,7 @@ class LabelStore:
             query, args = query + " AND batch = ?", args + [batch]
         if source is not None:
             query, args = query + " AND source = ?", args + [source]
-        return [self._item(r) for r in self._db().execute(query + " ORDER BY id", args).fetchall()]
+        return [self._item(row) for row in self._db().execute(query + " ORDER BY id", args).fetchall()]
 
     @staticmethod
     def _item(row) -> Item:
@@ -325,7 +295,7 @@ class LabelStore:
 
         answers, seen, experts = count("p.role = 'crowd' AND l.skip = 0"), count("p.role = 'crowd'"), count("p.role = 'expert'")
         query = (
-            f"SELECT COUNT(*), COALESCE(SUM(((answers >= ?) OR (?) > 0 AND (seen >= ?)) AND (needs_expert = 0 OR experts > 0)), 0) FROM ("
+            f"SELECT COUNT(*), COALESCE(SUM(((answers >= ?) OR ((?) > 0 AND (seen >= ?))) AND (needs_expert = 0 OR experts > 0)), 0) FROM ("
             f"SELECT i.needs_expert, {answers} AS answers, {seen} AS seen, {experts} AS experts FROM items i"
             " WHERE i.campaign = ? AND i.source = 'campaign' AND i.repeat_of IS NULL" + (" AND i.batch = ?" if batch is not None else "") + ")"
         )
@@ -365,7 +335,7 @@ class LabelStore:
                     "SELECT l.* FROM labels l JOIN labellers p ON p.id = l.labeller_id WHERE l.item_id = ? AND p.role = 'crowd'",
                     (label.item_id,),
                 ).fetchall()
-                if route_disagreement([self._label(r) for r in rows]):
+                if route_disagreement([self._label(row) for row in rows]):
                     db.execute("UPDATE items SET needs_expert = 1 WHERE id = ?", (label.item_id,))
         return True
 
@@ -377,7 +347,7 @@ class LabelStore:
             query, args = query + " AND i.batch = ?", args + [batch]
         if labeller_id is not None:
             query, args = query + " AND l.labeller_id = ?", args + [labeller_id]
-        return [self._label(r) for r in self._db().execute(query + " ORDER BY l.id", args).fetchall()]
+        return [self._label(row) for row in self._db().execute(query + " ORDER BY l.id", args).fetchall()]
 
     @staticmethod
     def _label(row) -> Label:
@@ -399,7 +369,7 @@ class LabelStore:
                 "SELECT u.item_id FROM online_used u JOIN items i ON i.id = u.item_id WHERE i.campaign = ? AND u.batch = ? ORDER BY u.item_id",
                 (campaign, batch),
             ).fetchall()
-        return [r[0] for r in rows]
+        return [row[0] for row in rows]
 
     def count_labels(self, campaign: str) -> int:
         """Labels stored for the campaign."""

@@ -13,6 +13,6 @@ from rlhf_lab.rewards.rule import RuleRewardComponent, RuleRewardConfig
 
 @hookimpl
 def rlhf_lab_register_reward_models(register):
-    register("pairwise", lazy_factory("rlhf_lab.rewards.pairwise:PairwiseObjective"), PairwiseRewardConfig)
-    register("pointwise", lazy_factory("rlhf_lab.rewards.pointwise:PointwiseObjective"), PointwiseRewardConfig)
+    register("pairwise", lazy_factory("rlhf_lab.rewards.pairwise:PairwiseObjective", consumes=("reward_model",), feedback_kind="ranking"), PairwiseRewardConfig)
+    register("pointwise", lazy_factory("rlhf_lab.rewards.pointwise:PointwiseObjective", consumes=("reward_model",), feedback_kind="rating"), PointwiseRewardConfig)
     register("rule", RuleRewardComponent, RuleRewardConfig)

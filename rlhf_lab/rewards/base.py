@@ -11,19 +11,22 @@ from __future__ import annotations
 import torch
 
 from rlhf_lab.data import collate_prompt_groups, collate_sequences, encode_prompt, record_response_ids
-from rlhf_lab.feedback.records import PreferenceRecord
+from rlhf_lab.records import PreferenceRecord
 from rlhf_lab.rewards.configs import RewardConfig
 
 
 class RewardObjective:
     """Turns records into batches and sequence scores into a loss.
 
-    Subclasses set ``feedback_kind`` ("ranking" or "rating") and implement :meth:`loss`.
+    Subclasses implement :meth:`loss`. Registered as a class, a subclass has the traits below (read once at
+    registration, :data:`rlhf_lab.components.TRAITS`); registered through ``lazy_factory``, the traits
+    are given there instead.
     """
 
     feedback_kind: str = "ranking"
+    """The records it trains on: ``"ranking"`` or ``"rating"``."""
     consumes: tuple[str, ...] = ("reward_model",)
-    """The pipeline trains the reward model (on preference records of ``feedback_kind``) first."""
+    """The run trains the reward model (on preference records of ``feedback_kind``) first."""
 
     def __init__(self, cfg: RewardConfig) -> None:
         self.cfg = cfg

@@ -13,7 +13,7 @@ from rlhf_lab.rewards.base import RewardObjective
 
 
 class PairwiseObjective(RewardObjective):
-    feedback_kind = "ranking"
+    """Bradley-Terry on every (better, worse) pair of a record's ranking (registered with ``feedback_kind="ranking"``)."""
 
     def loss(self, scores: torch.Tensor, batch: dict) -> torch.Tensor:
         return bradley_terry_loss(scores[batch["pair_better"]], scores[batch["pair_worse"]])

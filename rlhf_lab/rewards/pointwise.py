@@ -9,7 +9,7 @@ from rlhf_lab.rewards.base import RewardObjective
 
 
 class PointwiseObjective(RewardObjective):
-    feedback_kind = "rating"
+    """Regression on the records' ratings (registered with ``feedback_kind="rating"``)."""
 
     def loss(self, scores: torch.Tensor, batch: dict) -> torch.Tensor:
         return pointwise_mse_loss(scores, batch["targets"])

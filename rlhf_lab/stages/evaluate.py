@@ -13,6 +13,8 @@ interval), so a verdict can tell a real change from noise.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
@@ -28,7 +30,7 @@ def perplexity(policy, tokenizer, demonstrations, limits=None) -> float:
     device = next(policy.parameters()).device
     total, count = 0.0, 0
     for batch in demonstration_loader(tokenize_demonstrations(tokenizer, demonstrations, limits), tokenizer.pad_token_id, 128, False, 0):
-        batch = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
+        batch = {key: (value.to(device) if torch.is_tensor(value) else value) for key, value in batch.items()}
         nll, mask = response_nll(policy, batch)
         total += float((nll * mask).sum())
         count += int(mask.sum())
@@ -39,11 +41,106 @@ def perplexity(policy, tokenizer, demonstrations, limits=None) -> float:
 @torch.no_grad()
 def _proxy_scores(reward_fn, tokenizer, prompts, responses, device) -> list[float]:
     reward_fn.to(device)
-    return torch.cat([reward_fn(b).cpu() for b in batched_pairs(tokenizer, prompts, responses, 128, device)]).tolist()
+    return torch.cat([reward_fn(batch).cpu() for batch in batched_pairs(tokenizer, prompts, responses, 128, device)]).tolist()
 
 
 def _figure(metrics: dict, name: str, figure: str, values: list[float]) -> None:
     metrics[f"eval/{name}/{figure}"], metrics[f"eval/{name}/{figure}_se"] = mean_and_se(values)
+
+
+@dataclass
+class _Evaluation:
+    """What every policy is scored against: the same prompts, seed, reference, reward function and task."""
+
+    reference: object
+    reward_fn: object
+    tokenizer: object
+    task: object
+    eval_cfg: object
+    seed: int
+    limits: object
+    prompts: list[str]  # the held-out prompts, each repeated samples_per_prompt times (one per response)
+    device: torch.device
+
+    def sample(self, policy) -> tuple[list[list[int]], list[str]]:
+        """The policy's responses to the prompts, as token ids and as decoded text."""
+        if policy.model is not None:
+            policy.model.eval()
+        # The same seed for every policy: responses differ only through the policies themselves.
+        grouped = policy.sample(self.task.eval_prompts, self.eval_cfg.sampling, self.eval_cfg.samples_per_prompt, self.seed)
+        responses = [response for group in grouped for response in group]
+        return responses, [decode_response(self.tokenizer, response) for response in responses]
+
+    def per_sample_figures(self, policy, responses: list[list[int]], texts: list[str]) -> dict[str, list[float]]:
+        """Figures with one value per response (the ones that get means, standard errors and paired differences)."""
+        figures = {
+            "kl": policy.kl_to_reference(self.reference, self.prompts, responses).tolist(),
+            "response_length": [float(len(response)) for response in responses],
+        }
+        if self.reward_fn is not None:
+            figures["proxy_reward"] = _proxy_scores(self.reward_fn, self.tokenizer, self.prompts, responses, self.device)
+        if self.task.utility is not None:
+            figures["gold_reward"] = [self.task.utility(prompt, text) for prompt, text in zip(self.prompts, texts)]
+        return figures
+
+    def against_references(self, texts: list[str]) -> Optional[tuple[list[float], float]]:
+        """(ROUGE-L per response, corpus BLEU) over the prompts the task has reference answers for; None without any."""
+        referenced = [i for i, prompt in enumerate(self.prompts) if prompt in self.task.references]
+        if not referenced:
+            return None
+        hypotheses = [texts[i] for i in referenced]
+        references = [self.task.references[self.prompts[i]] for i in referenced]
+        return rouge_l(hypotheses, references), corpus_bleu(hypotheses, references)
+
+    def score(self, metrics: dict, name: str, policy) -> tuple[list[str], dict[str, list[float]]]:
+        """Add the policy's figures to ``metrics``; returns its texts and per-response figures."""
+        responses, texts = self.sample(policy)
+        figures = self.per_sample_figures(policy, responses, texts)
+        scored = self.against_references(texts)
+        if scored is not None:
+            figures["rouge_l"], metrics[f"eval/{name}/bleu"] = scored
+        for figure, values in figures.items():
+            _figure(metrics, name, figure, values)
+        for n in (1, 2):
+            metrics[f"eval/{name}/distinct_{n}"] = distinct_n(texts, n)
+        eos_token = self.tokenizer.eos_token_id
+        metrics[f"eval/{name}/eos_rate"] = sum(bool(response) and response[-1] == eos_token for response in responses) / len(responses)
+        if policy.model is not None and self.task.sft_eval:
+            metrics[f"eval/{name}/perplexity"] = perplexity(policy.model, self.tokenizer, self.task.sft_eval, self.limits)
+        if hasattr(policy, "analytic_kl"):
+            metrics[f"eval/{name}/kl_closed_form"] = policy.analytic_kl
+        return texts, figures
+
+
+def _compare_with_baseline(metrics: dict, per_sample: dict[str, dict[str, list[float]]], baseline: str, seed: int) -> None:
+    """Paired differences and win rates of every policy against the baseline, on the same prompts and seeds."""
+    base = per_sample[baseline]
+    for name, figures in per_sample.items():
+        if name == baseline:
+            continue
+        for figure in ("gold_reward", "proxy_reward", "response_length", "rouge_l"):
+            if figure in figures:
+                metrics[f"eval/{name}/{figure}_diff"], metrics[f"eval/{name}/{figure}_diff_se"] = paired_difference(figures[figure], base[figure])
+        if "gold_reward" in figures:
+            metrics[f"eval/{name}/win_rate"] = win_rate(figures["gold_reward"], base["gold_reward"])
+            low, high = win_rate_interval(figures["gold_reward"], base["gold_reward"], seed=seed)
+            metrics[f"eval/{name}/win_rate_low"], metrics[f"eval/{name}/win_rate_high"] = low, high
+        if "proxy_reward" in figures:
+            metrics[f"eval/{name}/proxy_win_rate"] = win_rate(figures["proxy_reward"], base["proxy_reward"])
+
+
+def _sample_rows(prompts: list[str], texts: dict[str, list[str]], per_sample: dict[str, dict[str, list[float]]], references: dict) -> list[dict]:
+    """One row per response slot: the prompt, each policy's response and rewards, and the reference answer if any."""
+    return [
+        {
+            "prompt": prompt,
+            **{f"{name}_response": texts[name][i] for name in texts},
+            **{f"{name}_gold": figures["gold_reward"][i] for name, figures in per_sample.items() if "gold_reward" in figures},
+            **{f"{name}_proxy": figures["proxy_reward"][i] for name, figures in per_sample.items() if "proxy_reward" in figures},
+            **({"reference": references[prompt]} if prompt in references else {}),
+        }
+        for i, prompt in enumerate(prompts)
+    ]
 
 
 def evaluate_policies(policies: dict, reference, reward_fn, tokenizer, task, eval_cfg, seed: int, baseline: str = "sft", limits=None):
@@ -56,63 +153,13 @@ def evaluate_policies(policies: dict, reference, reward_fn, tokenizer, task, eva
     :returns: ``(metrics, samples)``: metrics named ``eval/<policy>/<figure>`` (see the module docstring),
         samples are dicts (prompt, response, gold and proxy reward per policy, the reference answer).
     """
-    prompts = [p for p in task.eval_prompts for _ in range(eval_cfg.samples_per_prompt)]
+    prompts = [prompt for prompt in task.eval_prompts for _ in range(eval_cfg.samples_per_prompt)]
     device = next(reference.model.parameters()).device
+    evaluation = _Evaluation(reference, reward_fn, tokenizer, task, eval_cfg, seed, limits, prompts, device)
     metrics: dict[str, float] = {}
     per_sample: dict[str, dict[str, list[float]]] = {}
     texts: dict[str, list[str]] = {}
     for name, policy in policies.items():
-        if policy.model is not None:
-            policy.model.eval()
-        # The same seed for every policy: responses differ only through the policies themselves.
-        grouped = policy.sample(task.eval_prompts, eval_cfg.sampling, eval_cfg.samples_per_prompt, seed)
-        responses = [r for group in grouped for r in group]
-        texts[name] = [decode_response(tokenizer, r) for r in responses]
-        figures = {
-            "kl": policy.kl_to_reference(reference, prompts, responses).tolist(),
-            "response_length": [float(len(r)) for r in responses],
-        }
-        if reward_fn is not None:
-            figures["proxy_reward"] = _proxy_scores(reward_fn, tokenizer, prompts, responses, device)
-        if task.utility is not None:
-            figures["gold_reward"] = [task.utility(p, t) for p, t in zip(prompts, texts[name])]
-        referenced = [i for i, p in enumerate(prompts) if p in task.references]
-        if referenced:
-            hypotheses, references = [texts[name][i] for i in referenced], [task.references[prompts[i]] for i in referenced]
-            figures["rouge_l"] = rouge_l(hypotheses, references)
-            metrics[f"eval/{name}/bleu"] = corpus_bleu(hypotheses, references)
-        for figure, values in figures.items():
-            _figure(metrics, name, figure, values)
-        for n in (1, 2):
-            metrics[f"eval/{name}/distinct_{n}"] = distinct_n(texts[name], n)
-        metrics[f"eval/{name}/eos_rate"] = sum(bool(r) and r[-1] == tokenizer.eos_token_id for r in responses) / len(responses)
-        if policy.model is not None and task.sft_eval:
-            metrics[f"eval/{name}/perplexity"] = perplexity(policy.model, tokenizer, task.sft_eval, limits)
-        if hasattr(policy, "analytic_kl"):
-            metrics[f"eval/{name}/kl_closed_form"] = policy.analytic_kl
-        per_sample[name] = figures
-    base = per_sample[baseline]
-    for name, figures in per_sample.items():
-        if name == baseline:
-            continue
-        for figure in ("gold_reward", "proxy_reward", "response_length", "rouge_l"):
-            if figure in figures:
-                diff, se = paired_difference(figures[figure], base[figure])
-                metrics[f"eval/{name}/{figure}_diff"], metrics[f"eval/{name}/{figure}_diff_se"] = diff, se
-        if "gold_reward" in figures:
-            metrics[f"eval/{name}/win_rate"] = win_rate(figures["gold_reward"], base["gold_reward"])
-            low, high = win_rate_interval(figures["gold_reward"], base["gold_reward"], seed=seed)
-            metrics[f"eval/{name}/win_rate_low"], metrics[f"eval/{name}/win_rate_high"] = low, high
-        if "proxy_reward" in figures:
-            metrics[f"eval/{name}/proxy_win_rate"] = win_rate(figures["proxy_reward"], base["proxy_reward"])
-    samples = [
-        {
-            "prompt": prompts[i],
-            **{f"{n}_response": texts[n][i] for n in policies},
-            **{f"{n}_gold": per_sample[n]["gold_reward"][i] for n in policies if "gold_reward" in per_sample[n]},
-            **{f"{n}_proxy": per_sample[n]["proxy_reward"][i] for n in policies if "proxy_reward" in per_sample[n]},
-            **({"reference": task.references[prompts[i]]} if prompts[i] in task.references else {}),
-        }
-        for i in range(len(prompts))
-    ]
-    return metrics, samples
+        texts[name], per_sample[name] = evaluation.score(metrics, name, policy)
+    _compare_with_baseline(metrics, per_sample, baseline, seed)
+    return metrics, _sample_rows(prompts, texts, per_sample, task.references)

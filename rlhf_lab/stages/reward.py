@@ -7,7 +7,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from rlhf_lab.errors import check_finite
-from rlhf_lab.feedback.records import PreferenceRecord
+from rlhf_lab.records import PreferenceRecord
 from rlhf_lab.resume import ResumableModule
 from rlhf_lab.sharding import ShardedTraining
 
@@ -64,7 +64,7 @@ class RewardModule(ShardedTraining, ResumableModule, pl.LightningModule):
     def training_step(self, batch, batch_idx):
         scores = self._scores(batch)
         loss = self.objective.loss(scores, batch)
-        check_finite(loss, "reward", self.global_step, self.checkpoint_dir)
+        check_finite(loss, "reward_model", self.global_step, self.checkpoint_dir)
         correct, total = self.objective.pair_accuracy(scores.detach(), batch)
         self.log("reward/loss", loss, prog_bar=True, batch_size=scores.shape[0], sync_dist=True)
         if total:  # (a batch of equal ratings has no pair; a collective here could wait for a rank that logs nothing)

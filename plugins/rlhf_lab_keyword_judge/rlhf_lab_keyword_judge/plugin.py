@@ -15,7 +15,7 @@ built-in simulated annotators do with a task's utility:
 The judge needs no gold utility from the task, so it works with any task. Draws come from
 ``random.Random(seed)``: the same seed and candidates give the same records.
 
-This module is the plugin the entry point names; it imports no torch.
+This module is the plugin the entry point names; it imports only the plugin API (``rlhf_lab.api``), and no torch.
 """
 
 from __future__ import annotations
@@ -25,10 +25,7 @@ import random
 import re
 from dataclasses import dataclass, field
 
-import rlhf_lab
-from rlhf_lab.errors import RlhfLabError
-from rlhf_lab.feedback.noise import gaussian_ratings, plackett_luce_ranking
-from rlhf_lab.feedback.records import PreferenceRecord
+from rlhf_lab.api import PreferenceRecord, RlhfLabError, gaussian_ratings, hookimpl, plackett_luce_ranking
 
 NAME = "keyword_judge"
 
@@ -123,6 +120,6 @@ class KeywordJudge:
         return records
 
 
-@rlhf_lab.hookimpl
+@hookimpl
 def rlhf_lab_register_feedback_sources(register):
     register(NAME, KeywordJudge, KeywordJudgeConfig)

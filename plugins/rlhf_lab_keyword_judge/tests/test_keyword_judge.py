@@ -17,7 +17,7 @@ import pytest
 pytest.importorskip("rlhf_lab")
 plugin = pytest.importorskip("rlhf_lab_keyword_judge.plugin")
 
-from rlhf_lab.errors import RlhfLabError  # noqa: E402
+from rlhf_lab.api import RlhfLabError  # noqa: E402
 
 KeywordJudge, KeywordJudgeConfig = plugin.KeywordJudge, plugin.KeywordJudgeConfig
 DIST = "rlhf-lab-keyword-judge"
@@ -120,7 +120,7 @@ def test_ties_are_broken_at_random():
 
 
 def test_works_with_a_task_without_gold_utility():
-    from rlhf_lab.tasks.base import Task
+    from rlhf_lab.api import Task
 
     task = Task(train_prompts=["p"], eval_prompts=["q"], sft_train=[], sft_eval=[], utility=None)
     source = KeywordJudge(KeywordJudgeConfig(), task)
@@ -242,6 +242,7 @@ def test_hydra_rejects_a_badly_typed_value(tmp_path):
     assert "feedback.noise" in out.stderr + out.stdout
 
 
+@pytest.mark.slow  # a whole run of rlhf_lab (its fast tier: -m "not slow")
 @requires_install
 def test_whole_pipeline_trains_a_reward_model_on_the_judges_feedback(tmp_path):
     """A tiny real run: the judge labels SFT candidates, the reward model learns its keyword preference."""

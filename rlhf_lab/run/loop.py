@@ -21,35 +21,12 @@ import json
 import logging
 from pathlib import Path
 
-from rlhf_lab.errors import RlhfLabError
+from rlhf_lab.run.resolver import timed
 
 log = logging.getLogger("rlhf_lab")
 
 ROUND_FIGURES = ("gold_reward", "proxy_reward", "kl", "win_rate", "response_length")
 """The evaluation figures kept per round (each with its standard error where it has one)."""
-
-
-def check_loop(pipeline) -> None:
-    """Refuse, before any work, a loop the run cannot do."""
-    rounds = pipeline.loop.rounds
-    if rounds == 1:
-        return
-    if pipeline.stop_after:
-        raise RlhfLabError(f"loop.rounds={rounds} runs whole rounds; it cannot be combined with stop_after={pipeline.stop_after}")
-    if not pipeline.uses_preferences:
-        raise RlhfLabError(
-            f"loop.rounds={rounds}: algo={pipeline.algo_cfg.name} with this reward collects no feedback, so there is nothing "
-            "to repeat (a rule reward or reward.path needs none). Use a learned reward model or an algorithm that consumes preferences."
-        )
-    if not getattr(pipeline.feedback_source, "needs_candidates", False):
-        raise RlhfLabError(
-            f"loop.rounds={rounds}: feedback={pipeline.feedback_cfg.name} reads fixed records and labels nothing the policy "
-            "samples; a loop needs a source that labels candidates (simulated, human, ai_judge)"
-        )
-    if not getattr(pipeline.algo.factory, "trains_policy", True):
-        raise RlhfLabError(f"loop.rounds={rounds}: algo={pipeline.algo_cfg.name} trains no policy, so later rounds would sample what the first did")
-    if pipeline.lora is not None:
-        raise RlhfLabError(f"loop.rounds={rounds} with model.lora is not supported yet: set model.lora.r=0")
 
 
 def round_row(round_: int, algo: str, metrics: dict) -> dict:
@@ -86,34 +63,55 @@ def write_round_table(rows: list[dict], run_dir: Path) -> str:
     return markdown
 
 
-def run_rounds(pipeline) -> tuple[dict, list, object]:
-    """Every round; returns the last round's (metrics, samples, policy artifact) and writes the round table."""
-    from rlhf_lab.models.loading import load_policy
-    from rlhf_lab.policy import ModelPolicy
-    from rlhf_lab.training import inference_device
+def run_rounds(run, stages, timings: dict) -> tuple[dict, list, object]:
+    """Every round; returns the last round's (figures, samples, policy artifact) and writes the round table.
 
-    p = pipeline
-    sft = p.need("sft")
-    p.need("reference")
+    :param stages: the run's :class:`~rlhf_lab.run.resolver.Resolver`: round 1's artifacts are the run's own.
+    """
+    from rlhf_lab.run.builders import policy as policy_stage
+    from rlhf_lab.run.builders import preferences as preference_stage
+    from rlhf_lab.run.evaluation import evaluate
+
+    rounds = run.plan.settings["loop"].rounds
+    sft, reference = stages.get("sft"), stages.get("reference")
     start, preferences, rows = sft, None, []
-    metrics, samples, policy = {}, [], None
-    for round_ in range(1, p.loop.rounds + 1):
-        log.info("loop: round %d of %d", round_, p.loop.rounds)
-        preferences = p.need("preferences") if round_ == 1 else p.build_preferences(sft, policy=start, round_=round_, previous=preferences)
-        reward_model, reward = p.round_reward(preferences, round_)
-        policy = p.train_policy(start, reward, reward_model, preferences, round_)
-        device = inference_device(p.cfg)
-        handle = ModelPolicy(load_policy(str(policy.path), p.model_cfg.dtype, key=f"policy of round {round_}").to(device), p.tokenizer)
-        metrics, samples = p.evaluate(handle, device, reward, stage="eval" if round_ == p.loop.rounds else f"eval_round{round_}")
-        metrics.update(preferences.metrics)
+    figures, samples, trained = {}, [], None
+    for round_ in range(1, rounds + 1):
+        log.info("loop: round %d of %d", round_, rounds)
+        if round_ == 1:
+            preferences = stages.get("preferences")
+        else:
+            preferences = preference_stage.collect(run, sft, sampler=start, round_=round_, previous=preferences)
+        reward_model, reward = _round_reward(run, stages, preferences, round_, timings)
+        with timed(timings, run.trainer_stage("policy", round_)):
+            trained = policy_stage.optimise(run, start, reference, reward, reward_model, preferences, round_)
+        stage = "eval" if round_ == rounds else f"eval_round{round_}"
+        figures, samples = evaluate(run, reference, trained.handle, trained.device, reward, timings, stage=stage)
+        figures.update(preferences.metrics)
         if reward_model is not None:
-            metrics.update(reward_model.metrics)
-        rows.append(round_row(round_, p.algo_cfg.name, metrics))
-        start = policy
-    log.info("loop: per-round figures\n%s", write_round_table(rows, p.run_dir))
-    metrics["loop/rounds"] = p.loop.rounds
+            figures.update(reward_model.metrics)
+        rows.append(round_row(round_, run.plan.algo_name, figures))
+        start = trained.artifact
+    log.info("loop: per-round figures\n%s", write_round_table(rows, run.run_dir))
+    figures["loop/rounds"] = rounds
     for row in rows:
         for name, value in row.items():
             if name != "round":
-                metrics[f"round{row['round']}/{name}"] = value
-    return metrics, samples, policy
+                figures[f"round{row['round']}/{name}"] = value
+    return figures, samples, trained.artifact
+
+
+def _round_reward(run, stages, preferences, round_: int, timings: dict):
+    """(reward model artifact or None, reward function or None) of a round: round 1's are the run's own;
+    a later round retrains the reward model on ``preferences`` (every record so far)."""
+    from rlhf_lab.run.builders import reward_model as reward_model_stage
+
+    if "reward" not in run.plan.consumes:
+        return None, None
+    if round_ == 1:
+        return (stages.get("reward_model") if run.plan.learned_reward else None), stages.get("reward")
+    init = stages.get("sft" if getattr(run.plan.settings["reward"], "init_from_sft", True) else "base")
+    with timed(timings, run.trainer_stage("reward_model", round_)):
+        model = reward_model_stage.train(run, preferences, init, round_)
+    reward = run.reward.reward_function({"reward_model": model}, run.tokenizer, run.dtype)
+    return model, reward.to(run.inference_device())
