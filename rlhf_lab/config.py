@@ -75,6 +75,12 @@ class SamplingConfig:
             )
 
 
+def check_step_limit(max_steps: Optional[int], key: str) -> None:
+    """A stage's ``max_steps``: null, or at least one step."""
+    if max_steps is not None and max_steps < 1:
+        raise ValueError(f"{key} must be >= 1 or null (no limit), got {max_steps}")
+
+
 @dataclass
 class SFTConfig:
     """Supervised fine-tuning on the task's demonstrations (loss on response tokens only)."""
@@ -92,10 +98,14 @@ class SFTConfig:
     """AdamW weight decay."""
     max_examples: Optional[int] = None
     """Use at most this many demonstrations (null: all)."""
+    max_steps: Optional[int] = None
+    """Stop after this many gradient steps, or at the end of ``epochs``, whichever comes first (null:
+    ``epochs`` alone). On real data an epoch can take hours: this bounds a run without shrinking the data."""
 
     def __post_init__(self) -> None:
         if self.lr <= 0 or self.epochs < 1 or self.batch_size < 1 or self.weight_decay < 0 or (self.max_examples is not None and self.max_examples < 1):
             raise ValueError(f"sft needs lr > 0, epochs >= 1, batch_size >= 1, weight_decay >= 0, max_examples >= 1 or null; got lr={self.lr}, epochs={self.epochs}, batch_size={self.batch_size}, weight_decay={self.weight_decay}, max_examples={self.max_examples}")
+        check_step_limit(self.max_steps, "sft.max_steps")
 
 
 @dataclass

@@ -10,7 +10,8 @@ from rlhf_lab.algos.best_of_n_config import BestOfNConfig
 from rlhf_lab.algos.dpo_config import DPOConfig
 from rlhf_lab.algos.policy_gradient_config import GRPOConfig, ReinforceConfig, RLOOConfig
 from rlhf_lab.algos.ppo_config import PPOConfig
-from rlhf_lab.config import SamplingConfig
+from rlhf_lab.config import SamplingConfig, SFTConfig
+from rlhf_lab.rewards.configs import PairwiseRewardConfig
 
 TINY = 1e-9
 
@@ -65,6 +66,9 @@ BOUNDS = [
     (DPOConfig, {"label_smoothing": 0.0}, {"label_smoothing": -TINY}),
     (DPOConfig, {"label_smoothing": 0.4999}, {"label_smoothing": 0.5}),
     (DPOConfig, {"loss": "ipo"}, {"loss": "kto"}),
+    (DPOConfig, {"max_steps": 1}, {"max_steps": 0}),
+    (SFTConfig, {"max_steps": 1}, {"max_steps": 0}),
+    (PairwiseRewardConfig, {"max_steps": 1}, {"max_steps": 0}),
     # best-of-n
     (BestOfNConfig, {"n": 1}, {"n": 0}),
     (BestOfNConfig, {"kl_samples": 1}, {"kl_samples": 0}),

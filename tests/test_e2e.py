@@ -7,6 +7,7 @@ import math
 import re
 
 import pytest
+import torch
 
 from conftest import SUBPROCESS_TIMEOUT, TINY, TINY_FEEDBACK, TINY_ONLINE, TINY_UPSTREAM, read_metrics, run_cli
 
@@ -251,3 +252,16 @@ def test_rule_reward_kwargs_the_function_does_not_take_fail_before_any_work(tmp_
     code, err = refused(args)
     assert code == 2 and "reward.kwargs {'targt': 3} do not fit rlhf_lab.rewards.rules:word_count" in err, err[-2000:]
     assert not (tmp_path / "cache").exists()
+
+
+def test_a_step_limit_stops_sft_and_dpo_before_their_epochs_end(tmp_path):
+    """``sft.max_steps`` and ``algo.max_steps`` (likewise ``reward.max_steps``) bound a stage whatever the
+    size of the data: SFT's epoch here is 7 steps, DPO's two epochs more than 3."""
+    args = [*TINY_UPSTREAM, "algo=dpo", "sft.max_steps=2", "algo.max_steps=3", "logger=csv",
+            f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}"]
+    result = run_cli(args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for stage, steps in (("sft", 2), ("policy", 3)):
+        checkpoint = torch.load(tmp_path / "run" / "checkpoints" / stage / "last.ckpt", map_location="cpu", weights_only=False)
+        assert checkpoint["global_step"] == steps, stage
+    assert "eval/dpo/kl" in read_metrics(tmp_path / "run")

@@ -114,7 +114,7 @@ class DPOModule(ShardedTraining, ResumableModule, pl.LightningModule):
         if not self.pairs["train"]:
             raise DataError(f"{inputs.preferences / 'train.jsonl'}: no preference pair with two different responses")
         self.ref_logps: dict[str, torch.Tensor] = {}
-        self.max_epochs = cfg.epochs
+        self.max_epochs, self.max_steps = cfg.epochs, cfg.max_steps
 
     # --- data -------------------------------------------------------------------------------------
 

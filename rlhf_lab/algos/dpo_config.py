@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
+
+from rlhf_lab.config import check_step_limit
 
 DPO_LOSSES = ("sigmoid", "cdpo", "ipo", "simpo")
 
@@ -31,6 +34,9 @@ class DPOConfig:
     """Preference pairs per gradient step (chosen and rejected go through one forward)."""
     max_grad_norm: float = 1.0
     """Clip the gradient norm."""
+    max_steps: Optional[int] = None
+    """Stop after this many gradient steps, or at the end of ``epochs``, whichever comes first (null:
+    ``epochs`` alone). On real data an epoch can take hours: this bounds a run without shrinking the data."""
 
     def __post_init__(self) -> None:
         if self.loss not in DPO_LOSSES:
@@ -41,3 +47,4 @@ class DPOConfig:
             raise ValueError(f"algo.weight_decay and algo.simpo_gamma must be >= 0, got {self.weight_decay} and {self.simpo_gamma}")
         if not 0.0 <= self.label_smoothing < 0.5:
             raise ValueError(f"algo.label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
+        check_step_limit(self.max_steps, "algo.max_steps")

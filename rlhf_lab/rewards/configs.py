@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+from rlhf_lab.config import check_step_limit
+
 
 @dataclass
 class RewardConfig:
@@ -30,6 +32,9 @@ class RewardConfig:
     path: Optional[str] = None
     """A trained reward model directory (e.g. ``reward_model`` printed by an earlier run with
     ``stop_after=reward_model``) to use instead of training one; no feedback is collected then."""
+    max_steps: Optional[int] = None
+    """Stop after this many gradient steps, or at the end of ``epochs``, whichever comes first (null:
+    ``epochs`` alone). On real data an epoch can take hours: this bounds a run without shrinking the data."""
 
     def __post_init__(self) -> None:
         if self.lr <= 0 or self.epochs < 1 or self.batch_size < 1 or self.weight_decay < 0:
@@ -37,6 +42,7 @@ class RewardConfig:
                 f"reward needs lr > 0, epochs >= 1, batch_size >= 1, weight_decay >= 0; got lr={self.lr}, epochs={self.epochs}, "
                 f"batch_size={self.batch_size}, weight_decay={self.weight_decay}"
             )
+        check_step_limit(self.max_steps, "reward.max_steps")
 
 
 @dataclass

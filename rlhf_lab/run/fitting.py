@@ -13,8 +13,9 @@ from typing import Any, Callable, Optional
 log = logging.getLogger(__name__)
 
 
-def fit(run, module, stage: str, artifact: str, key: str, max_epochs: int):
-    """Fit ``module`` as the ``Trainer`` stage ``stage`` of the build of ``artifact`` ``key``; returns the trainer.
+def fit(run, module, stage: str, artifact: str, key: str, max_epochs: int, max_steps: Optional[int] = None):
+    """Fit ``module`` as the ``Trainer`` stage ``stage`` of the build of ``artifact`` ``key``, for
+    ``max_epochs`` or ``max_steps`` optimiser steps, whichever comes first; returns the trainer.
 
     Each checkpoint it saves is recorded in the cache's in-progress index, so the same command started
     again (in a new run directory) resumes this build where it stopped.
@@ -27,6 +28,7 @@ def fit(run, module, stage: str, artifact: str, key: str, max_epochs: int):
     trainer = build_trainer(
         run.cfg, stage, run.run_dir, run.group, on_checkpoint=lambda path: run.store.record_checkpoint(artifact, key, path),
         resuming=resume is not None and resume == own.resolve(), world_size=run.trainer_plan.world_size, max_epochs=max_epochs,
+        max_steps=-1 if max_steps is None else max_steps,
     )
     if resume is not None:
         log.info("%s: resuming from %s", stage, resume)

@@ -104,7 +104,7 @@ def _train(run, inputs, stage: str, policy_key: str, out: Optional[Path]) -> dic
     from rlhf_lab.run.fitting import fit, gathered
 
     module = _built(run, inputs)
-    trainer = fit(run, module, stage, "policy", policy_key, max_epochs=getattr(module, "max_epochs", 1))
+    trainer = fit(run, module, stage, "policy", policy_key, max_epochs=getattr(module, "max_epochs", 1), max_steps=getattr(module, "max_steps", None))
     device = trainer.strategy.root_device
     policy = gathered(run, module.policy, inputs.load_policy, stage)
     if policy is None:

@@ -60,7 +60,7 @@ def _train(run, preferences: Artifact, init: Artifact, key: str, stage: str, out
         record_loader(train_records, objective, tokenizer, settings.batch_size, True, seed, share),
         record_loader(heldout, objective, tokenizer, 64, False, seed, share),
     )
-    trainer = fit(run, module, stage, "reward_model", key, max_epochs=settings.epochs)
+    trainer = fit(run, module, stage, "reward_model", key, max_epochs=settings.epochs, max_steps=settings.max_steps)
     model = gathered(run, model, lambda: load_value_model(str(init.path), run.dtype), stage)
     if model is None:
         return {}  # a worker rank: rank 0 checks, normalises and saves

@@ -62,7 +62,7 @@ def _train(run, base: Artifact, sft_key: str, out: Optional[Path]) -> dict:
     if run.plan.settings["model"].gradient_checkpointing:
         enable_gradient_checkpointing(policy)
     module = SFTModule(policy, settings.lr, settings.weight_decay, checkpoint_dir(run.run_dir, "sft"), train, val)
-    trainer = fit(run, module, "sft", "sft", sft_key, max_epochs=settings.epochs)
+    trainer = fit(run, module, "sft", "sft", sft_key, max_epochs=settings.epochs, max_steps=settings.max_steps)
     model = gathered(run, module.model, lambda: load_policy(str(base.path), run.dtype), "sft")
     if model is None:
         return {}  # a worker rank: rank 0 checks and saves
