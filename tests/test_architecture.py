@@ -20,7 +20,8 @@ MAX_FUNCTION_LINES = 80
 
 def lint_imports(root: Path) -> subprocess.CompletedProcess:
     """``lint-imports`` with the contracts of pyproject.toml, over the package under ``root``."""
-    shutil.copy(ROOT / "pyproject.toml", root / "pyproject.toml") if root != ROOT else None
+    if root != ROOT:
+        shutil.copy(ROOT / "pyproject.toml", root / "pyproject.toml")
     code = "import sys; from importlinter.cli import lint_imports_command; sys.argv = ['lint-imports', '--no-cache']; lint_imports_command()"
     env = {"PYTHONPATH": str(root), "PATH": ""}
     return subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 from rlhf_lab.distributed import Ranks
 from rlhf_lab.run.store import Artifact, Store, file_digests
 
@@ -65,4 +63,3 @@ def test_file_digests_hash_the_files_a_config_names(tmp_path):
     assert list(digests) == ["path"]
     data.write_text("b\n")
     assert file_digests({"path": str(data)}) != digests
-    assert json.dumps(digests)  # part of a cache key: plain JSON

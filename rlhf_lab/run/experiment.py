@@ -15,6 +15,7 @@ from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
+from rlhf_lab.cache import ArtifactCache
 from rlhf_lab.components import check_built
 from rlhf_lab.distributed import Ranks
 from rlhf_lab.errors import RlhfLabError
@@ -45,7 +46,7 @@ def run(cfg: DictConfig, run_dir: Optional[Path] = None) -> dict:
     plan = make_plan(cfg, get_plugin_manager().registry, tuple(overrides))
     trainer_plan = preflight.check_trainer(plan, worker=False)
     components = build_components(plan)  # (a component's own checks refuse before anything is written)
-    Store(Path(cfg.cache_dir), Ranks.single()).cache.check_writable()
+    ArtifactCache(Path(cfg.cache_dir)).check_writable()
     with RunDirLock(run_dir):
         if trainer_plan.world_size == 1:
             return run_experiment(plan, trainer_plan, components, run_dir, group, Ranks.single())

@@ -21,7 +21,7 @@ import json
 import logging
 from pathlib import Path
 
-from rlhf_lab.run.resolver import timed
+from rlhf_lab.run.resolver import inputs_of, timed
 
 log = logging.getLogger("rlhf_lab")
 
@@ -110,7 +110,7 @@ def _round_reward(run, stages, preferences, round_: int, timings: dict):
         return None, None
     if round_ == 1:
         return (stages.get("reward_model") if run.plan.learned_reward else None), stages.get("reward")
-    init = stages.get("sft" if getattr(run.plan.settings["reward"], "init_from_sft", True) else "base")
+    init = stages.get(inputs_of(run.plan.builders["reward_model"])[-1])  # the artifact round 1's model started from
     with timed(timings, run.trainer_stage("reward_model", round_)):
         model = reward_model_stage.train(run, preferences, init, round_)
     reward = run.reward.reward_function({"reward_model": model}, run.tokenizer, run.dtype)
