@@ -101,6 +101,15 @@ class SFTConfig:
     max_steps: Optional[int] = None
     """Stop after this many gradient steps, or at the end of ``epochs``, whichever comes first (null:
     ``epochs`` alone). On real data an epoch can take hours: this bounds a run without shrinking the data."""
+    disable_dropout: bool = True
+    """Train with every dropout probability at 0. Current base models ship without dropout (Llama,
+    Qwen2, Mistral: 0.0), and on a CPU a GPT-2's 0.1 makes every step 2-4x dearer (attention dropout
+    takes scaled-dot-product attention off its fused kernel). false: the model's own dropout."""
+    group_by_length: bool = True
+    """Fill each batch with demonstrations of similar length (windows of 16 batches of the shuffled
+    order sorted by length, the batches then shuffled): on real data it cuts the padding of a batch
+    from about 40% to a few percent; every demonstration is still seen once an epoch. false: plain
+    shuffled batches."""
 
     def __post_init__(self) -> None:
         if self.lr <= 0 or self.epochs < 1 or self.batch_size < 1 or self.weight_decay < 0 or (self.max_examples is not None and self.max_examples < 1):

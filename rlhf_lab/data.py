@@ -91,6 +91,28 @@ def collate_sequences(prompts: list[list[int]], responses: list[list[int]], pad_
     return {"input_ids": ids, "attention_mask": mask, "position_ids": position_ids_from_mask(mask)}
 
 
+def collate_demonstrations(prompts: list[list[int]], responses: list[list[int]], pad_id: int) -> dict:
+    """Each prompt and its response as one right-padded sequence, with the positions whose logits
+    predict a response token: ``target_rows``/``target_cols`` (the position before each response
+    token) and ``targets`` (that token), response by response in batch order.
+
+    A batch then costs the longest prompt + response, not the longest prompt plus the longest
+    response (:func:`collate_pairs`), and a loss that reads only the targets' logits
+    (:func:`~rlhf_lab.models.logits.logits_at`) projects no prompt or padding position.
+    """
+    ids, mask = pad_right([p + r for p, r in zip(prompts, responses)], pad_id)
+    rows, cols, targets = [], [], []
+    for row, (prompt, response) in enumerate(zip(prompts, responses)):
+        # Without a prompt, nothing predicts the response's first token: it is context only.
+        first = 0 if prompt else 1
+        rows += [row] * (len(response) - first)
+        cols += range(len(prompt) - 1 + first, len(prompt) + len(response) - 1)
+        targets += response[first:]
+    return {"input_ids": ids, "attention_mask": mask, "position_ids": position_ids_from_mask(mask),
+            "target_rows": torch.tensor(rows, dtype=torch.long), "target_cols": torch.tensor(cols, dtype=torch.long),
+            "targets": torch.tensor(targets, dtype=torch.long)}
+
+
 def collate_prompt_groups(groups: list[tuple[list[int], list[list[int]]]], pad_id: int) -> dict:
     """One right-padded row per (prompt, responses) group: the prompt once, then each response.
 

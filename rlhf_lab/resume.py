@@ -47,6 +47,32 @@ def shuffled_order(size: int, seed: int, epoch: int) -> list[int]:
     return order
 
 
+LENGTH_WINDOW = 16
+"""Global batches per window of the shuffled order that :func:`length_grouped_order` sorts by length:
+wide enough that a batch's items are of similar length, narrow enough that the batches of an epoch
+still mix the whole data set."""
+
+
+def length_grouped_order(lengths: list[int], batch_size: int, seed: int, epoch: int) -> list[int]:
+    """:func:`shuffled_order` re-arranged so that each global batch holds items of similar length.
+
+    Windows of ``LENGTH_WINDOW`` batches of the shuffled order are sorted by length and cut into
+    batches, and the full batches are shuffled (seeded by ``seed`` and ``epoch``); a last, partial
+    batch stays last. Every item is still visited once an epoch: what changes is which items share a
+    batch, and so how much padding a batch carries.
+    """
+    order = shuffled_order(len(lengths), seed, epoch)
+    span = batch_size * LENGTH_WINDOW
+    batches = []
+    for start in range(0, len(order), span):
+        window = sorted(order[start : start + span], key=lengths.__getitem__)
+        batches += [window[i : i + batch_size] for i in range(0, len(window), batch_size)]
+    last = [batches.pop()] if batches and len(batches[-1]) < batch_size else []
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    mixed = [batches[k] for k in torch.randperm(len(batches), generator=generator).tolist()] + last
+    return [item for batch in mixed for item in batch]
+
+
 class _PositionBatches(Sampler[list[int]]):
     def __init__(self, loader: "ResumableLoader") -> None:
         self.loader = loader
@@ -114,10 +140,17 @@ class ResumableLoader(DataLoader):
         self._resume = dict(state)
 
 
-def shuffled_loader(dataset, batch_size: int, collate_fn: Callable, shuffle: bool, seed: int) -> ResumableLoader:
-    """A resumable ``DataLoader(dataset, batch_size, shuffle, generator=manual_seed(seed))``."""
+def shuffled_loader(dataset, batch_size: int, collate_fn: Callable, shuffle: bool, seed: int,
+                    lengths: Optional[list[int]] = None) -> ResumableLoader:
+    """A resumable ``DataLoader(dataset, batch_size, shuffle, generator=manual_seed(seed))``; shuffled
+    with ``lengths`` (one per item), batches of similar lengths (:func:`length_grouped_order`)."""
     size = len(dataset)
-    order_of = (lambda epoch: shuffled_order(size, seed, epoch)) if shuffle else (lambda epoch: list(range(size)))
+    if shuffle and lengths is not None:
+        order_of = lambda epoch: length_grouped_order(lengths, batch_size, seed, epoch)  # noqa: E731
+    elif shuffle:
+        order_of = lambda epoch: shuffled_order(size, seed, epoch)  # noqa: E731
+    else:
+        order_of = lambda epoch: list(range(size))  # noqa: E731
     return ResumableLoader(dataset, batch_size, collate_fn, order_of, size)
 
 

@@ -31,9 +31,9 @@ def perplexity(policy, tokenizer, demonstrations, limits=None) -> float:
     total, count = 0.0, 0
     for batch in demonstration_loader(tokenize_demonstrations(tokenizer, demonstrations, limits), tokenizer.pad_token_id, 128, False, 0):
         batch = {key: (value.to(device) if torch.is_tensor(value) else value) for key, value in batch.items()}
-        nll, mask = response_nll(policy, batch)
-        total += float((nll * mask).sum())
-        count += int(mask.sum())
+        nll = response_nll(policy, batch)
+        total += float(nll.sum())
+        count += nll.numel()
     mean_nll = total / max(count, 1)
     return math.exp(mean_nll) if mean_nll < 709.0 else math.inf  # exp overflows a float past ~709.78
 

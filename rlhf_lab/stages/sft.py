@@ -8,10 +8,9 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader
 
-from rlhf_lab.data import collate_pairs, encode_prompt, encode_response, response_logits
+from rlhf_lab.data import collate_demonstrations, encode_prompt, encode_response
 from rlhf_lab.errors import check_finite
-from rlhf_lab.ops.masked import masked_mean
-from rlhf_lab.ops.sequence import token_logprobs
+from rlhf_lab.models.logits import logits_at
 from rlhf_lab.resume import ResumableModule
 from rlhf_lab.sharding import ShardedTraining
 
@@ -42,20 +41,25 @@ def tokenize_demonstrations(tokenizer, pairs: list[tuple[str, str]], limits=None
     return out
 
 
-def demonstration_loader(examples, pad_id: int, batch_size: int, shuffle: bool, seed: int) -> DataLoader:
+def demonstration_loader(examples, pad_id: int, batch_size: int, shuffle: bool, seed: int, group_by_length: bool = False) -> DataLoader:
+    """Batches of :func:`~rlhf_lab.data.collate_demonstrations`; shuffled with ``group_by_length``,
+    each batch of demonstrations of similar length (:func:`~rlhf_lab.resume.length_grouped_order`)."""
     from rlhf_lab.resume import shuffled_loader
 
     def collate(items):
-        return collate_pairs([p for p, _ in items], [r for _, r in items], pad_id)
+        return collate_demonstrations([p for p, _ in items], [r for _, r in items], pad_id)
 
-    return shuffled_loader(examples, batch_size, collate, shuffle, seed)
+    lengths = [len(p) + len(r) for p, r in examples] if group_by_length else None
+    return shuffled_loader(examples, batch_size, collate, shuffle, seed, lengths=lengths)
 
 
-def response_nll(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token negative log-likelihood of the response tokens (B, R) and their mask."""
-    p = batch["prompt_len"]
-    logp = token_logprobs(response_logits(model, batch), batch["input_ids"][:, p:])
-    return -logp, batch["attention_mask"][:, p:]
+def response_nll(model, batch: dict) -> torch.Tensor:
+    """Negative log-likelihood (N,) of every response token of a
+    :func:`~rlhf_lab.data.collate_demonstrations` batch, in the batch's order; only these positions'
+    logits are computed."""
+    inputs = {key: batch[key] for key in ("input_ids", "attention_mask", "position_ids")}
+    logits = logits_at(model, inputs, batch["target_rows"], batch["target_cols"])
+    return torch.nn.functional.cross_entropy(logits.float(), batch["targets"], reduction="none")
 
 
 class SFTModule(ShardedTraining, ResumableModule, pl.LightningModule):
@@ -76,19 +80,19 @@ class SFTModule(ShardedTraining, ResumableModule, pl.LightningModule):
         return self.val_loader if self.val_loader is not None else []
 
     def training_step(self, batch, batch_idx):
-        nll, mask = response_nll(self.model, batch)
-        loss = masked_mean(nll, mask)
+        # The mean over the batch's response tokens, as before: a long response weighs by its length.
+        loss = response_nll(self.model, batch).mean()
         check_finite(loss, "sft", self.global_step, self.checkpoint_dir)
-        self.log("sft/loss", loss, prog_bar=True, batch_size=nll.shape[0], sync_dist=True)
+        self.log("sft/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0], sync_dist=True)
         return loss
 
     def on_validation_epoch_start(self) -> None:
         self._val_nll, self._val_tokens = 0.0, 0
 
     def validation_step(self, batch, batch_idx):
-        nll, mask = response_nll(self.model, batch)
-        self._val_nll += float((nll * mask).sum())
-        self._val_tokens += int(mask.sum())
+        nll = response_nll(self.model, batch)
+        self._val_nll += float(nll.sum())
+        self._val_tokens += nll.numel()
 
     def on_validation_epoch_end(self) -> None:
         # Token-weighted over the whole held-out set, not a mean of batch means.

@@ -41,7 +41,7 @@ def _train(run, preferences: Artifact, init: Artifact, key: str, stage: str, out
     from lightning.pytorch import seed_everything
 
     from rlhf_lab.records import read_jsonl
-    from rlhf_lab.models.loading import load_value_model
+    from rlhf_lab.models.loading import disable_dropout, load_value_model
     from rlhf_lab.models.lora import add_value_adapters, merge_value_adapters
     from rlhf_lab.models.value_model import RewardNormaliser
     from rlhf_lab.run.fitting import figures, fit, gathered
@@ -52,6 +52,8 @@ def _train(run, preferences: Artifact, init: Artifact, key: str, stage: str, out
     seed_everything(seed, verbose=False)
     train_records, heldout = read_jsonl(preferences.path / "train.jsonl"), read_jsonl(preferences.path / "heldout.jsonl")
     model = load_value_model(str(init.path), run.dtype)
+    if settings.disable_dropout:
+        disable_dropout(model)
     if run.plan.lora is not None:
         add_value_adapters(model, run.plan.lora)
     share = shares_prompt(objective, model)

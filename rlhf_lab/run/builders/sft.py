@@ -44,7 +44,7 @@ def _train(run, base: Artifact, sft_key: str, out: Optional[Path]) -> dict:
     """Fine-tune and (rank 0) save into ``out``; returns the ``sft/`` figures."""
     from lightning.pytorch import seed_everything
 
-    from rlhf_lab.models.loading import load_policy
+    from rlhf_lab.models.loading import disable_dropout, load_policy
     from rlhf_lab.models.lora import add_policy_adapters, enable_gradient_checkpointing
     from rlhf_lab.run.fitting import figures, fit, gathered
     from rlhf_lab.stages.sft import SFTModule, check_converged, demonstration_loader, tokenize_demonstrations
@@ -54,9 +54,12 @@ def _train(run, base: Artifact, sft_key: str, out: Optional[Path]) -> dict:
     seed_everything(seed, verbose=False)
     examples = run.task.sft_train[: settings.max_examples] if settings.max_examples else run.task.sft_train
     pad = run.tokenizer.pad_token_id
-    train = demonstration_loader(tokenize_demonstrations(run.tokenizer, examples, run.limits), pad, settings.batch_size, True, seed)
+    train = demonstration_loader(tokenize_demonstrations(run.tokenizer, examples, run.limits), pad, settings.batch_size, True, seed,
+                                 group_by_length=settings.group_by_length)
     val = demonstration_loader(tokenize_demonstrations(run.tokenizer, run.task.sft_eval, run.limits), pad, 128, False, seed)
     policy = load_policy(str(base.path), run.dtype)
+    if settings.disable_dropout:
+        disable_dropout(policy)
     if lora is not None:
         policy = add_policy_adapters(policy, lora)
     if run.plan.settings["model"].gradient_checkpointing:

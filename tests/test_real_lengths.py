@@ -1,0 +1,96 @@
+"""Less work per real token: SFT batches of whole sequences whose loss projects only the response
+positions, batches grouped by length, dropout off by default. Each must leave the maths as it was:
+the per-token loss equals that of each demonstration scored alone."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from rlhf_lab.data import collate_demonstrations
+from rlhf_lab.resume import LENGTH_WINDOW, length_grouped_order, shuffled_order
+from rlhf_lab.stages.sft import demonstration_loader, response_nll
+
+VOCAB = 97
+
+
+def _model(family: str):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    if family == "gpt2":
+        config = AutoConfig.for_model("gpt2", vocab_size=VOCAB, n_positions=64, n_embd=32, n_layer=2, n_head=4)
+    else:
+        config = AutoConfig.for_model(family, vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    return AutoModelForCausalLM.from_config(config).eval()
+
+
+def _nll_alone(model, prompt: list[int], response: list[int]) -> list[float]:
+    """Each response token's NLL from a full forward of its demonstration alone, all logits projected."""
+    ids = torch.tensor([prompt + response])
+    logp = torch.log_softmax(model(input_ids=ids).logits[0].float(), -1)
+    return [-float(logp[len(prompt) - 1 + j, token]) for j, token in enumerate(response)]
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama", "qwen2"])
+def test_response_nll_of_a_padded_batch_equals_each_demonstration_alone(family):
+    model = _model(family)
+    rng = random.Random(1)
+    prompts = [[rng.randrange(1, VOCAB) for _ in range(n)] for n in (3, 11, 1, 7)]
+    responses = [[rng.randrange(1, VOCAB) for _ in range(n)] for n in (5, 2, 9, 1)]
+    batch = collate_demonstrations(prompts, responses, pad_id=0)
+    assert batch["input_ids"].shape == (4, 13)  # the longest prompt + response, not 11 + 9
+    with torch.no_grad():
+        nll = response_nll(model, batch)
+    expected = [x for p, r in zip(prompts, responses) for x in _nll_alone(model, p, r)]
+    assert nll.shape == (sum(map(len, responses)),)
+    torch.testing.assert_close(nll, torch.tensor(expected), atol=2e-5, rtol=1e-5)
+
+
+def test_only_the_response_positions_reach_the_output_layer():
+    model = _model("gpt2")
+    seen = []
+    model.get_output_embeddings().register_forward_hook(lambda module, args, out: seen.append(tuple(args[0].shape)))
+    batch = collate_demonstrations([[5, 6, 7], [8]], [[9, 10], [11, 12, 13]], pad_id=0)
+    response_nll(model, batch)
+    assert seen == [(5, 32)]  # 2 + 3 response tokens, not 2 rows x 5 positions
+
+
+def test_a_demonstration_without_prompt_scores_all_but_its_first_token():
+    batch = collate_demonstrations([[], [4]], [[7, 8, 9], [5]], pad_id=0)
+    assert batch["targets"].tolist() == [8, 9, 5]
+    assert list(zip(batch["target_rows"].tolist(), batch["target_cols"].tolist())) == [(0, 0), (0, 1), (1, 0)]
+
+
+def test_length_grouped_batches_hold_every_item_once_and_far_less_padding():
+    rng = random.Random(0)
+    lengths = [rng.randint(20, 500) for _ in range(1000)]
+    batch = 32
+    grouped, plain = length_grouped_order(lengths, batch, seed=3, epoch=0), shuffled_order(len(lengths), 3, 0)
+    assert sorted(grouped) == list(range(1000))
+
+    def padding(order):
+        batches = [order[i : i + batch] for i in range(0, len(order), batch)]
+        return sum(max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b) for b in batches) / sum(lengths)
+
+    assert padding(grouped) < 0.1 < 0.5 < padding(plain)
+    assert grouped[-(1000 % batch):] == sorted(grouped[-(1000 % batch):], key=lengths.__getitem__)  # the partial batch stays last
+    assert length_grouped_order(lengths, batch, seed=3, epoch=0) == grouped  # an epoch's order is fixed: resume depends on it
+    assert length_grouped_order(lengths, batch, seed=3, epoch=1) != grouped
+    # Batches are shuffled across windows: the first batch is not the shortest of the first window.
+    first_window = shuffled_order(len(lengths), 3, 0)[: batch * LENGTH_WINDOW]
+    assert sorted(grouped[:batch]) != sorted(sorted(first_window, key=lengths.__getitem__)[:batch])
+
+
+def test_the_loader_groups_only_when_asked_and_only_when_shuffled():
+    rng = random.Random(0)
+    examples = [([1] * rng.randint(1, 40), [2] * rng.randint(1, 40)) for _ in range(256)]
+
+    def widths(**kwargs):
+        return [b["input_ids"].shape[1] for b in demonstration_loader(examples, 0, 16, seed=0, **kwargs)]
+
+    assert sum(widths(shuffle=True, group_by_length=True)) < 0.75 * sum(widths(shuffle=True))
+    assert widths(shuffle=False, group_by_length=True) == widths(shuffle=False)
