@@ -16,7 +16,7 @@ from typing import Optional
 import torch
 
 from rlhf_lab.data import accepts_logits_to_keep, join, response_logits
-from rlhf_lab.ops.sampling import filter_logits, gumbel_max
+from rlhf_lab.ops.sampling import filter_logits, gumbel_noise
 from rlhf_lab.ops.sequence import position_ids_from_mask, token_logprobs, truncate_after_eos
 
 FINISHED_CHECK_EVERY = 4
@@ -52,49 +52,93 @@ def generate(
     top_p: float = 1.0,
     generator: torch.Generator | None = None,
     lockstep: bool = False,
+    samples_per_prompt: int = 1,
 ) -> Generation:
-    """Sample up to ``max_new_tokens`` per prompt, reusing the KV cache; stops once every row has EOS,
-    unless ``lockstep``: a sharded model gathers its weights with the other ranks in every forward,
-    so every rank must take every step."""
-    batch, prompt_len = prompt_ids.shape
+    """Sample up to ``max_new_tokens`` for each of ``samples_per_prompt`` copies of every prompt (rows
+    ``i * k .. i * k + k - 1`` answer prompt ``i``), reusing the KV cache.
+
+    Work goes to real tokens only: each prompt is prefilled once and its cache copied for its k
+    samples, and rows that have ended are dropped from the batch (and its cache) as they end, checked
+    every ``FINISHED_CHECK_EVERY`` tokens. A row's draws come from the same random numbers whichever
+    other rows are still running (the noise is drawn for the whole batch every step), so the samples
+    are those of a lockstep loop over the repeated prompts on the same seed. ``lockstep``: a sharded
+    model gathers its weights with the other ranks in every forward, so every rank takes every step
+    and no row is dropped.
+    """
+    k = samples_per_prompt
+    rows = prompt_ids.shape[0] * k
     # One mask for the longest possible sequence; each step reads a prefix of it (a view, no copy).
-    full_mask = torch.cat([prompt_mask, prompt_mask.new_ones(batch, max_new_tokens)], dim=1)
+    full_mask = torch.cat([prompt_mask, prompt_mask.new_ones(prompt_mask.shape[0], max_new_tokens)], dim=1)
     position_ids = position_ids_from_mask(prompt_mask)
-    input_ids, past = prompt_ids, None
-    finished = torch.zeros(batch, dtype=torch.bool, device=prompt_ids.device)
-    tokens, logprobs = [], []
-    # Only the last position's logits are sampled from: the prompt's need no vocabulary projection.
-    keep_last = {"logits_to_keep": 1} if accepts_logits_to_keep(model) else {}
+    call = _ForwardCall(model)
+    logits, past = call(prompt_ids, full_mask[:, : prompt_ids.shape[1]], position_ids, None)
+    if k > 1:
+        logits, full_mask, position_ids = (t.repeat_interleave(k, dim=0) for t in (logits, full_mask, position_ids))
+        past.batch_repeat_interleave(k)
+    tokens = torch.full((rows, max_new_tokens), pad_token_id, dtype=torch.long, device=prompt_ids.device)
+    logprobs = torch.zeros((rows, max_new_tokens), device=prompt_ids.device)
+    active = torch.arange(rows, device=prompt_ids.device)  # the batch rows still in the cache, in order
+    finished = torch.zeros(rows, dtype=torch.bool, device=prompt_ids.device)
+    prompt_len, steps = prompt_ids.shape[1], 0
     for step in range(max_new_tokens):
-        out = model(
-            input_ids=input_ids, attention_mask=full_mask[:, : prompt_len + step], position_ids=position_ids,
-            past_key_values=past, use_cache=True, **keep_last,
-        )
-        past = out.past_key_values
-        next_token, next_logp = _sample(out.logits[:, -1, :], temperature, top_k, top_p, generator)
-        next_token = torch.where(finished, torch.full_like(next_token, pad_token_id), next_token)
-        tokens.append(next_token)
-        logprobs.append(next_logp)
-        finished |= next_token == eos_token_id
-        if not lockstep and (step + 1) % FINISHED_CHECK_EVERY == 0 and bool(finished.all()):
+        next_token, next_logp = _sample(logits, temperature, top_k, top_p, generator, active, rows)
+        next_token = torch.where(finished[active], torch.full_like(next_token, pad_token_id), next_token)
+        tokens[active, step], logprobs[active, step] = next_token, next_logp
+        finished[active] |= next_token == eos_token_id
+        steps = step + 1
+        if steps == max_new_tokens:
             break
-        input_ids = next_token.unsqueeze(1)
+        if not lockstep and steps % FINISHED_CHECK_EVERY == 0:
+            running = (~finished[active]).nonzero().squeeze(1)
+            if running.numel() == 0:
+                break
+            if running.numel() < active.numel():  # one host sync decided both
+                active, next_token = active[running], next_token[running]
+                full_mask, position_ids = full_mask[running], position_ids[running]
+                past.batch_select_indices(running)
         position_ids = position_ids[:, -1:] + 1
-    response, mask, has_eos = truncate_after_eos(torch.stack(tokens, dim=1), eos_token_id, pad_token_id)
+        logits, past = call(next_token.unsqueeze(1), full_mask[:, : prompt_len + steps + 1], position_ids, past)
+    response, mask, has_eos = truncate_after_eos(tokens[:, :steps], eos_token_id, pad_token_id)
     # Steps taken after every row had ended (at most FINISHED_CHECK_EVERY - 1) are all padding.
     width = max(int(mask.sum(1).max()), 1)
     return Generation(
         response_ids=response[:, :width], response_mask=mask[:, :width], has_eos=has_eos,
-        logprobs=torch.stack(logprobs, dim=1)[:, :width] * mask[:, :width],
+        logprobs=logprobs[:, :width] * mask[:, :width],
     )
 
 
-def _sample(logits: torch.Tensor, temperature: float, top_k: int, top_p: float, generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """One token per row and its log-probability; ``temperature == 0`` is greedy (log-prob 0)."""
+class _ForwardCall:
+    """One decoding forward of ``model``: the last position's logits (B, V) and the cache, whatever
+    this transformers calls the cache argument (``cache`` from 5.25, ``past_key_values`` before)."""
+
+    def __init__(self, model) -> None:
+        import inspect
+
+        self.model = model
+        inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+        names = inspect.signature(inner.forward).parameters
+        self.cache_name = "cache" if "cache" in names else "past_key_values"
+        # Only the last position's logits are sampled from: the prompt's need no vocabulary projection.
+        self.keep_last = {"logits_to_keep": 1} if accepts_logits_to_keep(model) else {}
+
+    def __call__(self, input_ids, attention_mask, position_ids, past):
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                         use_cache=True, **{self.cache_name: past}, **self.keep_last)
+        return out.logits[:, -1, :], out["cache"] if "cache" in out else out["past_key_values"]
+
+
+def _sample(logits: torch.Tensor, temperature: float, top_k: int, top_p: float, generator,
+            rows: Optional[torch.Tensor] = None, batch: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One token per row of ``logits`` and its log-probability; ``temperature == 0`` is greedy
+    (log-prob 0). With ``rows``, the logits are those batch rows of a batch of ``batch``, and the
+    noise is drawn for the whole batch: a row's draw does not depend on which others are left."""
     if temperature == 0:
         return logits.argmax(-1), torch.zeros(logits.shape[0], device=logits.device)
     logp = torch.log_softmax(filter_logits(logits.float() / temperature, top_k, top_p), dim=-1)
-    token = gumbel_max(logp, generator)
+    noise = gumbel_noise((batch or logp.shape[0], logp.shape[-1]), generator, logp.device)
+    if rows is not None and rows.numel() < noise.shape[0]:
+        noise = noise[rows]
+    token = (logp + noise).argmax(-1, keepdim=True)
     return token.squeeze(-1), logp.gather(-1, token).squeeze(-1)
 
 
@@ -108,15 +152,16 @@ def sample_responses(
     generator = torch.Generator(device=device).manual_seed(seed)
     was_training = model.training
     model.eval()
-    flat = [p for p in prompts for _ in range(samples_per_prompt)]
     out: list[list[int]] = []
-    for start in range(0, len(flat), sampling.batch_size):
-        ids, mask = pad_left([encode_prompt(tokenizer, p) for p in flat[start : start + sampling.batch_size]], tokenizer.pad_token_id)
+    # Whole prompts per batch, each prefilled once for its samples.
+    per_batch = max(1, sampling.batch_size // samples_per_prompt)
+    for start in range(0, len(prompts), per_batch):
+        ids, mask = pad_left([encode_prompt(tokenizer, p) for p in prompts[start : start + per_batch]], tokenizer.pad_token_id)
         gen = generate(
             model, ids.to(device), mask.to(device),
             eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
             max_new_tokens=sampling.max_new_tokens, temperature=sampling.temperature,
-            top_k=sampling.top_k, top_p=sampling.top_p, generator=generator,
+            top_k=sampling.top_k, top_p=sampling.top_p, generator=generator, samples_per_prompt=samples_per_prompt,
         )
         for row, row_mask in zip(gen.response_ids.tolist(), gen.response_mask.tolist()):
             out.append([t for t, m in zip(row, row_mask) if m])
@@ -188,17 +233,18 @@ def collect_experience(
     The policy samples in eval mode (no dropout) and is put back in train mode afterwards. Log-probs
     are those of the temperature-scaled distribution, for the policy and the reference alike.
     """
-    if samples_per_prompt > 1:
-        prompt_ids = prompt_ids.repeat_interleave(samples_per_prompt, dim=0)
-        prompt_mask = prompt_mask.repeat_interleave(samples_per_prompt, dim=0)
     was_training = policy.training
     policy.eval()
     gen = generate(
         policy, prompt_ids, prompt_mask,
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, max_new_tokens=sampling.max_new_tokens,
         temperature=sampling.temperature, top_k=sampling.top_k, top_p=sampling.top_p, generator=generator, lockstep=lockstep,
+        samples_per_prompt=samples_per_prompt,
     )
     policy.train(was_training)
+    if samples_per_prompt > 1:
+        prompt_ids = prompt_ids.repeat_interleave(samples_per_prompt, dim=0)
+        prompt_mask = prompt_mask.repeat_interleave(samples_per_prompt, dim=0)
     batch = join(prompt_ids, prompt_mask, gen.response_ids, gen.response_mask)
     mask = gen.response_mask.to(gen.logprobs.dtype)
     ref_logprobs = token_logprobs(response_logits(reference, batch, sampling.temperature), gen.response_ids) * mask

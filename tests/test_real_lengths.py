@@ -16,14 +16,14 @@ from rlhf_lab.stages.sft import demonstration_loader, response_nll
 VOCAB = 97
 
 
-def _model(family: str):
+def _model(family: str, vocab: int = VOCAB):
     from transformers import AutoConfig, AutoModelForCausalLM
 
     torch.manual_seed(0)
     if family == "gpt2":
-        config = AutoConfig.for_model("gpt2", vocab_size=VOCAB, n_positions=64, n_embd=32, n_layer=2, n_head=4)
+        config = AutoConfig.for_model("gpt2", vocab_size=vocab, n_positions=64, n_embd=32, n_layer=2, n_head=4)
     else:
-        config = AutoConfig.for_model(family, vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        config = AutoConfig.for_model(family, vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
     return AutoModelForCausalLM.from_config(config).eval()
 
@@ -94,3 +94,77 @@ def test_the_loader_groups_only_when_asked_and_only_when_shuffled():
 
     assert sum(widths(shuffle=True, group_by_length=True)) < 0.75 * sum(widths(shuffle=True))
     assert widths(shuffle=False, group_by_length=True) == widths(shuffle=False)
+
+
+def _reference_samples(model, prompts, k, eos, max_new_tokens, seed, temperature=1.0):
+    """The plainest sampler: the k copies of each prompt side by side, the whole prefix recomputed
+    every step, every row kept to the end, Gumbel noise drawn for the whole batch each step."""
+    from rlhf_lab.data import pad_left
+    from rlhf_lab.ops.sampling import gumbel_noise
+    from rlhf_lab.ops.sequence import position_ids_from_mask
+
+    ids, mask = pad_left([p for p in prompts for _ in range(k)], pad_id=0)
+    generator = torch.Generator().manual_seed(seed)
+    done = torch.zeros(ids.shape[0], dtype=torch.bool)
+    tokens, logps = [], []
+    for _ in range(max_new_tokens):
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask)).logits[:, -1].float()
+        logp = torch.log_softmax(logits / temperature, -1)
+        token = (logp + gumbel_noise(logp.shape, generator, logp.device)).argmax(-1)
+        chosen = logp.gather(-1, token[:, None]).squeeze(1)
+        token = torch.where(done, torch.zeros_like(token), token)
+        tokens.append(token.tolist())
+        logps.append(torch.where(done, torch.zeros_like(chosen), chosen).tolist())
+        done |= token == eos
+        ids, mask = torch.cat([ids, token[:, None]], 1), torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
+    rows = []
+    for row in range(ids.shape[0]):
+        seq = [(step[row], logps[t][row]) for t, step in enumerate(tokens)]
+        end = next((t + 1 for t, (token, _) in enumerate(seq) if token == eos), len(seq))
+        rows.append(seq[:end])
+    return rows
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_one_prefill_for_k_samples_and_dropped_rows_sample_what_the_plain_loop_samples(family):
+    from rlhf_lab.data import pad_left
+    from rlhf_lab.rollout import generate
+
+    # Eight tokens: EOS (3) is likely, so rows end at different steps and are dropped mid-rollout.
+    model = _model(family, vocab=8)
+    with torch.no_grad():
+        rng = random.Random(2)
+        prompts = [[rng.randrange(4, 8) for _ in range(n)] for n in (6, 2, 9)]
+        k, new_tokens = 4, 14
+        expected = _reference_samples(model, prompts, k, eos=3, max_new_tokens=new_tokens, seed=5)
+        ids, mask = pad_left(prompts, pad_id=0)
+        gen = generate(model, ids, mask, eos_token_id=3, pad_token_id=0, max_new_tokens=new_tokens,
+                       generator=torch.Generator().manual_seed(5), samples_per_prompt=k)
+    lengths = [len(row) for row in expected]
+    assert len(set(lengths)) > 2 and min(lengths) < new_tokens // 2  # rows did end at different times
+    assert gen.response_ids.shape[0] == len(prompts) * k
+    for row, want in enumerate(expected):
+        n = int(gen.response_mask[row].sum())
+        assert gen.response_ids[row, :n].tolist() == [t for t, _ in want], f"row {row}"
+        torch.testing.assert_close(gen.logprobs[row, :n], torch.tensor([lp for _, lp in want]), atol=1e-4, rtol=1e-4)
+        assert bool(gen.has_eos[row]) == (want[-1][0] == 3)
+
+
+def test_dropped_rows_leave_the_forward_batch():
+    from rlhf_lab.data import pad_left
+    from rlhf_lab.rollout import FINISHED_CHECK_EVERY, generate
+
+    model = _model("gpt2", vocab=8)
+    widths = []
+    model.register_forward_hook(lambda module, args, kwargs, out: widths.append(kwargs["input_ids"].shape[0]), with_kwargs=True)
+    ids, mask = pad_left([[5, 6, 7], [4, 5]], pad_id=0)
+    gen = generate(model, ids, mask, eos_token_id=3, pad_token_id=0, max_new_tokens=24,
+                   generator=torch.Generator().manual_seed(0), samples_per_prompt=8)
+    assert widths[0] == 2  # the prefill: each prompt once
+    ended = gen.response_mask.sum(1)
+    for step, width in enumerate(widths[1:], start=1):
+        # after each check, the batch holds exactly the rows that had not ended by then
+        checked = step - step % FINISHED_CHECK_EVERY
+        if checked:
+            assert width == int((ended > checked).sum()), f"step {step}"
+    assert widths[-1] < 16

@@ -24,17 +24,22 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
     return logits
 
 
+def gumbel_noise(shape, generator: torch.Generator | None, device) -> torch.Tensor:
+    """Standard Gumbel noise of ``shape`` (float32): ``argmax(logits + noise)`` is a categorical draw
+    from ``softmax(logits)`` (the Gumbel-max trick)."""
+    uniform = torch.rand(shape, generator=generator, device=device, dtype=torch.float32)
+    # -log(U) ~ Exp(1); clamped so that U -> 1 cannot give log(0).
+    return -torch.log((-torch.log(uniform)).clamp_min(1e-20))
+
+
 def gumbel_max(logits: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     """One index per row drawn from ``softmax(logits)`` (B, V), as (B, 1): ``argmax(logits + Gumbel noise)``.
 
-    Exactly a categorical draw (the Gumbel-max trick), and on the CPU about ten times cheaper than
-    ``torch.multinomial`` at a vocabulary of a few hundred, where the sampler's multinomial was an
-    eighth of a GRPO step. Rows of -inf logits (filtered tokens) are never drawn.
+    Exactly a categorical draw, and on the CPU about ten times cheaper than ``torch.multinomial`` at a
+    vocabulary of a few hundred, where the sampler's multinomial was an eighth of a GRPO step. Rows of
+    -inf logits (filtered tokens) are never drawn.
     """
-    uniform = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=torch.float32)
-    # -log(U) ~ Exp(1); clamped so that U -> 1 cannot give log(0).
-    gumbel = -torch.log((-torch.log(uniform)).clamp_min(1e-20))
-    return (logits.float() + gumbel).argmax(-1, keepdim=True)
+    return (logits.float() + gumbel_noise(logits.shape, generator, logits.device)).argmax(-1, keepdim=True)
 
 
 def sample_next_token(
