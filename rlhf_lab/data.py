@@ -188,3 +188,34 @@ def response_logits(model, batch: dict, temperature: float = 1.0) -> torch.Tenso
         logits = model(**inputs).logits[:, p - 1 : -1]
     # Scaled in float32, as the sampler does: in bf16 the two would disagree by up to 0.1 nats.
     return logits.float() / temperature if temperature not in (0, 1) else logits
+
+
+def response_logprobs(model, batch: dict, response_mask: torch.Tensor, temperature: float = 1.0,
+                      entropy_grad: bool | None = None):
+    """Log-probs (B, R) of a shared-layout batch's response tokens, 0 where ``response_mask`` is 0,
+    with only the unmasked positions projected onto the vocabulary
+    (:func:`~rlhf_lab.models.logits.logits_at`): after a rollout, the columns past each response's EOS
+    are most of a batch's response positions.
+
+    With ``entropy_grad`` (True or False) also each position's entropy (B, R), with or without its
+    graph (:func:`~rlhf_lab.ops.sequence.logprobs_and_entropy`). Log-probs are those of the
+    temperature-scaled distribution, scaled in float32 as :func:`response_logits` does.
+    """
+    from rlhf_lab.models.logits import logits_at
+    from rlhf_lab.ops.sequence import logprobs_and_entropy, token_logprobs
+
+    p = batch["prompt_len"]
+    rows, cols = response_mask.nonzero(as_tuple=True)
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "position_ids": batch["position_ids"]}
+    logits = logits_at(model, inputs, rows, cols + p - 1)
+    if temperature not in (0, 1):
+        logits = logits.float() / temperature
+    tokens = batch["input_ids"][rows, cols + p]
+
+    def placed(values: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(response_mask.shape, dtype=values.dtype, device=values.device).index_put((rows, cols), values)
+
+    if entropy_grad is None:
+        return placed(token_logprobs(logits[None], tokens[None])[0])
+    logp, entropy = logprobs_and_entropy(logits[None], tokens[None], entropy_grad)
+    return placed(logp[0]), placed(entropy[0])

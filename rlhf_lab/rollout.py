@@ -15,9 +15,9 @@ from typing import Optional
 
 import torch
 
-from rlhf_lab.data import accepts_logits_to_keep, join, response_logits
+from rlhf_lab.data import accepts_logits_to_keep, join, response_logprobs
 from rlhf_lab.ops.sampling import filter_logits, gumbel_noise
-from rlhf_lab.ops.sequence import position_ids_from_mask, token_logprobs, truncate_after_eos
+from rlhf_lab.ops.sequence import position_ids_from_mask, truncate_after_eos
 
 FINISHED_CHECK_EVERY = 4
 """Tokens between checks that every row has ended: each check is a host sync, an extra step is not."""
@@ -53,6 +53,7 @@ def generate(
     generator: torch.Generator | None = None,
     lockstep: bool = False,
     samples_per_prompt: int = 1,
+    drop_finished: bool = True,
 ) -> Generation:
     """Sample up to ``max_new_tokens`` for each of ``samples_per_prompt`` copies of every prompt (rows
     ``i * k .. i * k + k - 1`` answer prompt ``i``), reusing the KV cache.
@@ -63,7 +64,8 @@ def generate(
     other rows are still running (the noise is drawn for the whole batch every step), so the samples
     are those of a lockstep loop over the repeated prompts on the same seed. ``lockstep``: a sharded
     model gathers its weights with the other ranks in every forward, so every rank takes every step
-    and no row is dropped.
+    and no row is dropped. ``drop_finished=false`` keeps ended rows in the batch until all have ended
+    (the engine before it dropped rows; benchmarks/rollout_throughput.py compares the two).
     """
     k = samples_per_prompt
     rows = prompt_ids.shape[0] * k
@@ -92,7 +94,7 @@ def generate(
             running = (~finished[active]).nonzero().squeeze(1)
             if running.numel() == 0:
                 break
-            if running.numel() < active.numel():  # one host sync decided both
+            if drop_finished and running.numel() < active.numel():  # one host sync decided both
                 active, next_token = active[running], next_token[running]
                 full_mask, position_ids = full_mask[running], position_ids[running]
                 past.batch_select_indices(running)
@@ -247,7 +249,7 @@ def collect_experience(
         prompt_mask = prompt_mask.repeat_interleave(samples_per_prompt, dim=0)
     batch = join(prompt_ids, prompt_mask, gen.response_ids, gen.response_mask)
     mask = gen.response_mask.to(gen.logprobs.dtype)
-    ref_logprobs = token_logprobs(response_logits(reference, batch, sampling.temperature), gen.response_ids) * mask
+    ref_logprobs = response_logprobs(reference, batch, gen.response_mask, sampling.temperature).to(mask.dtype)
     values = None
     if critic is not None:
         p = batch["prompt_len"]

@@ -24,16 +24,13 @@ def build_trainer(cfg: DictConfig, stage: str, run_dir: Path, group: str, on_che
     :param world_size: the run's processes (``check_trainer_config``).
     """
     from lightning.pytorch import Trainer
-    from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
-
     from rlhf_lab.plugin_manager import call_hook
+    from rlhf_lab.progress import progress_bar
 
     t = cfg.trainer
     callbacks = [LastCheckpoint(checkpoint_dir(run_dir, stage), t.checkpoint_every_n_steps, on_checkpoint, resuming)]
-    if t.progress_bar == "rich":
-        callbacks.append(RichProgressBar())
-    elif t.progress_bar == "tqdm":
-        callbacks.append(TQDMProgressBar())
+    if t.progress_bar != "none":
+        callbacks.append(progress_bar(t.progress_bar))
     for extra in call_hook("rlhf_lab_callbacks", cfg=cfg, stage=stage):
         callbacks.extend(extra)
     plugins = []
@@ -159,6 +156,37 @@ def _on_cpu(cfg: DictConfig) -> bool:
     return cfg.trainer.accelerator == "cpu" or (cfg.trainer.accelerator == "auto" and not torch.cuda.is_available())
 
 
+def matmul_gflops(dtype, size: int = 256, repeats: int = 4) -> float:
+    """GFLOP/s of a ``size`` x ``size`` matmul in ``dtype`` on this process's CPU threads."""
+    import time
+
+    import torch
+
+    a, b = torch.randn(size, size).to(dtype), torch.randn(size, size).to(dtype)
+    a @ b
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * size**3 * repeats / max(time.perf_counter() - start, 1e-9) / 1e9
+
+
+def check_cpu_bf16(precision: str) -> None:
+    """Refuse bf16 autocast on a CPU whose bf16 matmul is slower than its fp32 one.
+
+    A CPU with bf16 instructions (AVX-512 BF16, AMX) runs a bf16 matmul about twice as fast as fp32;
+    one without them (AVX2) emulates it, a hundred times slower, and every stage would crawl."""
+    import torch
+
+    from rlhf_lab.errors import RlhfLabError
+
+    bf16, fp32 = matmul_gflops(torch.bfloat16), matmul_gflops(torch.float32)
+    if bf16 < fp32:
+        raise RlhfLabError(
+            f"trainer.precision={precision}: this CPU ({torch.backends.cpu.get_cpu_capability()}) runs bf16 matmuls at "
+            f"{bf16:.1f} GFLOP/s against {fp32:.0f} in fp32 (it has no bf16 instructions); use trainer.precision=32-true"
+        )
+
+
 def check_trainer_config(cfg: DictConfig) -> TrainerPlan:
     """Build a throwaway ``Trainer`` so a bad accelerator, device, precision or strategy fails before any work."""
     from lightning.pytorch import Trainer
@@ -199,6 +227,8 @@ def check_trainer_config(cfg: DictConfig) -> TrainerPlan:
                     logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
         except (MisconfigurationException, ValueError, TypeError, RuntimeError) as exc:
             raise RlhfLabError(f"trainer.strategy={t.strategy}: {exc} (trainer.precision={t.precision})") from None
+    if "bf16" in str(trainer.precision) and type(trainer.accelerator).__name__ == "CPUAccelerator":
+        check_cpu_bf16(t.precision)
     if trainer.world_size > 1 and t.strategy not in MULTI_PROCESS_STRATEGIES:
         # Other launchers (spawn, fork) would start the ranks inside the first fit, past the pipeline's
         # own start of the ranks.

@@ -276,7 +276,8 @@ def test_ppo_entropy_bonus_reaches_the_gradient(monkeypatch):
     mean token entropy."""
     logits = torch.tensor([[[0.2, -0.1, 0.4], [0.0, 0.3, -0.2], [0.1, 0.1, 0.5]],
                            [[-0.3, 0.2, 0.0], [0.4, -0.4, 0.1], [0.0, 0.0, 0.0]]], requires_grad=True)
-    monkeypatch.setattr(ppo_mod, "response_logits", lambda policy, batch, temperature: logits)
+    # The prompt is one token: position j predicts response token j; only unmasked positions are asked for.
+    monkeypatch.setattr("rlhf_lab.models.logits.logits_at", lambda model, inputs, rows, cols: logits[rows, cols])
     grads = {}
     for coef in (0.0, 0.05):
         module, exp = ppo_minibatch_case(coef, logits)
@@ -325,7 +326,7 @@ def test_grpo_minibatch_loss_reports_its_terms(monkeypatch):
     is -mean(A) = -(1 * 3 + (-1) * 2) / 5 = -0.2; with the policy's log-probs -1 and the reference's
     -1.5 on every valid token, k3 = e^(-0.5) - 1 + 0.5."""
     logits = torch.zeros(2, 3, 4)  # uniform over 4 tokens: every log-prob is log(1/4)
-    monkeypatch.setattr(pg_mod, "response_logits", lambda policy, batch, temperature: logits)
+    monkeypatch.setattr("rlhf_lab.models.logits.logits_at", lambda model, inputs, rows, cols: logits[rows, cols])
     cfg = GRPOConfig(total_episodes=4, rollout_batch_size=1, samples_per_prompt=2, minibatch_size=2, kl_coef=0.1)
     module = bare(PolicyGradientModule, cfg=cfg, baseline=None, policy=None)
     logp = math.log(0.25)

@@ -168,3 +168,23 @@ def test_dropped_rows_leave_the_forward_batch():
         if checked:
             assert width == int((ended > checked).sum()), f"step {step}"
     assert widths[-1] < 16
+
+
+@pytest.mark.parametrize("bf16_gflops, refused", [(1.0, True), (400.0, False)])
+def test_bf16_autocast_is_refused_on_a_cpu_that_emulates_it(monkeypatch, bf16_gflops, refused):
+    from omegaconf import OmegaConf
+
+    from rlhf_lab import training
+    from rlhf_lab.errors import RlhfLabError
+
+    monkeypatch.setattr(training, "matmul_gflops", lambda dtype, **_: bf16_gflops if dtype == torch.bfloat16 else 180.0)
+    cfg = OmegaConf.create({"trainer": {"accelerator": "cpu", "devices": 1, "strategy": "auto", "precision": "bf16-mixed"},
+                            "model": {"lora": {"r": 0}}})
+    if refused:
+        with pytest.raises(RlhfLabError, match=r"trainer.precision=bf16-mixed: .* 1.0 GFLOP/s against 180 in fp32 .* use trainer.precision=32-true"):
+            training.check_trainer_config(cfg)
+    else:
+        assert training.check_trainer_config(cfg).world_size == 1
+    cfg.trainer.precision = "32-true"  # fp32 never asks
+    monkeypatch.setattr(training, "matmul_gflops", lambda *a, **k: pytest.fail("fp32 measured nothing"))
+    training.check_trainer_config(cfg)

@@ -17,13 +17,12 @@ import torch
 from rlhf_lab.algos.a2c_config import A2CConfig
 from rlhf_lab.algos.inputs import AlgoInputs
 from rlhf_lab.algos.on_policy import OnPolicyModule, build_critic
-from rlhf_lab.data import response_logits
+from rlhf_lab.data import response_logprobs
 from rlhf_lab.ops.advantages import gae, nstep_returns
 from rlhf_lab.ops.kl import kl_k1
 from rlhf_lab.ops.losses import explained_variance
 from rlhf_lab.ops.masked import masked_mean, masked_whiten
 from rlhf_lab.ops.rewards import kl_penalised_token_rewards
-from rlhf_lab.ops.sequence import logprobs_and_entropy
 from rlhf_lab.rollout import Experience
 
 
@@ -63,8 +62,7 @@ class A2CModule(OnPolicyModule):
         values = self.critic(batch["input_ids"], batch["attention_mask"], batch["position_ids"])[:, p - 1 : -1]
         exp.values = values.detach() * mask
         advantages, returns = self.advantages(exp)
-        logits = response_logits(self.policy, batch, cfg.sampling.temperature)
-        logprobs, entropy = logprobs_and_entropy(logits, batch["input_ids"][:, p:], entropy_grad=cfg.ent_coef > 0)
+        logprobs, entropy = response_logprobs(self.policy, batch, mask, cfg.sampling.temperature, entropy_grad=cfg.ent_coef > 0)
         out = a2c_loss(logprobs, advantages, values, returns, entropy, mask, cfg.vf_coef, cfg.ent_coef)
         out["losses/grad_norm"] = self.optimise(out.pop("loss"))
         out["losses/explained_variance"] = explained_variance(exp.values, returns, mask)

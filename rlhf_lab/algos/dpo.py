@@ -4,7 +4,9 @@ Offline: no sampling, no reward model. The data are the preference records of th
 annotators' or a dataset's); a K-wise ranking gives all its K-choose-2 pairs. One training step:
 
 1. chosen and rejected responses of a batch of pairs go through the policy in one concatenated
-   forward; each response's log-prob is summed over its tokens (averaged for SimPO);
+   forward, each as one right-padded sequence with its prompt, only the response positions
+   projected onto the vocabulary; each response's log-prob is summed over its tokens (averaged for
+   SimPO); with ``algo.group_by_length`` a batch holds pairs of similar length;
 2. the reference's log-probs were computed once for every pair before training (the reference is
    frozen, so recomputing them each step would only cost time);
 3. the loss named by ``algo.loss`` is a small pure function of those log-probs
@@ -23,10 +25,10 @@ from torch.utils.data import DataLoader
 
 from rlhf_lab.algos.dpo_config import DPOConfig
 from rlhf_lab.algos.inputs import AlgoInputs
-from rlhf_lab.data import collate_pairs, encode_prompt, record_response_ids, response_logits
+from rlhf_lab.data import collate_demonstrations, encode_prompt, record_response_ids
 from rlhf_lab.errors import DataError, check_finite
 from rlhf_lab.ops.preference import dpo_sigmoid_loss, implicit_rewards, ipo_loss, simpo_loss
-from rlhf_lab.ops.sequence import token_logprobs
+from rlhf_lab.models.logits import logits_at
 from rlhf_lab.policy import ModelPolicy
 from rlhf_lab.resume import ResumableModule, shuffled_loader
 from rlhf_lab.sharding import ShardedTraining
@@ -77,18 +79,22 @@ def preference_pairs(records, tokenizer) -> list[tuple[list[int], list[int], lis
 
 
 def collate_concatenated(pairs, pad_id: int) -> dict:
-    """One batch of 2B rows: the B chosen responses, then the B rejected ones, in the shared layout."""
+    """One batch of 2B rows: the B chosen responses, then the B rejected ones, each after its prompt
+    (:func:`~rlhf_lab.data.collate_demonstrations`)."""
     prompts = [p for p, _, _ in pairs] * 2
     responses = [c for _, c, _ in pairs] + [r for _, _, r in pairs]
-    return collate_pairs(prompts, responses, pad_id)
+    return collate_demonstrations(prompts, responses, pad_id)
 
 
 def sequence_logps(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """(summed log-prob, token count) of each row's response."""
-    p = batch["prompt_len"]
-    mask = batch["attention_mask"][:, p:]
-    logp = token_logprobs(response_logits(model, batch), batch["input_ids"][:, p:])
-    return (logp * mask).sum(1), mask.sum(1)
+    """(summed log-prob, token count) of each row's response; only the response positions' logits
+    are computed."""
+    inputs = {key: batch[key] for key in ("input_ids", "attention_mask", "position_ids")}
+    logits = logits_at(model, inputs, batch["target_rows"], batch["target_cols"])
+    logp = -torch.nn.functional.cross_entropy(logits.float(), batch["targets"], reduction="none")
+    rows = batch["input_ids"].shape[0]
+    summed = torch.zeros(rows, dtype=logp.dtype, device=logp.device).index_add(0, batch["target_rows"], logp)
+    return summed, torch.bincount(batch["target_rows"], minlength=rows)
 
 
 def split_pairs(logps: torch.Tensor, lengths: torch.Tensor) -> PairLogps:
@@ -126,7 +132,8 @@ class DPOModule(ShardedTraining, ResumableModule, pl.LightningModule):
             batch["index"] = torch.tensor(indices)
             return batch
 
-        return shuffled_loader(range(len(pairs)), self.cfg.batch_size, collate, shuffle, self.inputs.seed)
+        lengths = [len(p) + max(len(c), len(r)) for p, c, r in pairs] if self.cfg.group_by_length else None
+        return shuffled_loader(range(len(pairs)), self.cfg.batch_size, collate, shuffle, self.inputs.seed, lengths=lengths)
 
     def train_dataloader(self) -> DataLoader:
         return self.resumable(self._loader("train", shuffle=True))

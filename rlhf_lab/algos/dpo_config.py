@@ -37,6 +37,9 @@ class DPOConfig:
     max_steps: Optional[int] = None
     """Stop after this many gradient steps, or at the end of ``epochs``, whichever comes first (null:
     ``epochs`` alone). On real data an epoch can take hours: this bounds a run without shrinking the data."""
+    group_by_length: bool = True
+    """Fill each batch with pairs of similar length (as ``sft.group_by_length``): far less padding on
+    real data; every pair is still seen once an epoch. false: plain shuffled batches."""
 
     def __post_init__(self) -> None:
         if self.loss not in DPO_LOSSES:

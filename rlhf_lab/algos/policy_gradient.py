@@ -22,13 +22,12 @@ import torch
 from rlhf_lab.algos.inputs import AlgoInputs
 from rlhf_lab.algos.on_policy import OnPolicyModule
 from rlhf_lab.algos.policy_gradient_config import PolicyGradientConfig
-from rlhf_lab.data import response_logits
+from rlhf_lab.data import response_logprobs
 from rlhf_lab.ops.advantages import broadcast_to_tokens, ema_baseline, grpo_advantages, rloo_advantages
 from rlhf_lab.ops.kl import kl_k1, kl_k3
 from rlhf_lab.ops.losses import ppo_policy_loss
 from rlhf_lab.ops.masked import masked_mean
 from rlhf_lab.ops.rewards import kl_penalised_sequence_rewards
-from rlhf_lab.ops.sequence import token_logprobs
 from rlhf_lab.rollout import Experience
 
 
@@ -69,9 +68,8 @@ class PolicyGradientModule(OnPolicyModule):
     def minibatch_loss(self, exp: Experience, advantages: torch.Tensor, idx: torch.Tensor) -> dict[str, torch.Tensor]:
         cfg = self.cfg
         batch, width = exp.rows(idx)
-        p = batch["prompt_len"]
         mask = exp.response_mask[idx, :width]
-        logprobs = token_logprobs(response_logits(self.policy, batch, cfg.sampling.temperature), batch["input_ids"][:, p:])
+        logprobs = response_logprobs(self.policy, batch, mask, cfg.sampling.temperature)
         pg = ppo_policy_loss(logprobs, exp.logprobs[idx, :width], advantages[idx, :width], mask, cfg.clip_range)
         out = {"losses/policy_loss": pg.loss.detach(), "losses/approx_kl": pg.approx_kl, "losses/clipfrac": pg.clipfrac}
         loss = pg.loss

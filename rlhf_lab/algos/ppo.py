@@ -21,13 +21,12 @@ from rlhf_lab.algos.inputs import AlgoInputs
 from rlhf_lab.algos.kl_control import build_kl_controller
 from rlhf_lab.algos.on_policy import OnPolicyModule, build_critic
 from rlhf_lab.algos.ppo_config import PPOConfig
-from rlhf_lab.data import response_logits
+from rlhf_lab.data import response_logprobs
 from rlhf_lab.ops.advantages import gae
 from rlhf_lab.ops.kl import kl_k1
 from rlhf_lab.ops.losses import clipped_value_loss, explained_variance, ppo_policy_loss
 from rlhf_lab.ops.masked import masked_mean, masked_whiten
 from rlhf_lab.ops.rewards import kl_penalised_token_rewards
-from rlhf_lab.ops.sequence import logprobs_and_entropy
 from rlhf_lab.rollout import Experience
 
 
@@ -61,8 +60,7 @@ class PPOModule(OnPolicyModule):
         batch, width = exp.rows(idx)
         p = batch["prompt_len"]
         mask = exp.response_mask[idx, :width]
-        logits = response_logits(self.policy, batch, cfg.sampling.temperature)
-        logprobs, entropy = logprobs_and_entropy(logits, batch["input_ids"][:, p:], entropy_grad=cfg.ent_coef > 0)
+        logprobs, entropy = response_logprobs(self.policy, batch, mask, cfg.sampling.temperature, entropy_grad=cfg.ent_coef > 0)
         values = self.critic(batch["input_ids"], batch["attention_mask"], batch["position_ids"])[:, p - 1 : -1]
         pg = ppo_policy_loss(logprobs, exp.logprobs[idx, :width], advantages[idx, :width], mask, cfg.clip_range)
         vf_loss, vf_clipfrac = clipped_value_loss(values, exp.values[idx, :width], returns[idx, :width], mask, cfg.value_clip_range)

@@ -1,0 +1,431 @@
+"""rlhf_lab's trainers where users live: HH-like lengths and a ladder of model shapes.
+
+The toy task's figures (trl_comparison.py) measure overhead on ten-token sequences. This script
+measures the work per real token at the lengths of Anthropic's HH-RLHF dialogues, on models built
+here (nothing is downloaded):
+
+- **Data**: a synthetic corpus shaped like HH-RLHF's harmless-base split: dialogues of 1-4 turns,
+  prompts of about 100-500 tokens (median ~250), responses of about 20-250 (median ~70), words drawn
+  from a Zipf vocabulary of made-up words, so the lengths are real and the content is not. A
+  byte-level BPE tokenizer (8000 tokens) is trained on it.
+- **Shapes** (GPT-2 blocks with this vocabulary): ``1m`` 4 x 96, ``25m`` 6 x 512, ``125m`` 12 x 768
+  (GPT-2 small's blocks; 92M parameters with this vocabulary).
+- **Trainers**: ``sft``, ``reward`` (pairwise, shared prompts), ``dpo``, each for a few optimiser
+  steps through the same Lightning module the pipeline trains; ``rollout``: GRPO-style sampling of
+  k = 8 responses to each of 8 prompts of ~300 tokens, the engine as it is against the engine before
+  it (every sample prefilled its prompt, ended rows stayed in the batch); ``grpo``: whole GRPO steps.
+  The untrained models end a response with probability 1/80 a token (planted in the final layer
+  norm's bias), so rollouts end at realistic, varied lengths.
+
+Printed per (shape, trainer): seconds per step, samples/s, real tokens/s, the useful GFLOP/s (6 x
+block parameters x real tokens + causal attention + the output layer where a loss reads it) as a
+share of this machine's measured matmul peak in the precision the trainers run in (both peaks are
+printed; a CPU without bf16 instructions runs bf16 a hundred times slower than fp32), and the peak growth of resident memory
+during training beside the pre-flight estimate (weights, gradients and AdamW state; activations are
+not in it). Each (shape, trainer) runs in a fresh process. Nothing is asserted.
+
+    python benchmarks/real_lengths.py                                # 1m and 25m, every trainer
+    python benchmarks/real_lengths.py --shapes 125m --what sft,dpo --steps 3
+    python benchmarks/real_lengths.py --shapes 1m --what sft --variants   # SFT with each speed option off in turn
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+SHAPES = {"1m": (4, 96, 4), "25m": (6, 512, 8), "125m": (12, 768, 12)}
+"""name -> (layers, width, heads) of a GPT-2 (1024 positions, as GPT-2's)."""
+WHAT = ("sft", "reward", "dpo", "rollout", "grpo")
+BATCH = {"sft": 32, "reward": 16, "dpo": 16, "rollout": 8, "grpo": 8}
+"""Demonstrations, preference records or pairs per step; prompts per rollout (rollout, grpo)."""
+SAMPLES_PER_PROMPT, MAX_NEW_TOKENS, STOP_PROBABILITY = 8, 256, 1 / 80
+TRAIN_POSITIONS, POSITIONS, VOCAB, SEED = 512, 1024, 8000, 0
+"""Training records are cut to 512 tokens (prompts from the left), as a user with a 512-position model
+would (``data.truncate=true``); rollouts of 300-token prompts and 256 new tokens need more."""
+OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "WANDB_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false"}
+
+
+# --- data and models (parent process) -------------------------------------------------------------------
+
+
+def _words(rng: random.Random, vocabulary: list[str], weights: list[float], n: int) -> str:
+    return " ".join(rng.choices(vocabulary, weights, k=n))
+
+
+def make_dialogues(n: int, seed: int) -> list[dict]:
+    """HH-shaped records: ``prompt`` (the dialogue up to the last "Assistant:"), ``chosen`` and ``rejected``."""
+    rng = random.Random(seed)
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    vocabulary = sorted({"".join(rng.choices(letters, k=rng.randint(2, 9))) for _ in range(6000)})
+    weights = [1.0 / (rank + 1) for rank in range(len(vocabulary))]  # Zipf
+    records = []
+    for _ in range(n):
+        turns = rng.choice([1, 1, 2, 2, 3, 4])
+        budget = int(rng.lognormvariate(math.log(330), 0.5))  # words before the last answer
+        parts = []
+        for turn in range(turns):
+            share = max(4, budget // turns)
+            parts.append(f"\n\nHuman: {_words(rng, vocabulary, weights, max(3, share // 3))}")
+            if turn < turns - 1:
+                parts.append(f"\n\nAssistant: {_words(rng, vocabulary, weights, share - share // 3)}")
+        prompt = "".join(parts) + "\n\nAssistant:"
+        answers = [_words(rng, vocabulary, weights, min(200, max(3, int(rng.lognormvariate(math.log(55), 0.6))))) for _ in range(2)]
+        records.append({"prompt": prompt, "chosen": answers[0], "rejected": answers[1]})
+    return records
+
+
+def build_tokenizer(records: list[dict], out: Path):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=VOCAB, special_tokens=["<eos>", "<pad>"], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator([r["prompt"] + " " + r["chosen"] for r in records], trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", bos_token="<eos>", pad_token="<pad>")
+    tokenizer.save_pretrained(out)
+    return tokenizer
+
+
+def build_model(shape: str, tokenizer, out: Path) -> None:
+    """A fresh GPT-2 of ``shape`` whose responses end with probability ``STOP_PROBABILITY`` a token.
+
+    Its logits are nearly uniform; the final layer norm's bias gets a direction that the EOS row of
+    the (tied) output layer reads, raising EOS's logit by ``log(p (V - 1) / (1 - p))``; a short EOS row
+    keeps the hidden state's own noise on that logit small (std 0.5)."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    layers, width, heads = SHAPES[shape]
+    torch.manual_seed(SEED)
+    config = GPT2Config(vocab_size=len(tokenizer), n_positions=POSITIONS, n_embd=width, n_layer=layers, n_head=heads,
+                        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    model = GPT2LMHeadModel(config)
+    boost = math.log(STOP_PROBABILITY * (len(tokenizer) - 1) / (1 - STOP_PROBABILITY))
+    with torch.no_grad():
+        direction = torch.randn(width)
+        direction /= direction.norm()
+        model.transformer.ln_f.bias.copy_(direction * boost / 0.5)
+        model.transformer.wte.weight[tokenizer.eos_token_id] = direction * 0.5
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+def prepare(root: Path, shapes: list[str], records: int) -> dict:
+    from rlhf_lab.records import PreferenceRecord, write_jsonl
+
+    data = make_dialogues(records, SEED)
+    tokenizer = build_tokenizer(data, root / "tokenizer")
+    for record in data:  # prompts cut from the left until prompt + the longer response fit the training positions
+        response = max(len(tokenizer(" " + record[k])["input_ids"]) + 1 for k in ("chosen", "rejected"))
+        words = record["prompt"].split(" ")
+        while len(tokenizer(" ".join(words))["input_ids"]) + response > TRAIN_POSITIONS:
+            words = words[10:]
+        record["prompt"] = " ".join(words)
+    for shape in shapes:
+        build_model(shape, tokenizer, root / shape)
+    (root / "prefs").mkdir()
+    prefs = [PreferenceRecord(prompt=r["prompt"], responses=[r["chosen"], r["rejected"]], ranking=[0, 1]) for r in data]
+    write_jsonl(prefs[:-8], root / "prefs" / "train.jsonl")
+    write_jsonl(prefs[-8:], root / "prefs" / "heldout.jsonl")
+    (root / "data.json").write_text(json.dumps(data))
+    prompt_tokens = sorted(len(tokenizer(r["prompt"])["input_ids"]) for r in data)
+    response_tokens = sorted(len(tokenizer(" " + r["chosen"])["input_ids"]) + 1 for r in data)
+    return {"prompt_tokens": _quantiles(prompt_tokens), "response_tokens": _quantiles(response_tokens)}
+
+
+def _quantiles(values: list[int]) -> str:
+    q = statistics.quantiles(values, n=10)
+    return f"min {values[0]}, median {statistics.median(values):.0f}, p90 {q[-1]:.0f}, max {values[-1]}"
+
+
+# --- one measurement (worker process) -------------------------------------------------------------------
+
+
+class PeakRSS:
+    """Peak growth of resident memory while the block runs (polled in a thread)."""
+
+    def __enter__(self):
+        import psutil
+
+        self._process = psutil.Process()
+        self._start = self._peak = self._process.memory_info().rss
+        self._done = threading.Event()
+
+        def poll():
+            while not self._done.wait(0.005):
+                self._peak = max(self._peak, self._process.memory_info().rss)
+
+        self._thread = threading.Thread(target=poll, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._done.set()
+        self._thread.join()
+        self.mb = (self._peak - self._start) / 2**20
+
+
+class StepTimer:
+    """A Lightning callback: wall time and real tokens of each training step after the first."""
+
+    def __init__(self, tokens_of) -> None:
+        from lightning.pytorch import Callback
+
+        timer = self
+
+        class _Callback(Callback):
+            def on_train_batch_start(self, trainer, module, batch, batch_idx):
+                timer._start = time.perf_counter()
+
+            def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+                if batch_idx > 0:  # the first step pays for allocation and kernel selection
+                    timer.seconds.append(time.perf_counter() - timer._start)
+                    timer.tokens.append(tokens_of(batch))
+
+        self.callback, self.seconds, self.tokens = _Callback(), [], []
+
+
+def _trainer(steps: int, callback, precision: str):
+    from lightning.pytorch import Trainer
+
+    return Trainer(accelerator="cpu", devices=1, precision=precision, logger=False, enable_checkpointing=False,
+                   enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
+                   max_steps=steps, max_epochs=1000, callbacks=[callback])
+
+
+def _inputs(root: Path, shape: str, **extra):
+    from rlhf_lab.algos.inputs import AlgoInputs
+    from rlhf_lab.models.loading import load_policy, load_tokenizer
+
+    data = json.loads((root / "data.json").read_text())
+    return AlgoInputs(sft=root / shape, reference=load_policy(str(root / shape)).eval().requires_grad_(False),
+                      tokenizer=load_tokenizer(str(root / shape)), prompts=[r["prompt"] for r in data], seed=SEED, **extra)
+
+
+def _real_tokens(batch) -> tuple[int, int]:
+    """(real tokens, tokens whose logits a loss reads) of a training batch."""
+    return int(batch["attention_mask"].sum()), int(batch["targets"].numel())
+
+
+def measure(root: Path, shape: str, what: str, steps: int, variant: dict, precision: str) -> dict:
+    import torch
+
+    from rlhf_lab.models.loading import disable_dropout, load_policy, load_tokenizer
+
+    torch.manual_seed(SEED)
+    tokenizer = load_tokenizer(str(root / shape))
+    data = json.loads((root / "data.json").read_text())
+    batch = BATCH[what]
+    if what == "rollout":
+        return measure_rollout(root, shape, tokenizer, data, variant)
+    if what == "sft":
+        from rlhf_lab.stages.sft import SFTModule, demonstration_loader, tokenize_demonstrations
+
+        examples = tokenize_demonstrations(tokenizer, [(r["prompt"], r["chosen"]) for r in data])
+        loader = demonstration_loader(examples, tokenizer.pad_token_id, batch, True, SEED, group_by_length=variant.get("group_by_length", True))
+        model = load_policy(str(root / shape))
+        if variant.get("disable_dropout", True):
+            disable_dropout(model)
+        module, tokens_of = SFTModule(model, lr=1e-4, weight_decay=0.0, train_loader=loader), _real_tokens
+    elif what == "dpo":
+        from rlhf_lab.algos.dpo import DPOModule
+        from rlhf_lab.algos.dpo_config import DPOConfig
+
+        config = DPOConfig(beta=0.1, lr=1e-5, batch_size=batch, group_by_length=variant.get("group_by_length", True))
+        module, tokens_of = DPOModule(config, _inputs(root, shape, preferences=root / "prefs")), _real_tokens
+    elif what == "reward":
+        from rlhf_lab.models.loading import load_value_model
+        from rlhf_lab.records import read_jsonl
+        from rlhf_lab.rewards.configs import PairwiseRewardConfig
+        from rlhf_lab.rewards.pairwise import PairwiseObjective
+        from rlhf_lab.stages.reward import RewardModule, record_loader
+
+        objective = PairwiseObjective(PairwiseRewardConfig())
+        model = load_value_model(str(root / shape))
+        disable_dropout(model)
+        loader = record_loader(read_jsonl(root / "prefs" / "train.jsonl"), objective, tokenizer, batch, True, SEED, True)
+        module = RewardModule(model, objective, lr=1e-5, weight_decay=0.0, train_loader=loader)
+        tokens_of = lambda b: (int((b["segment_ids"] >= 0).sum()), 0)  # noqa: E731
+    elif what == "grpo":
+        from rlhf_lab.algos.policy_gradient import PolicyGradientModule
+        from rlhf_lab.algos.policy_gradient_config import GRPOConfig
+        from rlhf_lab.config import SamplingConfig
+        from rlhf_lab.rewards.function import RuleReward
+        from rlhf_lab.rewards.rules import word_count
+
+        inputs = _inputs(root, shape)
+        inputs.reward = RuleReward(word_count, inputs.tokenizer, {"target": 50})
+        config = GRPOConfig(lr=1e-5, kl_coef=0.05, rollout_batch_size=batch, samples_per_prompt=SAMPLES_PER_PROMPT,
+                            minibatch_size=batch * SAMPLES_PER_PROMPT, total_episodes=steps * batch * 4, missing_eos_penalty=None,
+                            sampling=SamplingConfig(max_new_tokens=MAX_NEW_TOKENS))
+        module = PolicyGradientModule(config, inputs)
+        tokens_of = lambda b: (0, 0)  # noqa: E731  (a rollout's tokens are counted by the module; figures per sample)
+    else:
+        raise ValueError(what)
+    timer = StepTimer(tokens_of)
+    with PeakRSS() as memory:
+        _trainer(steps + 1, timer.callback, precision).fit(module)
+    seconds = statistics.median(timer.seconds)
+    samples = batch * (SAMPLES_PER_PROMPT if what == "grpo" else 1)
+    real, read = (sum(t[0] for t in timer.tokens) / len(timer.tokens), sum(t[1] for t in timer.tokens) / len(timer.tokens))
+    return {"seconds": seconds, "samples_per_s": samples / seconds, "tokens_per_s": real / seconds,
+            "gflops": useful_flops(root / shape, real, read, what) / seconds / 1e9 if real else None, "peak_mb": memory.mb}
+
+
+def measure_rollout(root: Path, shape: str, tokenizer, data: list[dict], variant: dict) -> dict:
+    """k samples of each of ``BATCH['rollout']`` prompts of about 300 tokens: the engine, or the one before it."""
+    import torch
+
+    from rlhf_lab.data import encode_prompt, pad_left
+    from rlhf_lab.models.loading import load_policy
+    from rlhf_lab.rollout import generate
+
+    model = load_policy(str(root / shape)).eval()
+    near_300 = sorted(data, key=lambda r: abs(len(encode_prompt(tokenizer, r["prompt"])) - 300))[: BATCH["rollout"]]
+    ids, mask = pad_left([encode_prompt(tokenizer, r["prompt"]) for r in near_300], tokenizer.pad_token_id)
+    k, before = SAMPLES_PER_PROMPT, variant.get("engine") == "before"
+    if before:  # every sample prefills its own copy of the prompt; ended rows stay until all have ended
+        ids, mask = ids.repeat_interleave(k, 0), mask.repeat_interleave(k, 0)
+    runs = []
+    with PeakRSS() as memory:
+        for repeat in range(3):
+            generator = torch.Generator().manual_seed(repeat)
+            start = time.perf_counter()
+            gen = generate(model, ids, mask, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                           max_new_tokens=MAX_NEW_TOKENS, generator=generator, samples_per_prompt=1 if before else k,
+                           drop_finished=not before)
+            runs.append((time.perf_counter() - start, int(gen.response_mask.sum())))
+    seconds, tokens = statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
+    return {"seconds": seconds, "samples_per_s": BATCH["rollout"] * k / seconds, "tokens_per_s": tokens / seconds,
+            "gflops": None, "peak_mb": memory.mb}
+
+
+def useful_flops(model_dir: Path, real_tokens: float, read_tokens: float, what: str) -> float:
+    """FLOPs of one training step's useful work: 6 x block parameters x real tokens, causal attention
+    at the data's mean length, the output layer at the tokens a loss reads (forward and backward)."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model_dir)
+    d, layers, vocab = config.n_embd, config.n_layer, config.vocab_size
+    block = 12 * d * d * layers
+    mean_length = 350  # prompt + response of a typical record here; attention is a small term at these widths
+    attention = 6 * layers * d * mean_length * real_tokens  # QK^T and AV, causal half, x3 for the backward
+    head = 6 * d * vocab * read_tokens if what in ("sft", "dpo") else 0
+    if what == "dpo":  # the reference's log-probs were computed before training: no extra forward per step
+        pass
+    return 6 * block * real_tokens + attention + head
+
+
+def matmul_peak(dtype, size: int = 1024, seconds: float = 1.0) -> float:
+    """Measured GFLOP/s of a square matmul in ``dtype`` on this machine's threads, for about ``seconds``
+    (a CPU without bf16 instructions runs bf16 matmuls a hundred times slower than fp32)."""
+    import torch
+
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    a @ b
+    start, n = time.perf_counter(), 0
+    while time.perf_counter() - start < seconds:
+        a @ b
+        n += 1
+    return 2 * size**3 * n / (time.perf_counter() - start) / 1e9
+
+
+def estimate_mb(model_dir: Path, what: str) -> float:
+    """The pre-flight estimate (rlhf_lab.memory) of the stage's weights, gradients and AdamW state."""
+    from rlhf_lab import memory
+
+    parameters, trainable = memory.count_parameters(str(model_dir))
+    if what in ("sft", "reward"):
+        return memory.estimate(parameters, trainable, "float32", reference=False, reward_model=False, critic=False).total / 2**20
+    if what == "rollout":
+        return parameters * 4 / 2**20
+    return memory.estimate(parameters, trainable, "float32", reference=True, reward_model=False, critic=False).total / 2**20
+
+
+# --- the table ------------------------------------------------------------------------------------------
+
+
+def run_worker(root: str, shape: str, what: str, steps: int, variant: dict, precision: str) -> dict:
+    command = [sys.executable, os.path.abspath(__file__), "--worker", json.dumps([shape, what, steps, variant, precision]), "--root", root]
+    proc = subprocess.run(command, capture_output=True, text=True, env={**os.environ, **OFFLINE})
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith("RESULT "):
+            return json.loads(line[len("RESULT "):])
+    return {"failed": f"exit {proc.returncode}: {(proc.stderr.strip().splitlines() or ['no output'])[-1]}"}
+
+
+def variants(what: str, all_variants: bool) -> list[tuple[str, dict]]:
+    if what == "rollout":
+        return [("engine", {}), ("engine before", {"engine": "before"})]
+    if not all_variants or what not in ("sft", "dpo"):
+        return [("defaults", {})]
+    rows = [("defaults", {}), ("group_by_length=false", {"group_by_length": False})]
+    return rows + ([("disable_dropout=false", {"disable_dropout": False})] if what == "sft" else [])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shapes", default="1m,25m", help=f"comma-separated subset of {','.join(SHAPES)}")
+    parser.add_argument("--what", default=",".join(WHAT), help=f"comma-separated subset of {','.join(WHAT)}")
+    parser.add_argument("--steps", type=int, default=4, help="timed optimiser steps per run (after one warm-up step)")
+    parser.add_argument("--records", type=int, default=600, help="synthetic HH-like records")
+    parser.add_argument("--precision", default="32-true", help="Lightning precision of the training runs (32-true, bf16-mixed)")
+    parser.add_argument("--variants", action="store_true", help="also run SFT and DPO with each speed option off in turn")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--root", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    os.environ.update(OFFLINE)
+    if args.worker:
+        import logging
+        import warnings
+
+        warnings.filterwarnings("ignore")
+        logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+        shape, what, steps, variant, precision = json.loads(args.worker)
+        print("RESULT " + json.dumps(measure(Path(args.root), shape, what, steps, variant, precision)), flush=True)
+        return
+    import torch
+
+    shapes, whats = args.shapes.split(","), args.what.split(",")
+    for name, known, given in (("--shapes", SHAPES, shapes), ("--what", WHAT, whats)):
+        if set(given) - set(known):
+            parser.error(f"{name}: unknown {', '.join(sorted(set(given) - set(known)))}; choose from {','.join(known)}")
+    peak32, peak16 = matmul_peak(torch.float32), matmul_peak(torch.bfloat16)
+    peak = peak16 if "bf16" in args.precision else peak32  # %peak: of the precision the trainers run in
+    with tempfile.TemporaryDirectory(prefix="rlhf_lab_real_lengths_") as root:
+        lengths = prepare(Path(root), shapes, args.records)
+        print(f"threads={torch.get_num_threads()} torch={torch.__version__} precision={args.precision} steps={args.steps} "
+              f"batch={ {w: BATCH[w] for w in whats} } k={SAMPLES_PER_PROMPT} max_new_tokens={MAX_NEW_TOKENS} "
+              f"cpu={torch.backends.cpu.get_cpu_capability()}")
+        print(f"matmul peak: fp32 {peak32:.0f} GFLOP/s, bf16 {peak16:.1f} GFLOP/s")
+        print(f"prompt tokens: {lengths['prompt_tokens']}; response tokens: {lengths['response_tokens']}\n", flush=True)
+        print(f"{'shape':6s} {'trainer':8s} {'variant':22s} {'s/step':>8s} {'samples/s':>10s} {'tokens/s':>9s} "
+              f"{'GFLOP/s':>8s} {'%peak':>7s} {'peak MB':>8s} {'estimate MB':>11s}", flush=True)
+        for shape in shapes:
+            for what in whats:
+                for name, variant in variants(what, args.variants):
+                    r = run_worker(root, shape, what, args.steps, variant, args.precision)
+                    if "failed" in r:
+                        print(f"{shape:6s} {what:8s} {name:22s} failed: {r['failed']}", flush=True)
+                        continue
+                    flops = f"{r['gflops']:8.1f} {100 * r['gflops'] / peak:6.0f}%" if r["gflops"] else f"{'-':>8s} {'-':>7s}"
+                    print(f"{shape:6s} {what:8s} {name:22s} {r['seconds']:8.2f} {r['samples_per_s']:10.2f} {r['tokens_per_s']:9.0f} "
+                          f"{flops} {r['peak_mb']:8.0f} {estimate_mb(Path(root) / shape, what):11.0f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
