@@ -9,7 +9,7 @@ model loading or data preparation. Nothing is asserted. Needs the bench extra:
 
     pip install -e ".[bench]"
     python benchmarks/trl_comparison.py                                  # dpo,reward,grpo,rloo,ppo
-    python benchmarks/trl_comparison.py --what dpo,grpo --steps 20 --repeats 3
+    python benchmarks/trl_comparison.py --what dpo,grpo --steps 60 --repeats 3
 
 TRL removed its PPOTrainer after 1.12 (last in ``trl.experimental.ppo``). For PPO, give the Python of
 a second environment with ``trl==1.12.0`` (and rlhf_lab) installed; without it, PPO vs TRL is skipped:
@@ -77,6 +77,49 @@ class Run:
             use_cpu=self.device == "cpu", seed=SEED, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
         )
         return {**common, **overrides}
+
+
+SHARED_DIFFERENCES = [
+    "activation: rlhf_lab runs GPT-2's tanh GELU as torch's one kernel (models.loading.fuse_activations, the same "
+    "function to rounding); TRL loads the model with plain from_pretrained",
+    "loop: Lightning's Trainer (rlhf_lab) and transformers' Trainer (TRL); on both, fp32, AdamW with a constant "
+    "learning rate, no warm-up and no weight decay",
+]
+DIFFERENCES = {
+    "dpo": [
+        "reference log-probs: rlhf_lab computes them once before training, TRL at every step "
+        "(precompute_ref_log_probs=False): over one epoch the same number of reference forwards",
+        "batches: rlhf_lab puts each response after its prompt as one sequence, projects only response positions onto "
+        "the vocabulary, and groups pairs of similar length (algo.group_by_length); TRL pads prompt and response "
+        "apart (padding_free=False, its default)",
+        "dropout: off on both sides (rlhf_lab's DPO always; TRL's disable_dropout=True, its default)",
+    ],
+    "reward": [
+        "batches: rlhf_lab forwards each record's prompt once with both responses after it (reward.share_prompt, a "
+        "block mask, the same scores); TRL forwards chosen and rejected as two sequences",
+        "dropout: kept on both sides here (GPT-2's 0.1; TRL disable_dropout=False), though both turn it off by default",
+        "gradient clipping: none on either side (TRL max_grad_norm=0)",
+    ],
+    "grpo": [
+        "rollout: rlhf_lab prefills each prompt once for its k samples and drops ended rows (rlhf_lab.rollout); TRL "
+        "samples with transformers' generate",
+        "KL: TRL's use_bias_correction_kl=True (its default) multiplies the k3 term by the importance ratio, which is "
+        "1 with one update per rollout (num_iterations=1): the same loss, a few more operations on TRL's side",
+        "AdamW eps: 1e-5 on both sides (TRL adam_epsilon=1e-5)",
+    ],
+    "rloo": [
+        "rollout: rlhf_lab prefills each prompt once for its k samples and drops ended rows (rlhf_lab.rollout); TRL "
+        "samples with transformers' generate",
+        "AdamW eps: 1e-5 on both sides (TRL adam_epsilon=1e-5)",
+    ],
+    "ppo": [
+        "gradient clipping: rlhf_lab clips policy and critic gradients to norm 1.0 (algo.max_grad_norm); TRL 1.12's "
+        "PPOTrainer clips none (work on rlhf_lab's side only)",
+        "rollout: rlhf_lab's sampler drops ended rows; TRL samples with transformers' generate",
+        "TRL's PPOTrainer calls gc.collect() every update unless --trl-without-gc",
+    ],
+}
+"""Every setting in which the two sides of a comparison differ, printed with the table."""
 
 
 class Skip(Exception):
@@ -486,7 +529,8 @@ def print_table(whats: list[str], results: dict) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--what", default=",".join(COMPARISONS), help=f"comma-separated subset of {','.join(COMPARISONS)}")
-    parser.add_argument("--steps", type=int, default=20, help="optimiser steps (dpo, reward, grpo, rloo) or PPO rollouts per run")
+    parser.add_argument("--steps", type=int, default=60, help="optimiser steps (dpo, reward, grpo, rloo) or PPO rollouts per run "
+                        "(shorter runs favour rlhf_lab: TRL's first steps are slower)")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each side, interleaved; the table shows medians")
     parser.add_argument("--batch-size", type=int, help="pairs (dpo, reward) or prompts per rollout (grpo, rloo, ppo); "
                         f"default: rlhf_lab's, {DEFAULT_BATCH}")
@@ -540,6 +584,12 @@ def main() -> None:
                                if "samples_per_s" in result else result.get("skipped") or result.get("failed"))
                     print(f"  repeat {repeat + 1}/{args.repeats} {what:6s} {side:8s} {figures}", flush=True)
         print_table(whats, results)
+        print("\nWhere the two sides differ (everything else is the same: data, batch sizes, lengths, learning rates, steps):")
+        for line in SHARED_DIFFERENCES:
+            print(f"  all     {line}")
+        for what in whats:
+            for line in DIFFERENCES[what]:
+                print(f"  {what:7s} {line}")
 
 
 if __name__ == "__main__":

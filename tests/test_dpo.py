@@ -128,3 +128,17 @@ def test_reference_log_probs_are_computed_once_before_training(setup, tmp_path):
     assert len(calls) == 2
     assert all(torch.equal(before[k], v) for k, v in module.reference[0].state_dict().items())
     assert math.isfinite(float(trainer.callback_metrics["val/rewards/accuracies"]))
+
+
+@pytest.mark.parametrize("grouped", [True, False])
+def test_training_batches_hold_pairs_of_similar_length_unless_told_not_to(setup, grouped):
+    from rlhf_lab.resume import length_grouped_order, shuffled_order
+
+    module = make(setup, group_by_length=grouped)
+    pairs = module.pairs["train"]
+    order = [i for batch in module._loader("train", shuffle=True) for i in batch["index"].tolist()]
+    lengths = [len(p) + max(len(c), len(r)) for p, c, r in pairs]
+    expected = length_grouped_order(lengths, 8, 0, 0) if grouped else shuffled_order(len(pairs), 0, 0)
+    assert order == expected and len(set(lengths)) > 1
+    # held-out batches keep the file's order either way
+    assert [i for b in module._loader("heldout", shuffle=False) for i in b["index"].tolist()] == list(range(len(module.pairs["heldout"])))
