@@ -324,9 +324,8 @@ def useful_flops(model_dir: Path, real_tokens: float, read_tokens: float, what: 
     block = 12 * d * d * layers
     mean_length = 350  # prompt + response of a typical record here; attention is a small term at these widths
     attention = 6 * layers * d * mean_length * real_tokens  # QK^T and AV, causal half, x3 for the backward
+    # DPO: the reference's log-probs were computed once before training, so a step is the policy's work alone.
     head = 6 * d * vocab * read_tokens if what in ("sft", "dpo") else 0
-    if what == "dpo":  # the reference's log-probs were computed before training: no extra forward per step
-        pass
     return 6 * block * real_tokens + attention + head
 
 

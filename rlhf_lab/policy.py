@@ -11,8 +11,7 @@ from typing import Optional, Protocol
 
 import torch
 
-from rlhf_lab.data import batched_pairs, response_logits
-from rlhf_lab.ops.sequence import token_logprobs
+from rlhf_lab.data import batched_pairs, response_logprobs
 from rlhf_lab.rollout import sample_responses
 
 
@@ -43,9 +42,8 @@ class ModelPolicy:
         """(N,) log pi(response | prompt), summed over the response tokens (temperature 1)."""
         out = []
         for batch in batched_pairs(self.tokenizer, prompts, responses, self.batch_size, next(self.model.parameters()).device):
-            p = batch["prompt_len"]
-            logp = token_logprobs(response_logits(self.model, batch), batch["input_ids"][:, p:])
-            out.append((logp * batch["attention_mask"][:, p:]).sum(1).cpu())
+            # Only the response tokens reach the output layer: after sampling, most response columns are padding.
+            out.append(response_logprobs(self.model, batch, batch["attention_mask"][:, batch["prompt_len"]:]).sum(1).cpu())
         return torch.cat(out)
 
     def kl_to_reference(self, reference, prompts, responses):
