@@ -142,3 +142,17 @@ def test_training_batches_hold_pairs_of_similar_length_unless_told_not_to(setup,
     assert order == expected and len(set(lengths)) > 1
     # held-out batches keep the file's order either way
     assert [i for b in module._loader("heldout", shuffle=False) for i in b["index"].tolist()] == list(range(len(module.pairs["heldout"])))
+
+
+def test_a_policys_sequence_log_probs_are_each_response_scored_alone(setup):
+    """Evaluation's KL reads ModelPolicy.sequence_logprobs: summed over each response's own tokens,
+    whatever the padding of the batch it shares."""
+    from rlhf_lab.policy import ModelPolicy
+
+    model_dir, tokenizer, _ = setup
+    model = load_policy(str(model_dir)).eval()
+    prompts = ["the river is", "tell me about the cat over there please"]
+    responses = [encode_response(tokenizer, "lovely and wide ."), encode_response(tokenizer, "bad .")]
+    got = ModelPolicy(model, tokenizer, batch_size=2).sequence_logprobs(prompts, responses)
+    expected = [direct_logp(model, tokenizer, encode_prompt(tokenizer, p), r)[0] for p, r in zip(prompts, responses)]
+    torch.testing.assert_close(got, torch.tensor(expected), atol=1e-4, rtol=1e-5)
