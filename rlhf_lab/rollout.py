@@ -65,7 +65,7 @@ def generate(
     are those of a lockstep loop over the repeated prompts on the same seed. ``lockstep``: a sharded
     model gathers its weights with the other ranks in every forward, so every rank takes every step
     and no row is dropped. ``drop_finished=false`` keeps ended rows in the batch until all have ended
-    (the engine before it dropped rows; benchmarks/rollout_throughput.py compares the two).
+    (the engine before it dropped rows; benchmarks/real_lengths.py compares the two).
     """
     k = samples_per_prompt
     rows = prompt_ids.shape[0] * k
