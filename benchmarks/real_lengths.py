@@ -183,6 +183,7 @@ class StepTimer:
     """A Lightning callback: wall time and real tokens of each training step after the first."""
 
     def __init__(self, tokens_of) -> None:
+        import torch
         from lightning.pytorch import Callback
 
         timer = self
@@ -190,6 +191,12 @@ class StepTimer:
         class _Callback(Callback):
             def on_train_batch_start(self, trainer, module, batch, batch_idx):
                 timer._start = time.perf_counter()
+                if isinstance(batch, dict) and "prompt_ids" in batch:
+                    timer.prompt_length = max(timer.prompt_length, batch["prompt_ids"].shape[1])
+                if isinstance(batch, dict) and "input_ids" in batch:
+                    rows, length = batch["input_ids"].shape
+                    read = int(batch["targets"].numel()) if batch["targets"].dim() == 1 and batch["targets"].dtype == torch.long else 0
+                    timer.largest = max(timer.largest, (rows * length, rows, length, read))
 
             def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
                 if batch_idx > 0:  # the first step pays for allocation and kernel selection
@@ -197,6 +204,8 @@ class StepTimer:
                     timer.tokens.append(tokens_of(batch))
 
         self.callback, self.seconds, self.tokens = _Callback(), [], []
+        self.largest, self.prompt_length = (0, 0, 0, 0), 0
+        """(positions, rows, length, logits read) of the largest batch trained on, for the memory estimate."""
 
 
 def _trainer(steps: int, callback, precision: str):
@@ -222,16 +231,29 @@ def _real_tokens(batch) -> tuple[int, int]:
 
 
 def measure(root: Path, shape: str, what: str, steps: int, variant: dict, precision: str) -> dict:
+    """One (shape, trainer) run; resident memory is measured from before the first model is loaded, so
+    its peak is comparable with the pre-flight estimate of the whole stage."""
+    import lightning  # noqa: F401  (libraries load before the baseline: they are not the stage's memory)
     import torch
+    import transformers  # noqa: F401
 
-    from rlhf_lab.models.loading import disable_dropout, load_policy, load_tokenizer
+    import rlhf_lab.algos.dpo  # noqa: F401
+    import rlhf_lab.algos.policy_gradient  # noqa: F401
+    import rlhf_lab.stages.reward  # noqa: F401
+    import rlhf_lab.stages.sft  # noqa: F401
 
     torch.manual_seed(SEED)
+    with PeakRSS() as memory:
+        result = (measure_rollout if what == "rollout" else measure_training)(root, shape, what, steps, variant, precision)
+    return {**result, "peak_mb": memory.mb}
+
+
+def measure_training(root: Path, shape: str, what: str, steps: int, variant: dict, precision: str) -> dict:
+    from rlhf_lab.models.loading import disable_dropout, load_policy, load_tokenizer
+
     tokenizer = load_tokenizer(str(root / shape))
     data = json.loads((root / "data.json").read_text())
     batch = BATCH[what]
-    if what == "rollout":
-        return measure_rollout(root, shape, tokenizer, data, variant)
     if what == "sft":
         from rlhf_lab.stages.sft import SFTModule, demonstration_loader, tokenize_demonstrations
 
@@ -274,26 +296,41 @@ def measure(root: Path, shape: str, what: str, steps: int, variant: dict, precis
                             sampling=SamplingConfig(max_new_tokens=MAX_NEW_TOKENS))
         module = PolicyGradientModule(config, inputs)
         tokens_of = lambda b: (0, 0)  # noqa: E731  (a rollout's tokens are counted by the module; figures per sample)
+        iteration, rollouts = module.iteration, []
+
+        def recorded(exp):  # the rollouts' shapes, for the memory estimate
+            rollouts.append((*exp.response_mask.shape, int(exp.response_mask.sum())))
+            return iteration(exp)
+
+        module.iteration = recorded
     else:
         raise ValueError(what)
     timer = StepTimer(tokens_of)
-    with PeakRSS() as memory:
-        _trainer(steps + 1, timer.callback, precision).fit(module)
+    _trainer(steps + 1, timer.callback, precision).fit(module)
     seconds = statistics.median(timer.seconds)
     samples = batch * (SAMPLES_PER_PROMPT if what == "grpo" else 1)
     real, read = (sum(t[0] for t in timer.tokens) / len(timer.tokens), sum(t[1] for t in timer.tokens) / len(timer.tokens))
     return {"seconds": seconds, "samples_per_s": samples / seconds, "tokens_per_s": real / seconds,
-            "gflops": useful_flops(root / shape, real, read, what) / seconds / 1e9 if real else None, "peak_mb": memory.mb}
+            "gflops": useful_flops(root / shape, real, read, what) / seconds / 1e9 if real else None,
+            "estimate_mb": estimate_mb(root, shape, what, timer.largest if what != "grpo" else _largest_rollout(timer, rollouts))}
 
 
-def measure_rollout(root: Path, shape: str, tokenizer, data: list[dict], variant: dict) -> dict:
+def _largest_rollout(timer, rollouts: list[tuple[int, int, int]]) -> tuple[int, int, int, int]:
+    """(positions, rows, prompt + response length, response tokens) of the largest rollout."""
+    prompt = timer.prompt_length
+    return max((rows * (prompt + new), rows, prompt + new, read) for rows, new, read in rollouts)
+
+
+def measure_rollout(root: Path, shape: str, what: str, steps: int, variant: dict, precision: str) -> dict:
     """k samples of each of ``BATCH['rollout']`` prompts of about 300 tokens: the engine, or the one before it."""
     import torch
 
     from rlhf_lab.data import encode_prompt, pad_left
-    from rlhf_lab.models.loading import load_policy
+    from rlhf_lab.models.loading import load_policy, load_tokenizer
     from rlhf_lab.rollout import generate
 
+    tokenizer = load_tokenizer(str(root / shape))
+    data = json.loads((root / "data.json").read_text())
     model = load_policy(str(root / shape)).eval()
     near_300 = sorted(data, key=lambda r: abs(len(encode_prompt(tokenizer, r["prompt"])) - 300))[: BATCH["rollout"]]
     ids, mask = pad_left([encode_prompt(tokenizer, r["prompt"]) for r in near_300], tokenizer.pad_token_id)
@@ -301,17 +338,17 @@ def measure_rollout(root: Path, shape: str, tokenizer, data: list[dict], variant
     if before:  # every sample prefills its own copy of the prompt; ended rows stay until all have ended
         ids, mask = ids.repeat_interleave(k, 0), mask.repeat_interleave(k, 0)
     runs = []
-    with PeakRSS() as memory:
-        for repeat in range(3):
-            generator = torch.Generator().manual_seed(repeat)
-            start = time.perf_counter()
-            gen = generate(model, ids, mask, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-                           max_new_tokens=MAX_NEW_TOKENS, generator=generator, samples_per_prompt=1 if before else k,
-                           drop_finished=not before)
-            runs.append((time.perf_counter() - start, int(gen.response_mask.sum())))
+    for repeat in range(3):
+        generator = torch.Generator().manual_seed(repeat)
+        start = time.perf_counter()
+        gen = generate(model, ids, mask, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                       max_new_tokens=MAX_NEW_TOKENS, generator=generator, samples_per_prompt=1 if before else k,
+                       drop_finished=not before)
+        runs.append((time.perf_counter() - start, int(gen.response_mask.sum())))
     seconds, tokens = statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
+    rows, length = BATCH["rollout"] * k, ids.shape[1] + MAX_NEW_TOKENS
     return {"seconds": seconds, "samples_per_s": BATCH["rollout"] * k / seconds, "tokens_per_s": tokens / seconds,
-            "gflops": None, "peak_mb": memory.mb}
+            "gflops": None, "estimate_mb": estimate_mb(root, shape, what, (rows * length, rows, length, 0))}
 
 
 def useful_flops(model_dir: Path, real_tokens: float, read_tokens: float, what: str) -> float:
@@ -343,16 +380,26 @@ def matmul_peak(dtype, size: int = 1024, seconds: float = 1.0) -> float:
     return 2 * size**3 * n / (time.perf_counter() - start) / 1e9
 
 
-def estimate_mb(model_dir: Path, what: str) -> float:
-    """The pre-flight estimate (rlhf_lab.memory) of the stage's weights, gradients and AdamW state."""
+def estimate_mb(root: Path, shape: str, what: str, largest: tuple[int, int, int, int]) -> float:
+    """The pre-flight estimate (rlhf_lab.memory) of the stage's peak at the largest batch it ran:
+    weights, gradients and AdamW state, and the activations (or for rollouts the key/value cache)."""
     from rlhf_lab import memory
+    from rlhf_lab.activation_memory import probe
 
-    parameters, trainable = memory.count_parameters(str(model_dir))
-    if what in ("sft", "reward"):
-        return memory.estimate(parameters, trainable, "float32", reference=False, reward_model=False, critic=False).total / 2**20
+    _, rows, length, read = largest
+    model_dir = str(root / shape)
+    parameters, trainable = memory.count_parameters(model_dir)
+    profile = probe(model_dir, value=what == "reward", share_prompt=what == "reward")
     if what == "rollout":
-        return parameters * 4 / 2**20
-    return memory.estimate(parameters, trainable, "float32", reference=True, reward_model=False, critic=False).total / 2**20
+        return (parameters * 4 + profile.generation(rows, length)) / 2**20
+    if what == "grpo":
+        est = memory.estimate(parameters, trainable, "float32", reference=True, reward_model=False, critic=False)
+        peak = memory.policy_stage_peak(est, profile, None, rollout_rows=rows, rollout_length=length, update_rows=rows,
+                                        update_length=length, read_tokens=read)
+        return peak.total / 2**20
+    peak = memory.training_peak(what, parameters, trainable, "float32", profile, rows=rows, length=length, read_tokens=read,
+                                frozen_copies=1 if what == "dpo" else 0)
+    return peak.total / 2**20
 
 
 # --- the table ------------------------------------------------------------------------------------------
@@ -423,7 +470,7 @@ def main() -> None:
                         continue
                     flops = f"{r['gflops']:8.1f} {100 * r['gflops'] / peak:6.0f}%" if r["gflops"] else f"{'-':>8s} {'-':>7s}"
                     print(f"{shape:6s} {what:8s} {name:22s} {r['seconds']:8.2f} {r['samples_per_s']:10.2f} {r['tokens_per_s']:9.0f} "
-                          f"{flops} {r['peak_mb']:8.0f} {estimate_mb(Path(root) / shape, what):11.0f}", flush=True)
+                          f"{flops} {r['peak_mb']:8.0f} {r['estimate_mb']:11.0f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,14 @@
-"""Will the run fit? An estimate of the memory of the largest stage, checked before any work.
+"""Will the run fit? An estimate of each stage's memory, checked before any work.
 
-The estimate counts what is known before a single weight is loaded (the model is built on the
-``meta`` device to count its parameters): weights of every network the policy stage holds (policy,
-reference unless LoRA shares it, reward model, critic), gradients of the trainable weights and
-AdamW's two moments. Activations and the KV cache come on top and depend on batch size and length,
-so a run is refused only when even this lower bound does not fit; the message names the options
-that would make it fit.
+Two figures per stage. The lower bound counts what is known before a single weight is loaded (the
+model is built on the ``meta`` device to count its parameters): weights of every network the stage
+holds (for the policy stage: policy, reference unless LoRA shares it, reward model, critic),
+gradients of the trainable weights and AdamW's two moments. A run is refused only when even that does
+not fit; the message names the options that would make it fit. The peak adds what depends on batch
+size and length: the activations a training forward keeps for its backward (measured per token on a
+two-layer copy of the model, :mod:`rlhf_lab.activation_memory`) at the largest batch the limits allow,
+and for a policy stage the rollout's key/value cache; it is logged for every stage, with a warning
+when it exceeds the device.
 """
 
 from __future__ import annotations
@@ -75,6 +78,47 @@ def estimate(parameters: int, trainable: int, dtype: str, *, reference: bool, re
     parts = {k: v // shards for k, v in parts.items()}
     weights = sum(v for k, v in parts.items() if k.endswith("weights"))
     return MemoryEstimate(parameters, weights, sum(parts.values()) - weights, parts)
+
+
+@dataclass
+class StagePeak:
+    """The estimated peak of one training stage, by part (bytes), and the batch shape it assumes."""
+
+    stage: str
+    parts: dict[str, int]
+    shape: str
+
+    @property
+    def total(self) -> int:
+        return sum(self.parts.values())
+
+    def describe(self) -> str:
+        by_part = ", ".join(f"{k} {gib(v)}" for k, v in self.parts.items() if v)
+        return f"{self.stage} {gib(self.total)} GiB ({by_part}; {self.shape})"
+
+
+def training_peak(stage: str, parameters: int, trainable: int, dtype: str, profile, *, rows: int, length: int,
+                  read_tokens: int, checkpointing: bool = False, frozen_copies: int = 0) -> StagePeak:
+    """Peak of a stage that trains one network on ``rows`` x ``length`` positions whose loss reads the
+    logits at ``read_tokens`` of them (0: a scalar head), holding ``frozen_copies`` more networks of the
+    same size (DPO's reference). ``profile`` None: activations left out (architecture not probed)."""
+    size = BYTES[dtype]
+    parts = {"weights": parameters * size * (1 + frozen_copies), "gradients and AdamW state": 3 * trainable * size,
+             "activations": profile.training(rows, length, read_tokens, checkpointing) if profile else 0}
+    return StagePeak(stage, parts, f"{rows} x {length} positions")
+
+
+def policy_stage_peak(est: MemoryEstimate, profile, critic_profile, *, rollout_rows: int, rollout_length: int,
+                      update_rows: int, update_length: int, read_tokens: int, checkpointing: bool = False) -> StagePeak:
+    """Peak of the policy stage: every network it holds and their training state (``est``), plus the
+    larger of the rollout's key/value cache and an update's activations (policy, and critic if any)."""
+    cache = profile.generation(rollout_rows, rollout_length) if profile else 0
+    update = profile.training(update_rows, update_length, read_tokens, checkpointing) if profile else 0
+    if critic_profile is not None:
+        update += critic_profile.training(update_rows, update_length, 0, checkpointing)
+    parts = {"weights": est.weights, "gradients and AdamW state": est.training_state,
+             "rollout key/value cache" if cache >= update else "update activations": max(cache, update)}
+    return StagePeak("policy", parts, f"rollouts {rollout_rows} x {rollout_length}, updates {update_rows} x {update_length}")
 
 
 def device_memory_bytes(device) -> int:
