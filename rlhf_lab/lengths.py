@@ -75,6 +75,14 @@ class LengthCheck:
         self.worst: Optional[Offender] = None
         self._prompt_cache: dict[str, tuple[str, int]] = {}
         self._prompt_tokens: dict[str, int] = {}
+        self.longest: Counter = Counter()
+        """Longest token counts after fitting: ``prompt``, and per kind of response (``demonstration``,
+        ``preference response``) the response alone and with its prompt (``... sequence``); the memory
+        estimate sizes its batches by them."""
+
+    def note(self, key: str, tokens: int) -> None:
+        """Remember ``tokens`` under ``key`` if it is the longest yet."""
+        self.longest[key] = max(self.longest[key], tokens)
 
     def encode_prompts(self, prompts: list[str]) -> None:
         """Tokenise many prompts in one batched call (the fast tokenizer parallelises it)."""
@@ -82,6 +90,10 @@ class LengthCheck:
         if todo:
             for prompt, ids in zip(todo, self.tokenizer(todo, add_special_tokens=False)["input_ids"]):
                 self._prompt_tokens[prompt] = len(ids)
+
+    def prompt_tokens(self, prompt: str) -> int:
+        """Tokens of ``prompt`` (counted once per text)."""
+        return self._tokens(prompt)
 
     def _tokens(self, prompt: str) -> int:
         if prompt not in self._prompt_tokens:
@@ -113,12 +125,17 @@ class LengthCheck:
                 fitted = self.tokenizer.decode(ids[-limit:])
                 self.counts["data/prompts_truncated"] += 1
         self._prompt_cache[prompt] = (fitted, length)
+        if fitted is not None:
+            self.note("prompt", min(length, limit))
         return fitted
 
     def response_ids(self, prompt: str, response_ids: list[int], where: str, what: str) -> list[int]:
         """The response's ids, cut from the right to fit after its (fitted) prompt."""
         prompt_tokens = self._tokens(prompt)
         limit = self.limits.response_limit(prompt_tokens)
+        kept = len(response_ids) if len(response_ids) <= limit or not self.truncate else max(limit, 1)
+        self.note(what, kept)
+        self.note(f"{what} sequence", prompt_tokens + kept)
         if len(response_ids) <= limit:
             return response_ids
         if not self.truncate:

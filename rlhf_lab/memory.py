@@ -25,6 +25,11 @@ def gib(n: int) -> str:
     return f"{n / GIB:.1f}" if n >= GIB else f"{n / GIB:.3g}"
 
 
+def readable(n: int) -> str:
+    """Bytes in GiB from 1 GiB up, else in MiB."""
+    return f"{n / GIB:.1f} GiB" if n >= GIB else f"{n / 2**20:.1f} MiB"
+
+
 @dataclass
 class MemoryEstimate:
     """Bytes of the policy stage, by part."""
@@ -93,8 +98,8 @@ class StagePeak:
         return sum(self.parts.values())
 
     def describe(self) -> str:
-        by_part = ", ".join(f"{k} {gib(v)}" for k, v in self.parts.items() if v)
-        return f"{self.stage} {gib(self.total)} GiB ({by_part}; {self.shape})"
+        by_part = ", ".join(f"{k} {readable(v)}" for k, v in self.parts.items() if v)
+        return f"{self.stage} {readable(self.total)} ({by_part}; {self.shape})"
 
 
 def training_peak(stage: str, parameters: int, trainable: int, dtype: str, profile, *, rows: int, length: int,

@@ -108,3 +108,19 @@ def test_batched_encoding_equals_one_text_at_a_time(toy):
     check = LengthCheck(tok, LengthLimits(positions=64, max_new_tokens=5), truncate=False)
     check.encode_prompts(["describe the cat .", "what ?"])
     assert check._tokens("what ?") == len(encode_prompt(tok, "what ?"))
+
+
+def test_the_longest_items_after_fitting_are_remembered_for_the_memory_estimate(toy):
+    _, tok = toy
+    long_prompt = "tell me about the cat . tell me about the dog . describe the quiet garden ."
+    short_prompt = "tell me about the cat ."
+    check = LengthCheck(tok, LengthLimits(positions=40, max_new_tokens=30), truncate=True)  # prompts cut to 10 tokens
+    fitted = check.prompt(long_prompt, "f:1")
+    check.prompt(short_prompt, "f:2")
+    assert check.longest["prompt"] == 10 == len(encode_prompt(tok, fitted))
+    response = encode_response(tok, "the cat is lovely and great .")
+    check.response_ids(short_prompt, response, "f:2", "demonstration")
+    # after a 10-token prompt only 30 positions are left: the response is cut to them
+    check.response_ids(fitted, response * 6, "f:1", "demonstration")
+    assert check.longest["demonstration"] == 30 and check.longest["demonstration sequence"] == 40
+    assert "preference response" not in check.longest

@@ -25,6 +25,7 @@ from rlhf_lab.run.builders import policy as policy_stage
 from rlhf_lab.run.builders.base import starting_model
 from rlhf_lab.run.context import RunContext
 from rlhf_lab.run.evaluation import evaluate
+from rlhf_lab.run.peaks import log_stage_peaks
 from rlhf_lab.run.plan import Plan, make_plan
 from rlhf_lab.run.resolver import Resolver, timed
 from rlhf_lab.run.store import Store
@@ -121,6 +122,8 @@ def prepare(plan: Plan, trainer_plan, components: Components, run_dir: Path, gro
         tokenizer = load_tokenizer(str(base.path))
         preflight.check_memory(plan, trainer_plan, base.path)
         fitted = preflight.check_lengths(plan, components.task, tokenizer, components.feedback, base.path)
+        if ranks.is_main:
+            log_stage_peaks(plan, trainer_plan, fitted.longest, base.path)
     run = RunContext(plan, run_dir, group, store, trainer_plan, fitted.task, tokenizer, fitted.limits, components.feedback, components.reward)
     return run, base, fitted.counts
 

@@ -72,6 +72,8 @@ class FittedTask:
     task: object
     limits: Optional[object]
     counts: dict
+    longest: dict = dataclasses.field(default_factory=dict)
+    """:attr:`rlhf_lab.lengths.LengthCheck.longest` (empty when the model's positions are unbounded)."""
 
 
 def check_lengths(plan, task, tokenizer, feedback, base: Path) -> FittedTask:
@@ -94,7 +96,7 @@ def check_lengths(plan, task, tokenizer, feedback, base: Path) -> FittedTask:
     if plan.uses_preferences and not plan.components["feedback"].traits["needs_candidates"]:
         _check_records(plan, fitted, tokenizer, feedback, check)
     check.raise_if_over()
-    return FittedTask(fitted, limits if data.truncate else None, check.log_counts())
+    return FittedTask(fitted, limits if data.truncate else None, check.log_counts(), dict(check.longest))
 
 
 def _fit_task(plan, task, tokenizer, check):
@@ -142,8 +144,10 @@ def _check_records(plan, task, tokenizer, feedback, check) -> None:
         spot = f"{source_path} ({record.meta.get('source', 'a record')})"
         fitted = check.prompt(record.prompt, spot)
         ids_list = record.response_ids or [next(encoded) for _ in record.responses]
-        for ids in ids_list if fitted is not None else ():
-            check.response_ids(fitted, ids, spot, "preference response")
+        kept = [len(check.response_ids(fitted, ids, spot, "preference response")) for ids in (ids_list if fitted is not None else ())]
+        if kept:  # a reward-model batch may hold a record's prompt once and all its responses after it
+            check.note("preference record", check.prompt_tokens(fitted) + sum(kept))
+            check.note("preference responses", len(kept))
     if total and not shared:
         # The policy trains and is evaluated on the task's prompts, not the file's: say so.
         log.warning(
