@@ -82,8 +82,9 @@ def test_cli_a_dialogue_too_long_for_the_model_stops_before_sft_or_is_cut_and_co
     prefs = _hh_file(tmp_path / "hh.jsonl", turns=12)
     args = ["task=dataset", f"task.path={prefs}", "feedback=dataset", f"feedback.path={prefs}", f"model.name_or_path={model_dir}",
             "algo=dpo", "algo.epochs=1", "sft.epochs=1", "eval.samples_per_prompt=1", "trainer.progress_bar=none", "logger=csv",
-            f"cache_dir={tmp_path / 'cache'}"]
-    code, err = refused([*args, f"hydra.run.dir={tmp_path / 'a'}"])
+            f"cache_dir={tmp_path / 'cache'}", "eval.sampling.max_new_tokens=20"]
+    # task=dataset would cut the longest prompts (run/sizing.py); a user who says data.truncate=false is refused instead
+    code, err = refused([*args, "data.truncate=false", f"hydra.run.dir={tmp_path / 'a'}"])
     assert code == 2
     assert f"{prefs}:8: prompt of " in err and "is over its limit of 44" in err
     assert "Traceback" not in err and not (tmp_path / "cache" / "sft").exists()

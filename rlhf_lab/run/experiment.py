@@ -28,6 +28,7 @@ from rlhf_lab.run.evaluation import evaluate
 from rlhf_lab.run.peaks import log_stage_peaks
 from rlhf_lab.run.plan import Plan, make_plan
 from rlhf_lab.run.resolver import Resolver, timed
+from rlhf_lab.run.sizing import apply_sizing
 from rlhf_lab.run.store import Store
 
 log = logging.getLogger(__name__)
@@ -113,13 +114,15 @@ def _built(plan: Plan, kind: str, *args):
 
 
 def prepare(plan: Plan, trainer_plan, components: Components, run_dir: Path, group: str, ranks: Ranks, timings: dict) -> tuple[RunContext, object, dict]:
-    """The starting model and the pre-flight: the run context, the starting model, and the length counts."""
+    """The starting model and the pre-flight: the run context (its plan sized to the data where the task
+    asks for it), the starting model, and the length counts."""
     from rlhf_lab.models.loading import load_tokenizer
 
     store = Store(Path(plan.cfg.cache_dir), ranks)
     with timed(timings, "base"):
         base = starting_model(plan, components.task, store)
         tokenizer = load_tokenizer(str(base.path))
+        plan, _ = apply_sizing(plan, components.task, tokenizer, preflight.positions_of(base.path))
         preflight.check_memory(plan, trainer_plan, base.path)
         fitted = preflight.check_lengths(plan, components.task, tokenizer, components.feedback, base.path)
         if ranks.is_main:
@@ -134,6 +137,7 @@ def run_experiment(plan: Plan, trainer_plan, components: Components, run_dir: Pa
         log.info("wandb group: %s", group)
     started, timings = time.perf_counter(), {}
     run, base, length_counts = prepare(plan, trainer_plan, components, run_dir, group, ranks, timings)
+    plan = run.plan  # sized to the task's data where the task asks for it
     stages = Resolver(run, plan.builders, {"base": base}, timings)
     if plan.stop_after:
         stages.get(plan.stop_after)

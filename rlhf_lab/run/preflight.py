@@ -76,6 +76,15 @@ class FittedTask:
     """:attr:`rlhf_lab.lengths.LengthCheck.longest` (empty when the model's positions are unbounded)."""
 
 
+def positions_of(base: Path) -> Optional[int]:
+    """The starting model's number of positions (None: unbounded)."""
+    from transformers import AutoConfig
+
+    from rlhf_lab.lengths import model_positions
+
+    return model_positions(AutoConfig.from_pretrained(str(base)))
+
+
 def check_lengths(plan, task, tokenizer, feedback, base: Path) -> FittedTask:
     """Every prompt, demonstration and dataset preference record against the length limits, before any
     training: stop at the longest offender, or (``data.truncate``) cut and count."""

@@ -22,6 +22,9 @@ class Task:
     :param stats: counts the task reports as metrics (e.g. rows skipped while reading).
     :param build_base_model: writes a tokenizer and an untrained causal LM with ``save_pretrained``
         into the given directory, for tasks that ship no model (None: ``model.name_or_path`` is required).
+    :param sized_to_data: real data: lengths, epochs and episodes the user leaves unset are read off
+        this task's prompts and demonstrations (:mod:`rlhf_lab.run.sizing`) instead of the engine's
+        defaults, which are the toy task's.
     """
 
     train_prompts: list[str]
@@ -33,3 +36,4 @@ class Task:
     references: dict[str, str] = field(default_factory=dict)
     sources: dict[str, str] = field(default_factory=dict)
     stats: dict[str, float] = field(default_factory=dict)
+    sized_to_data: bool = False

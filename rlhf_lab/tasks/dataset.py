@@ -161,6 +161,7 @@ def make_dataset_task(cfg: DatasetTaskConfig, seed: int) -> Task:
         references={e.prompt: e.reference for e in held if e.reference},
         sources={e.prompt: e.where for e in reversed(examples + (held if cfg.heldout_path else []))},
         stats={"task/skipped_rows": skipped},
+        sized_to_data=True,
     )
 
 
