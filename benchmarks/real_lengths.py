@@ -21,8 +21,10 @@ Printed per (shape, trainer): seconds per step, samples/s, real tokens/s, the us
 block parameters x real tokens + causal attention + the output layer where a loss reads it) as a
 share of this machine's measured matmul peak in the precision the trainers run in (both peaks are
 printed; a CPU without bf16 instructions runs bf16 a hundred times slower than fp32), and the peak growth of resident memory
-during training beside the pre-flight estimate (weights, gradients and AdamW state; activations are
-not in it). Each (shape, trainer) runs in a fresh process. Nothing is asserted.
+from before the first model loads beside the pre-flight's estimate of the stage's peak (rlhf_lab.memory:
+weights, gradients and AdamW state, activations measured per token on a two-layer copy of the model, at
+the largest batch the run trained on; for rollouts the key/value cache as if every row ran to
+max_new_tokens). Each (shape, trainer) runs in a fresh process. Nothing is asserted.
 
     python benchmarks/real_lengths.py                                # 1m and 25m, every trainer
     python benchmarks/real_lengths.py --shapes 125m --what sft,dpo --steps 3
@@ -243,9 +245,26 @@ def measure(root: Path, shape: str, what: str, steps: int, variant: dict, precis
     import rlhf_lab.stages.sft  # noqa: F401
 
     torch.manual_seed(SEED)
+    if variant.get("side") == "trl":
+        import trl  # noqa: F401
+
+        with PeakRSS() as memory:
+            result = measure_trl(root, shape, what, steps, variant)
+        return {**result, "peak_mb": memory.mb}
     with PeakRSS() as memory:
         result = (measure_rollout if what == "rollout" else measure_training)(root, shape, what, steps, variant, precision)
     return {**result, "peak_mb": memory.mb}
+
+
+def measure_trl(root: Path, shape: str, what: str, steps: int, variant: dict) -> dict:
+    """The same trainer through TRL in its best CPU configuration (real_lengths_trl.py)."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import real_lengths_trl
+
+    trainer, timer = real_lengths_trl.trainer(root, shape, what, steps, BATCH[what], variant)
+    trainer.train()
+    seconds = statistics.median(timer["seconds"])
+    return {"seconds": seconds, "samples_per_s": BATCH[what] / seconds, "tokens_per_s": None, "gflops": None, "estimate_mb": None}
 
 
 def measure_training(root: Path, shape: str, what: str, steps: int, variant: dict, precision: str) -> dict:
@@ -414,13 +433,17 @@ def run_worker(root: str, shape: str, what: str, steps: int, variant: dict, prec
     return {"failed": f"exit {proc.returncode}: {(proc.stderr.strip().splitlines() or ['no output'])[-1]}"}
 
 
-def variants(what: str, all_variants: bool) -> list[tuple[str, dict]]:
+def variants(what: str, all_variants: bool, trl: bool) -> list[tuple[str, dict]]:
     if what == "rollout":
         return [("engine", {}), ("engine before", {"engine": "before"})]
-    if not all_variants or what not in ("sft", "dpo"):
-        return [("defaults", {})]
-    rows = [("defaults", {}), ("group_by_length=false", {"group_by_length": False})]
-    return rows + ([("disable_dropout=false", {"disable_dropout": False})] if what == "sft" else [])
+    rows = [("defaults", {})]
+    if all_variants and what in ("sft", "dpo"):
+        rows += [("group_by_length=false", {"group_by_length": False})]
+        rows += [("disable_dropout=false", {"disable_dropout": False})] if what == "sft" else []
+    if trl and what in ("sft", "reward", "dpo"):
+        rows += [("TRL", {"side": "trl"})]
+        rows += [("TRL padding_free", {"side": "trl", "padding_free": True})] if what in ("sft", "dpo") else []
+    return rows
 
 
 def main() -> None:
@@ -431,6 +454,8 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=600, help="synthetic HH-like records")
     parser.add_argument("--precision", default="32-true", help="Lightning precision of the training runs (32-true, bf16-mixed)")
     parser.add_argument("--variants", action="store_true", help="also run SFT and DPO with each speed option off in turn")
+    parser.add_argument("--trl", action="store_true", help="also run SFT, reward model and DPO through TRL (its best CPU configuration; "
+                        "needs the bench extra)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--root", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -463,14 +488,24 @@ def main() -> None:
               f"{'GFLOP/s':>8s} {'%peak':>7s} {'peak MB':>8s} {'estimate MB':>11s}", flush=True)
         for shape in shapes:
             for what in whats:
-                for name, variant in variants(what, args.variants):
+                for name, variant in variants(what, args.variants, args.trl):
                     r = run_worker(root, shape, what, args.steps, variant, args.precision)
                     if "failed" in r:
                         print(f"{shape:6s} {what:8s} {name:22s} failed: {r['failed']}", flush=True)
                         continue
                     flops = f"{r['gflops']:8.1f} {100 * r['gflops'] / peak:6.0f}%" if r["gflops"] else f"{'-':>8s} {'-':>7s}"
-                    print(f"{shape:6s} {what:8s} {name:22s} {r['seconds']:8.2f} {r['samples_per_s']:10.2f} {r['tokens_per_s']:9.0f} "
-                          f"{flops} {r['peak_mb']:8.0f} {r['estimate_mb']:11.0f}", flush=True)
+                    tokens = f"{r['tokens_per_s']:9.0f}" if r["tokens_per_s"] is not None else f"{'-':>9s}"
+                    estimate = f"{r['estimate_mb']:11.0f}" if r["estimate_mb"] is not None else f"{'-':>11s}"
+                    print(f"{shape:6s} {what:8s} {name:22s} {r['seconds']:8.2f} {r['samples_per_s']:10.2f} {tokens} "
+                          f"{flops} {r['peak_mb']:8.0f} {estimate}", flush=True)
+    if args.trl:
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from real_lengths_trl import DIFFERENCES, __doc__ as trl_doc
+
+        print("\n" + trl_doc.strip().splitlines()[0])
+        for what in whats:
+            for line in DIFFERENCES.get(what, []):
+                print(f"  {what}: {line}")
 
 
 if __name__ == "__main__":

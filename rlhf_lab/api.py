@@ -37,7 +37,7 @@ from rlhf_lab.records import PreferenceRecord, read_jsonl, write_jsonl
 from rlhf_lab.plugin_manager import lazy_factory
 from rlhf_lab.tasks.base import Task
 
-API_VERSION = "1.0"
+API_VERSION = "1.1"
 """The plugin API's version (semantic versioning, apart from the package's)."""
 
 __all__ = [
