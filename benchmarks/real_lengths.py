@@ -29,6 +29,7 @@ max_new_tokens). Each (shape, trainer) runs in a fresh process. Nothing is asser
     python benchmarks/real_lengths.py                                # 1m and 25m, every trainer
     python benchmarks/real_lengths.py --shapes 125m --what sft,dpo --steps 3
     python benchmarks/real_lengths.py --shapes 1m --what sft --variants   # SFT with each speed option off in turn
+    python benchmarks/real_lengths.py --shapes 1m,25m --what sft,reward,dpo --trl   # beside TRL's best CPU configuration
 """
 
 from __future__ import annotations
@@ -281,6 +282,7 @@ def measure_training(root: Path, shape: str, what: str, steps: int, variant: dic
         model = load_policy(str(root / shape))
         if variant.get("disable_dropout", True):
             disable_dropout(model)
+        _checkpointing(model, variant)
         module, tokens_of = SFTModule(model, lr=1e-4, weight_decay=0.0, train_loader=loader), _real_tokens
     elif what == "dpo":
         from rlhf_lab.algos.dpo import DPOModule
@@ -288,6 +290,7 @@ def measure_training(root: Path, shape: str, what: str, steps: int, variant: dic
 
         config = DPOConfig(beta=0.1, lr=1e-5, batch_size=batch, group_by_length=variant.get("group_by_length", True))
         module, tokens_of = DPOModule(config, _inputs(root, shape, preferences=root / "prefs")), _real_tokens
+        _checkpointing(module.policy, variant)
     elif what == "reward":
         from rlhf_lab.models.loading import load_value_model
         from rlhf_lab.records import read_jsonl
@@ -298,6 +301,7 @@ def measure_training(root: Path, shape: str, what: str, steps: int, variant: dic
         objective = PairwiseObjective(PairwiseRewardConfig())
         model = load_value_model(str(root / shape))
         disable_dropout(model)
+        _checkpointing(model.model, variant)
         loader = record_loader(read_jsonl(root / "prefs" / "train.jsonl"), objective, tokenizer, batch, True, SEED, True)
         module = RewardModule(model, objective, lr=1e-5, weight_decay=0.0, train_loader=loader)
         tokens_of = lambda b: (int((b["segment_ids"] >= 0).sum()), 0)  # noqa: E731
@@ -312,7 +316,7 @@ def measure_training(root: Path, shape: str, what: str, steps: int, variant: dic
         inputs.reward = RuleReward(word_count, inputs.tokenizer, {"target": 50})
         config = GRPOConfig(lr=1e-5, kl_coef=0.05, rollout_batch_size=batch, samples_per_prompt=SAMPLES_PER_PROMPT,
                             minibatch_size=batch * SAMPLES_PER_PROMPT, total_episodes=steps * batch * 4, missing_eos_penalty=None,
-                            sampling=SamplingConfig(max_new_tokens=MAX_NEW_TOKENS))
+                            sampling=SamplingConfig(max_new_tokens=MAX_NEW_TOKENS), group_by_length=variant.get("group_by_length", True))
         module = PolicyGradientModule(config, inputs)
         tokens_of = lambda b: (0, 0)  # noqa: E731  (a rollout's tokens are counted by the module; figures per sample)
         iteration, rollouts = module.iteration, []
@@ -329,9 +333,17 @@ def measure_training(root: Path, shape: str, what: str, steps: int, variant: dic
     seconds = statistics.median(timer.seconds)
     samples = batch * (SAMPLES_PER_PROMPT if what == "grpo" else 1)
     real, read = (sum(t[0] for t in timer.tokens) / len(timer.tokens), sum(t[1] for t in timer.tokens) / len(timer.tokens))
-    return {"seconds": seconds, "samples_per_s": samples / seconds, "tokens_per_s": real / seconds,
+    return {"seconds": seconds, "samples_per_s": samples / seconds, "tokens_per_s": real / seconds if real else None, "largest": timer.largest,
             "gflops": useful_flops(root / shape, real, read, what) / seconds / 1e9 if real else None,
-            "estimate_mb": estimate_mb(root, shape, what, timer.largest if what != "grpo" else _largest_rollout(timer, rollouts))}
+            "estimate_mb": estimate_mb(root, shape, what, timer.largest if what != "grpo" else _largest_rollout(timer, rollouts),
+                                       bool(variant.get("gradient_checkpointing")))}
+
+
+def _checkpointing(model, variant: dict) -> None:
+    if variant.get("gradient_checkpointing"):
+        from rlhf_lab.models.lora import enable_gradient_checkpointing
+
+        enable_gradient_checkpointing(model)
 
 
 def _largest_rollout(timer, rollouts: list[tuple[int, int, int]]) -> tuple[int, int, int, int]:
@@ -399,7 +411,7 @@ def matmul_peak(dtype, size: int = 1024, seconds: float = 1.0) -> float:
     return 2 * size**3 * n / (time.perf_counter() - start) / 1e9
 
 
-def estimate_mb(root: Path, shape: str, what: str, largest: tuple[int, int, int, int]) -> float:
+def estimate_mb(root: Path, shape: str, what: str, largest: tuple[int, int, int, int], checkpointing: bool = False) -> float:
     """The pre-flight estimate (rlhf_lab.memory) of the stage's peak at the largest batch it ran:
     weights, gradients and AdamW state, and the activations (or for rollouts the key/value cache)."""
     from rlhf_lab import memory
@@ -417,7 +429,7 @@ def estimate_mb(root: Path, shape: str, what: str, largest: tuple[int, int, int,
                                         update_length=length, read_tokens=read)
         return peak.total / 2**20
     peak = memory.training_peak(what, parameters, trainable, "float32", profile, rows=rows, length=length, read_tokens=read,
-                                frozen_copies=1 if what == "dpo" else 0)
+                                checkpointing=checkpointing, frozen_copies=1 if what == "dpo" else 0)
     return peak.total / 2**20
 
 
@@ -437,12 +449,13 @@ def variants(what: str, all_variants: bool, trl: bool) -> list[tuple[str, dict]]
     if what == "rollout":
         return [("engine", {}), ("engine before", {"engine": "before"})]
     rows = [("defaults", {})]
-    if all_variants and what in ("sft", "dpo"):
+    if all_variants and what in ("sft", "dpo", "grpo"):
         rows += [("group_by_length=false", {"group_by_length": False})]
         rows += [("disable_dropout=false", {"disable_dropout": False})] if what == "sft" else []
     if trl and what in ("sft", "reward", "dpo"):
-        rows += [("TRL", {"side": "trl"})]
-        rows += [("TRL padding_free", {"side": "trl", "padding_free": True})] if what in ("sft", "dpo") else []
+        rows += [("ckpt", {"gradient_checkpointing": True}), ("TRL ckpt", {"side": "trl"}),
+                 ("TRL no ckpt", {"side": "trl", "gradient_checkpointing": False})]
+        rows += [("TRL padding_free", {"side": "trl", "padding_free": True})] if what in ("sft", "dpo") and trl == "all" else []
     return rows
 
 
@@ -453,9 +466,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4, help="timed optimiser steps per run (after one warm-up step)")
     parser.add_argument("--records", type=int, default=600, help="synthetic HH-like records")
     parser.add_argument("--precision", default="32-true", help="Lightning precision of the training runs (32-true, bf16-mixed)")
-    parser.add_argument("--variants", action="store_true", help="also run SFT and DPO with each speed option off in turn")
-    parser.add_argument("--trl", action="store_true", help="also run SFT, reward model and DPO through TRL (its best CPU configuration; "
-                        "needs the bench extra)")
+    parser.add_argument("--variants", action="store_true", help="also run SFT, DPO and GRPO with each speed option off in turn")
+    parser.add_argument("--trl", nargs="?", const="all", choices=("all", "padded"),
+                        help="also run SFT, reward model and DPO through TRL in its best CPU configuration (needs the bench extra); "
+                             "'padded' leaves out TRL's padding-free variant, whose attention spans each packed row")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--root", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -500,10 +514,10 @@ def main() -> None:
                           f"{flops} {r['peak_mb']:8.0f} {estimate}", flush=True)
     if args.trl:
         sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-        from real_lengths_trl import DIFFERENCES, __doc__ as trl_doc
+        from real_lengths_trl import DIFFERENCES
 
-        print("\n" + trl_doc.strip().splitlines()[0])
-        for what in whats:
+        print("\nSettings in which TRL's side differs from rlhf_lab's (benchmarks/real_lengths_trl.py says why each is TRL's best):")
+        for what in ["all", *whats]:
             for line in DIFFERENCES.get(what, []):
                 print(f"  {what}: {line}")
 

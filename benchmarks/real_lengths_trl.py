@@ -7,6 +7,8 @@ Best, not default, where TRL offers better, and every such choice is in :data:`D
 - dropout off everywhere (TRL turns it off itself in DPO and the reward model; in SFT it offers no
   switch, so the model is loaded with dropout off, as rlhf_lab's ``sft.disable_dropout`` does);
 - DPO's reference log-probs computed once before training (``precompute_ref_log_probs=True``);
+- activation checkpointing as TRL defaults it (on: ``gradient_checkpointing=True`` in every TRL
+  config) and off (its fastest); rlhf_lab's side runs both too (``model.gradient_checkpointing``);
 - padding-free batches where TRL has them (SFT, DPO): a row per batch, position ids restarting per
   sequence. There is no flash attention on a CPU, so transformers builds a block-diagonal mask over
   the packed row for SDPA: correct, but attention then spans the whole packed row. Both settings run
@@ -20,6 +22,12 @@ import time
 from pathlib import Path
 
 DIFFERENCES = {
+    "all": [
+        "activation checkpointing: TRL's default is on (gradient_checkpointing=True), rlhf_lab's off "
+        "(model.gradient_checkpointing=false); rows marked ckpt have it on, rows marked no ckpt off, on either side",
+        "activation: rlhf_lab runs GPT-2's tanh GELU as torch's one kernel (models.loading.fuse_activations), TRL "
+        "loads the model with plain from_pretrained",
+    ],
     "sft": [
         "loss: both on the response tokens only (TRL completion_only_loss on a prompt/completion dataset)",
         "dropout: off on both (TRL has no switch: the model is loaded with every dropout at 0)",
@@ -54,8 +62,10 @@ def _callback(timer):
     return Steps()
 
 
-def _args(Config, root: Path, steps: int, batch: int, **extra):
-    extra = {"max_length": 512, "remove_unused_columns": False, **extra}
+def _args(Config, root: Path, steps: int, batch: int, variant: dict, **extra):
+    # TRL turns activation checkpointing on by default (less memory, a third more compute); the
+    # variant without it is TRL's fastest configuration
+    extra = {"max_length": 512, "remove_unused_columns": False, "gradient_checkpointing": variant.get("gradient_checkpointing", True), **extra}
     return Config(output_dir=str(root / "trl_output"), report_to="none", save_strategy="no", eval_strategy="no",
                   logging_strategy="no", disable_tqdm=True, bf16=False, fp16=False, use_cpu=True, seed=0,
                   lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, per_device_train_batch_size=batch,
@@ -90,13 +100,13 @@ def trainer(root: Path, shape: str, what: str, steps: int, batch: int, variant: 
         rows = Dataset.from_list([{"prompt": r["prompt"], "completion": RESPONSE_SEPARATOR + r["chosen"]} for r in data])
         # the records already fit 512 positions; TRL enforces max_length only with packing when padding-free
         extra = {"max_length": None} if padding_free else {}
-        args = _args(trl.SFTConfig, root, steps, batch, learning_rate=1e-4, padding_free=padding_free, packing=False, **extra)
+        args = _args(trl.SFTConfig, root, steps, batch, variant, learning_rate=1e-4, padding_free=padding_free, packing=False, **extra)
         return trl.SFTTrainer(model=_policy(model_dir), args=args, train_dataset=rows, processing_class=tokenizer, callbacks=callbacks), timer
     if what == "dpo":
         # "length" feeds transformers' length-grouped sampler (the characters of the pair: what it sorts by)
         rows = Dataset.from_list([{"prompt": r["prompt"], "chosen": RESPONSE_SEPARATOR + r["chosen"], "rejected": RESPONSE_SEPARATOR + r["rejected"],
                                    "length": len(r["prompt"]) + max(len(r["chosen"]), len(r["rejected"]))} for r in data[:-8]])
-        args = _args(trl.DPOConfig, root, steps, batch, learning_rate=1e-5, beta=0.1, loss_type=["sigmoid"], max_grad_norm=1.0,
+        args = _args(trl.DPOConfig, root, steps, batch, variant, learning_rate=1e-5, beta=0.1, loss_type=["sigmoid"], max_grad_norm=1.0,
                      precompute_ref_log_probs=True, padding_free=padding_free)
         return trl.DPOTrainer(model=_policy(model_dir), ref_model=_policy(model_dir), args=args, train_dataset=rows,
                               processing_class=tokenizer, callbacks=callbacks), timer
@@ -110,6 +120,6 @@ def trainer(root: Path, shape: str, what: str, steps: int, batch: int, variant: 
         rows = Dataset.from_list([{"chosen_ids": c, "rejected_ids": j, "length": max(len(c), len(j))} for c, j in pairs])
         model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=1)
         model.config.pad_token_id = tokenizer.pad_token_id
-        args = _args(trl.RewardConfig, root, steps, batch, learning_rate=1e-5, max_grad_norm=0.0)
+        args = _args(trl.RewardConfig, root, steps, batch, variant, learning_rate=1e-5, max_grad_norm=0.0)
         return trl.RewardTrainer(model=model, args=args, train_dataset=rows, processing_class=tokenizer, callbacks=callbacks), timer
     raise ValueError(f"no TRL side for {what}")

@@ -22,6 +22,7 @@ from typing import Optional
 PROBE_VOCAB = 128
 PROBE_LENGTHS = (32, 64)
 LOGIT_COPIES = 3
+CHECKPOINTED_LAYER_COPIES = 3
 """Vocabulary-sized rows alive at once per position a loss reads: the fp32 logits, their
 log-softmax (kept for the backward) and the gradient flowing back."""
 
@@ -46,11 +47,13 @@ class ActivationProfile:
         """Peak bytes of a training step's activations on ``rows`` x ``length`` positions (padding costs
         as much as a real token) whose loss reads the logits at ``read_tokens`` positions: what the
         forward keeps, plus one layer's worth, because the backward of a layer holds the gradients of
-        its activations beside them. With activation checkpointing a layer keeps only its input, and
-        one layer's activations are rebuilt (and their gradients made) at a time."""
+        its activations beside them. With activation checkpointing a layer keeps only its input and one
+        layer is rebuilt at a time; the rebuilt layer costs three layers' worth at the peak (its
+        activations, their gradients, and what the recomputation leaves until the layer's backward
+        ends), a factor measured on the benchmark's ladder (benchmarks/real_lengths.py), not derived."""
         tokens = rows * length
         layer = self.per_token_in_layer(length)
-        blocks = self.layers * self.hidden_bytes + 2 * layer if checkpointing else (self.layers + 1) * layer
+        blocks = self.layers * self.hidden_bytes + CHECKPOINTED_LAYER_COPIES * layer if checkpointing else (self.layers + 1) * layer
         return int(tokens * (blocks + self.outside) + LOGIT_COPIES * read_tokens * self.vocab * 4)
 
     def generation(self, rows: int, length: int) -> int:

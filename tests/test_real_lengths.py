@@ -5,6 +5,7 @@ the per-token loss equals that of each demonstration scored alone."""
 from __future__ import annotations
 
 import random
+import statistics
 
 import pytest
 import torch
@@ -188,3 +189,51 @@ def test_bf16_autocast_is_refused_on_a_cpu_that_emulates_it(monkeypatch, bf16_gf
     cfg.trainer.precision = "32-true"  # fp32 never asks
     monkeypatch.setattr(training, "matmul_gflops", lambda *a, **k: pytest.fail("fp32 measured nothing"))
     training.check_trainer_config(cfg)
+
+
+@pytest.mark.parametrize("overrides, grouped, dropout_off", [([], True, True), (["sft.group_by_length=false", "sft.disable_dropout=false"], False, False)])
+def test_the_sft_stage_trains_with_its_speed_settings(tmp_path, refused, monkeypatch, overrides, grouped, dropout_off):
+    """The SFT builder hands sft.group_by_length to the loader and sft.disable_dropout to the model (the
+    unit tests above cover what each does; this one that a run reaches them)."""
+    import lightning.pytorch as pl
+
+    import rlhf_lab.stages.sft as sft
+
+    seen, loader = {}, sft.demonstration_loader
+
+    def recording_loader(*args, **kwargs):
+        if args[4]:  # the shuffled training loader, not the validation one
+            seen["group_by_length"] = kwargs.get("group_by_length")
+        return loader(*args, **kwargs)
+
+    def trap(trainer, module, *args, **kwargs):
+        seen["dropout"] = [m.p for m in module.model.modules() if isinstance(m, torch.nn.Dropout)]
+        raise AssertionError("stop before training")
+
+    monkeypatch.setattr(sft, "demonstration_loader", recording_loader)
+    monkeypatch.setattr(pl.Trainer, "fit", trap)
+    refused(["stop_after=sft", "logger=csv", f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}", *overrides])
+    assert seen["group_by_length"] is grouped
+    assert seen["dropout"] and all(p == 0 for p in seen["dropout"]) is dropout_off and any(p > 0 for p in seen["dropout"]) is not dropout_off
+
+
+def test_rollouts_draw_prompts_of_similar_length_and_every_prompt_once_a_pass():
+    from rlhf_lab.algos.on_policy import CyclingSampler
+
+    rng = random.Random(0)
+    lengths = [rng.randint(30, 470) for _ in range(512)]
+    batch = 8
+    grouped = list(CyclingSampler(512, 2 * 512, seed=3, lengths=lengths, batch_size=batch))
+    plain = list(CyclingSampler(512, 2 * 512, seed=3))
+    for order in (grouped, plain):
+        assert sorted(order[:512]) == sorted(order[512:]) == list(range(512))  # each pass draws every prompt once
+    assert grouped[:512] != grouped[512:]  # a new arrangement every pass
+
+    def padding(order):  # left padding of each rollout: positions its longest prompt adds to the others
+        rollouts = [order[i : i + batch] for i in range(0, len(order), batch)]
+        return sum(max(lengths[j] for j in r) * len(r) - sum(lengths[j] for j in r) for r in rollouts) / sum(lengths[j] for j in order)
+
+    assert padding(grouped) < 0.05 < 0.5 < padding(plain)
+    # the rollouts themselves come in random order, not sorted by length
+    means = [statistics.mean(lengths[j] for j in grouped[i : i + batch]) for i in range(0, 512, batch)]
+    assert means != sorted(means) and means != sorted(means, reverse=True)

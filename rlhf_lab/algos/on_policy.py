@@ -9,6 +9,7 @@ update are visible phases rather than state hidden in a data loader.
 from __future__ import annotations
 
 import copy
+from typing import Optional
 
 import lightning.pytorch as pl
 import torch
@@ -20,25 +21,34 @@ from rlhf_lab.data import encode_prompt, pad_left
 from rlhf_lab.errors import check_finite
 from rlhf_lab.models.loading import disable_dropout
 from rlhf_lab.policy import ModelPolicy
-from rlhf_lab.resume import ResumableLoader, ResumableModule
+from rlhf_lab.resume import ResumableLoader, ResumableModule, length_grouped_order
 from rlhf_lab.rollout import Experience, collect_experience
 from rlhf_lab.sharding import ShardedTraining, whole
 
 
 class CyclingSampler(Sampler[int]):
-    """Yields ``num_samples`` indices: shuffled passes over the dataset, as many as needed."""
+    """Yields ``num_samples`` indices: shuffled passes over the dataset, as many as needed. Given the
+    items' ``lengths``, each pass is :func:`~rlhf_lab.resume.length_grouped_order` over batches of
+    ``batch_size``: a rollout's prompts are then of similar length, so its left padding (prefilled and
+    cached for every sample) is small."""
 
-    def __init__(self, size: int, num_samples: int, seed: int) -> None:
+    def __init__(self, size: int, num_samples: int, seed: int, lengths: Optional[list[int]] = None, batch_size: int = 1) -> None:
         self.size, self.num_samples, self.seed = size, num_samples, seed
+        self.lengths, self.batch_size = lengths, batch_size
 
     def __len__(self) -> int:
         return self.num_samples
 
     def __iter__(self):
         generator = torch.Generator().manual_seed(self.seed)
-        produced = 0
+        produced, passes = 0, 0
         while produced < self.num_samples:
-            for index in torch.randperm(self.size, generator=generator).tolist()[: self.num_samples - produced]:
+            if self.lengths is not None:
+                order = length_grouped_order(self.lengths, self.batch_size, self.seed, passes)
+            else:
+                order = torch.randperm(self.size, generator=generator).tolist()
+            passes += 1
+            for index in order[: self.num_samples - produced]:
                 yield index
                 produced += 1
 
@@ -123,7 +133,8 @@ class OnPolicyModule(ShardedTraining, ResumableModule, pl.LightningModule):
         cfg, tok = self.cfg, self.tokenizer
         prompts = [encode_prompt(tok, p) for p in self.inputs.prompts]
         iterations = cfg.total_episodes // cfg.rollout_batch_size
-        sampler = CyclingSampler(len(prompts), iterations * cfg.rollout_batch_size, self.inputs.seed)
+        lengths = [len(p) for p in prompts] if cfg.group_by_length else None
+        sampler = CyclingSampler(len(prompts), iterations * cfg.rollout_batch_size, self.inputs.seed, lengths, cfg.rollout_batch_size)
 
         def collate(items):
             ids, mask = pad_left(items, tok.pad_token_id)

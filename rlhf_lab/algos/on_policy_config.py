@@ -27,6 +27,10 @@ class OnPolicyConfig:
     """Subtracted from the score of a response that has no EOS; null: no penalty."""
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     """How rollouts (and the feedback candidates) are sampled."""
+    group_by_length: bool = True
+    """Fill each rollout with prompts of similar length (as ``sft.group_by_length``): a rollout prefills
+    and caches its left padding for every sample, so on real data this cuts its work; every prompt is
+    still drawn once a pass. false: plain shuffled prompts."""
 
     def __post_init__(self) -> None:
         if self.lr <= 0 or self.max_grad_norm <= 0 or self.kl_coef < 0:
