@@ -406,3 +406,15 @@ def test_grpo_kl_loss_stays_finite_when_the_pad_token_is_very_unlikely(toy):
 def test_actor_critic_configs_share_their_checks(cfg_cls, field, value, message):
     with pytest.raises(ValueError, match=message):
         cfg_cls(**{field: value})
+
+
+@pytest.mark.parametrize("grouped", [True, False])
+def test_a_rollouts_prompts_are_of_similar_length_unless_told_otherwise(toy, grouped):
+    """algo.group_by_length reaches the prompt sampler: grouped rollouts carry little left padding."""
+    module = make(toy, PolicyGradientModule, GRPOConfig, rollout_batch_size=4, total_episodes=64, group_by_length=grouped)
+    widths = []
+    for batch in module.train_dataloader():
+        lengths = batch["prompt_mask"].sum(1)
+        widths.append(int(lengths.max() - lengths.min()))
+    spread = sum(widths) / len(widths)
+    assert (spread <= 1.0) is grouped, spread
