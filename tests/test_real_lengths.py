@@ -202,7 +202,7 @@ def test_the_sft_stage_trains_with_its_speed_settings(tmp_path, refused, monkeyp
     seen, loader = {}, sft.demonstration_loader
 
     def recording_loader(*args, **kwargs):
-        if args[4]:  # the shuffled training loader, not the validation one
+        if args[3]:  # the shuffled training loader, not the validation one
             seen["group_by_length"] = kwargs.get("group_by_length")
         return loader(*args, **kwargs)
 
