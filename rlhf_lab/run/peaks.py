@@ -40,7 +40,7 @@ def stage_peaks(plan, trainer_plan, longest: dict, base: Path) -> list:
     response = longest.get("preference response") or plan.candidate_sampling.max_new_tokens
     sequence = longest.get("preference response sequence") or prompt + response
     if "reward_model" in plan.route and plan.learned_reward:
-        peaks.append(_reward_peak(plan, longest, parameters, base, per_process, prompt, response, sequence))
+        peaks.append(_reward_peak(plan, longest, parameters, trainable, base, per_process, prompt, response, sequence))
     algo, optimises = plan.settings["algo"], plan.stop_after is None and plan.components["algo"].traits["trains_policy"]
     if "preferences" in plan.consumes and optimises:
         rows = 2 * per_process(algo.batch_size)
@@ -51,7 +51,7 @@ def stage_peaks(plan, trainer_plan, longest: dict, base: Path) -> list:
     return peaks
 
 
-def _reward_peak(plan, longest, parameters, base, per_process, prompt, response, sequence):
+def _reward_peak(plan, longest, parameters, trainable, base, per_process, prompt, response, sequence):
     from rlhf_lab import memory
     from rlhf_lab.activation_memory import probe_or_none
 
@@ -60,7 +60,6 @@ def _reward_peak(plan, longest, parameters, base, per_process, prompt, response,
     responses = longest.get("preference responses") or getattr(plan.settings.get("feedback"), "responses_per_prompt", 2)
     record = longest.get("preference record") or prompt + responses * response
     profile = probe_or_none(str(base), dtype=dtype, value=True, share_prompt=shared, lora=plan.lora)
-    _, trainable = memory.count_parameters(str(base), plan.lora)
     records = per_process(reward.batch_size)
     rows, length = (records, record) if shared else (records * responses, sequence)
     return memory.training_peak("reward model", parameters, trainable, dtype, profile, rows=rows, length=length, read_tokens=0,
