@@ -49,9 +49,14 @@ from pathlib import Path
 
 SHAPES = {"1m": (4, 96, 4), "25m": (6, 512, 8), "125m": (12, 768, 12)}
 """name -> (layers, width, heads) of a GPT-2 (1024 positions, as GPT-2's)."""
-WHAT = ("sft", "reward", "dpo", "rollout", "grpo")
-BATCH = {"sft": 32, "reward": 16, "dpo": 16, "rollout": 8, "grpo": 8}
-"""Demonstrations, preference records or pairs per step; prompts per rollout (rollout, grpo)."""
+WHAT = ("sft", "reward", "dpo", "rollout", "grpo", "rloo", "ppo")
+ON_POLICY = ("grpo", "rloo", "ppo")
+BATCH = {"sft": 32, "reward": 16, "dpo": 16, "rollout": 8, "grpo": 8, "rloo": 8, "ppo": 16}
+"""Demonstrations, preference records or pairs per step; prompts per rollout (rollout, grpo, rloo, ppo)."""
+PPO_MINIBATCH, PPO_EPOCHS = 8, 4
+"""PPO: each rollout of 16 responses is 4 epochs x 2 minibatches of policy and critic updates."""
+LENGTH_TARGET = 50
+"""GRPO and RLOO reward: ``-|words - 50|`` (rlhf_lab.rewards.rules.word_count), the same on both sides."""
 SAMPLES_PER_PROMPT, MAX_NEW_TOKENS, STOP_PROBABILITY = 8, 256, 1 / 80
 TRAIN_POSITIONS, POSITIONS, VOCAB, SEED = 512, 1024, 8000, 0
 """Training records are cut to 512 tokens (prompts from the left), as a user with a 512-position model
@@ -125,17 +130,40 @@ def build_model(shape: str, tokenizer, out: Path) -> None:
         model.transformer.wte.weight[tokenizer.eos_token_id] = direction * 0.5
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
+    # PPO's reward model (TRL's PPOTrainer takes only a model): this backbone with a fresh scalar head. Its
+    # scores are meaningless, which does not change the cost of computing them.
+    from transformers import AutoModelForSequenceClassification
+
+    from rlhf_lab.models.value_model import RewardNormaliser
+
+    reward_dir = out.parent / f"{out.name}_reward"
+    reward = AutoModelForSequenceClassification.from_pretrained(out, num_labels=1)
+    reward.config.pad_token_id = tokenizer.pad_token_id
+    reward.save_pretrained(reward_dir)
+    tokenizer.save_pretrained(reward_dir)
+    RewardNormaliser().save(reward_dir)
 
 
-def prepare(root: Path, shapes: list[str], records: int) -> dict:
+def prepare(root: Path, shapes: list[str], records: int, positions: int = TRAIN_POSITIONS) -> dict:
+    """Data, tokenizer and models under ``root``, every record cut to ``positions`` tokens."""
     from rlhf_lab.records import PreferenceRecord, write_jsonl
 
     data = make_dialogues(records, SEED)
     tokenizer = build_tokenizer(data, root / "tokenizer")
-    for record in data:  # prompts cut from the left until prompt + the longer response fit the training positions
-        response = max(len(tokenizer(" " + record[k])["input_ids"]) + 1 for k in ("chosen", "rejected"))
+
+    def tokens(text: str) -> int:
+        return len(tokenizer(text)["input_ids"])
+
+    for record in data:
+        for key in ("chosen", "rejected"):  # at most half the positions (none is cut at 512)
+            words = record[key].split(" ")
+            while len(words) > 1 and tokens(" " + " ".join(words)) + 1 > positions // 2:
+                words = words[: len(words) * 9 // 10]
+            record[key] = " ".join(words)
+        # the prompt cut from the left until prompt + the longer response fit the positions
+        response = max(tokens(" " + record[k]) + 1 for k in ("chosen", "rejected"))
         words = record["prompt"].split(" ")
-        while len(tokenizer(" ".join(words))["input_ids"]) + response > TRAIN_POSITIONS:
+        while tokens(" ".join(words)) + response > positions:
             words = words[10:]
         record["prompt"] = " ".join(words)
     for shape in shapes:
@@ -183,9 +211,10 @@ class PeakRSS:
 
 
 class StepTimer:
-    """A Lightning callback: wall time and real tokens of each training step after the first."""
+    """A Lightning callback: wall time and real tokens of each training step (after the first when
+    ``skip_first``)."""
 
-    def __init__(self, tokens_of) -> None:
+    def __init__(self, tokens_of, skip_first: bool = True) -> None:
         import torch
         from lightning.pytorch import Callback
 
@@ -202,7 +231,7 @@ class StepTimer:
                     timer.largest = max(timer.largest, (rows * length, rows, length, read))
 
             def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-                if batch_idx > 0:  # the first step pays for allocation and kernel selection
+                if batch_idx > 0 or not skip_first:  # the first step pays for allocation and kernel selection
                     timer.seconds.append(time.perf_counter() - timer._start)
                     timer.tokens.append(tokens_of(batch))
 
@@ -265,7 +294,8 @@ def measure_trl(root: Path, shape: str, what: str, steps: int, variant: dict) ->
     trainer, timer = real_lengths_trl.trainer(root, shape, what, steps, BATCH[what], variant)
     trainer.train()
     seconds = statistics.median(timer["seconds"])
-    return {"seconds": seconds, "samples_per_s": BATCH[what] / seconds, "tokens_per_s": None, "gflops": None, "estimate_mb": None}
+    samples = BATCH[what] * (SAMPLES_PER_PROMPT if what in ("grpo", "rloo") else 1)
+    return {"seconds": seconds, "samples_per_s": samples / seconds, "tokens_per_s": None, "gflops": None, "estimate_mb": None}
 
 
 def measure_training(root: Path, shape: str, what: str, steps: int, variant: dict, precision: str) -> dict:
@@ -305,19 +335,8 @@ def measure_training(root: Path, shape: str, what: str, steps: int, variant: dic
         loader = record_loader(read_jsonl(root / "prefs" / "train.jsonl"), objective, tokenizer, batch, True, SEED, True)
         module = RewardModule(model, objective, lr=1e-5, weight_decay=0.0, train_loader=loader)
         tokens_of = lambda b: (int((b["segment_ids"] >= 0).sum()), 0)  # noqa: E731
-    elif what == "grpo":
-        from rlhf_lab.algos.policy_gradient import PolicyGradientModule
-        from rlhf_lab.algos.policy_gradient_config import GRPOConfig
-        from rlhf_lab.config import SamplingConfig
-        from rlhf_lab.rewards.function import RuleReward
-        from rlhf_lab.rewards.rules import word_count
-
-        inputs = _inputs(root, shape)
-        inputs.reward = RuleReward(word_count, inputs.tokenizer, {"target": 50})
-        config = GRPOConfig(lr=1e-5, kl_coef=0.05, rollout_batch_size=batch, samples_per_prompt=SAMPLES_PER_PROMPT,
-                            minibatch_size=batch * SAMPLES_PER_PROMPT, total_episodes=steps * batch * 4, missing_eos_penalty=None,
-                            sampling=SamplingConfig(max_new_tokens=MAX_NEW_TOKENS), group_by_length=variant.get("group_by_length", True))
-        module = PolicyGradientModule(config, inputs)
+    elif what in ON_POLICY:
+        module = _on_policy_module(root, shape, what, steps, variant)
         tokens_of = lambda b: (0, 0)  # noqa: E731  (a rollout's tokens are counted by the module; figures per sample)
         iteration, rollouts = module.iteration, []
 
@@ -328,15 +347,51 @@ def measure_training(root: Path, shape: str, what: str, steps: int, variant: dic
         module.iteration = recorded
     else:
         raise ValueError(what)
-    timer = StepTimer(tokens_of)
-    _trainer(steps + 1, timer.callback, precision).fit(module)
+    # An on-policy step is a whole rollout: its first step's allocation and kernel selection are lost in
+    # it, so every step is timed (steps in all); the other trainers get one untimed warm-up step.
+    on_policy = what in ON_POLICY
+    timer = StepTimer(tokens_of, skip_first=not on_policy)
+    _trainer(steps if on_policy else steps + 1, timer.callback, precision).fit(module)
     seconds = statistics.median(timer.seconds)
-    samples = batch * (SAMPLES_PER_PROMPT if what == "grpo" else 1)
+    samples = batch * (SAMPLES_PER_PROMPT if what in ("grpo", "rloo") else 1)
     real, read = (sum(t[0] for t in timer.tokens) / len(timer.tokens), sum(t[1] for t in timer.tokens) / len(timer.tokens))
     return {"seconds": seconds, "samples_per_s": samples / seconds, "tokens_per_s": real / seconds if real else None, "largest": timer.largest,
             "gflops": useful_flops(root / shape, real, read, what) / seconds / 1e9 if real else None,
-            "estimate_mb": estimate_mb(root, shape, what, timer.largest if what != "grpo" else _largest_rollout(timer, rollouts),
+            "estimate_mb": estimate_mb(root, shape, what, _largest_rollout(timer, rollouts) if on_policy else timer.largest,
                                        bool(variant.get("gradient_checkpointing")))}
+
+
+def _on_policy_module(root: Path, shape: str, what: str, steps: int, variant: dict):
+    """GRPO or RLOO (k = 8 samples of each of 8 prompts, a word-count rule as reward, one gradient step
+    per rollout) or PPO (16 prompts, a learned reward model of the policy's shape, 4 epochs x 2
+    minibatches); KL 0.05 to the reference, responses of up to 256 tokens."""
+    from rlhf_lab.config import SamplingConfig
+
+    batch, sampling = BATCH[what], SamplingConfig(max_new_tokens=MAX_NEW_TOKENS)
+    grouped = variant.get("group_by_length", True)
+    if what == "ppo":
+        from rlhf_lab.algos.ppo import PPOModule
+        from rlhf_lab.algos.ppo_config import PPOConfig
+        from rlhf_lab.models.loading import load_value_model
+        from rlhf_lab.models.value_model import RewardNormaliser
+        from rlhf_lab.rewards.function import LearnedReward
+
+        config = PPOConfig(lr=1e-5, kl_coef=0.05, rollout_batch_size=batch, minibatch_size=PPO_MINIBATCH, ppo_epochs=PPO_EPOCHS,
+                           total_episodes=steps * batch, missing_eos_penalty=None, sampling=sampling, group_by_length=grouped)
+        reward_dir = root / f"{shape}_reward"
+        reward = LearnedReward(load_value_model(str(reward_dir)), RewardNormaliser.load(reward_dir))
+        return PPOModule(config, _inputs(root, shape, reward=reward))
+    from rlhf_lab.algos.policy_gradient import PolicyGradientModule
+    from rlhf_lab.algos.policy_gradient_config import GRPOConfig, RLOOConfig
+    from rlhf_lab.rewards.function import RuleReward
+    from rlhf_lab.rewards.rules import word_count
+
+    inputs = _inputs(root, shape)
+    inputs.reward = RuleReward(word_count, inputs.tokenizer, {"target": LENGTH_TARGET})
+    config = {"grpo": GRPOConfig, "rloo": RLOOConfig}[what](
+        lr=1e-5, kl_coef=0.05, rollout_batch_size=batch, samples_per_prompt=SAMPLES_PER_PROMPT, minibatch_size=batch * SAMPLES_PER_PROMPT,
+        total_episodes=steps * batch, missing_eos_penalty=None, sampling=sampling, group_by_length=grouped)
+    return PolicyGradientModule(config, inputs)
 
 
 def _checkpointing(model, variant: dict) -> None:
@@ -420,13 +475,16 @@ def estimate_mb(root: Path, shape: str, what: str, largest: tuple[int, int, int,
     _, rows, length, read = largest
     model_dir = str(root / shape)
     parameters, trainable = memory.count_parameters(model_dir)
-    profile = probe(model_dir, value=what == "reward", share_prompt=what == "reward")
+    profile = probe(model_dir, value=what == "reward", share_prompt=what == "reward")  # the policy's, on-policy
     if what == "rollout":
         return (parameters * 4 + profile.generation(rows, length)) / 2**20
-    if what == "grpo":
-        est = memory.estimate(parameters, trainable, "float32", reference=True, reward_model=False, critic=False)
-        peak = memory.policy_stage_peak(est, profile, None, rollout_rows=rows, rollout_length=length, update_rows=rows,
-                                        update_length=length, read_tokens=read)
+    if what in ON_POLICY:
+        ppo = what == "ppo"
+        est = memory.estimate(parameters, trainable, "float32", reference=True, reward_model=ppo, critic=ppo)
+        critic = probe(model_dir, value=True) if ppo else None
+        update_rows = min(rows, PPO_MINIBATCH) if ppo else rows  # an update trains one minibatch
+        peak = memory.policy_stage_peak(est, profile, critic, rollout_rows=rows, rollout_length=length, update_rows=update_rows,
+                                        update_length=length, read_tokens=read * update_rows // rows)
         return peak.total / 2**20
     peak = memory.training_peak(what, parameters, trainable, "float32", profile, rows=rows, length=length, read_tokens=read,
                                 checkpointing=checkpointing, frozen_copies=1 if what == "dpo" else 0)
@@ -436,8 +494,14 @@ def estimate_mb(root: Path, shape: str, what: str, largest: tuple[int, int, int,
 # --- the table ------------------------------------------------------------------------------------------
 
 
-def run_worker(root: str, shape: str, what: str, steps: int, variant: dict, precision: str) -> dict:
-    command = [sys.executable, os.path.abspath(__file__), "--worker", json.dumps([shape, what, steps, variant, precision]), "--root", root]
+def _parameters(model_dir: Path) -> int:
+    from rlhf_lab.memory import count_parameters
+
+    return count_parameters(str(model_dir))[0]
+
+
+def run_worker(root: str, shape: str, what: str, steps: int, variant: dict, precision: str, python: str = sys.executable) -> dict:
+    command = [python, os.path.abspath(__file__), "--worker", json.dumps([shape, what, steps, variant, precision]), "--root", root]
     proc = subprocess.run(command, capture_output=True, text=True, env={**os.environ, **OFFLINE})
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith("RESULT "):
@@ -456,6 +520,10 @@ def variants(what: str, all_variants: bool, trl: bool) -> list[tuple[str, dict]]
         rows += [("ckpt", {"gradient_checkpointing": True}), ("TRL ckpt", {"side": "trl"}),
                  ("TRL no ckpt", {"side": "trl", "gradient_checkpointing": False})]
         rows += [("TRL padding_free", {"side": "trl", "padding_free": True})] if what in ("sft", "dpo") and trl == "all" else []
+    if trl and what in ON_POLICY:  # a rollout dominates the step: checkpointing off on both sides (TRL's fastest)
+        rows += [("TRL no ckpt", {"side": "trl", "gradient_checkpointing": False})]
+        if what in ("grpo", "rloo") and trl == "all":
+            rows += [("TRL continuous batching", {"side": "trl", "gradient_checkpointing": False, "continuous_batching": True})]
     return rows
 
 
@@ -465,11 +533,16 @@ def main() -> None:
     parser.add_argument("--what", default=",".join(WHAT), help=f"comma-separated subset of {','.join(WHAT)}")
     parser.add_argument("--steps", type=int, default=4, help="timed optimiser steps per run (after one warm-up step)")
     parser.add_argument("--records", type=int, default=600, help="synthetic HH-like records")
+    parser.add_argument("--positions", default=str(TRAIN_POSITIONS),
+                        help="comma-separated lengths the records are cut to (prompt from the left, responses to half), one table each")
     parser.add_argument("--precision", default="32-true", help="Lightning precision of the training runs (32-true, bf16-mixed)")
     parser.add_argument("--variants", action="store_true", help="also run SFT, DPO and GRPO with each speed option off in turn")
     parser.add_argument("--trl", nargs="?", const="all", choices=("all", "padded"),
                         help="also run SFT, reward model and DPO through TRL in its best CPU configuration (needs the bench extra); "
                              "'padded' leaves out TRL's padding-free variant, whose attention spans each packed row")
+    parser.add_argument("--trl-python", default=sys.executable,
+                        help="Python of an environment with trl==1.12.0 (and rlhf_lab) for TRL's PPO side: later TRL has no PPOTrainer")
+    parser.add_argument("--json", help="also write every row's figures to this file (for benchmarks/real_lengths_plot.py)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--root", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -491,27 +564,37 @@ def main() -> None:
             parser.error(f"{name}: unknown {', '.join(sorted(set(given) - set(known)))}; choose from {','.join(known)}")
     peak32, peak16 = matmul_peak(torch.float32), matmul_peak(torch.bfloat16)
     peak = peak16 if "bf16" in args.precision else peak32  # %peak: of the precision the trainers run in
-    with tempfile.TemporaryDirectory(prefix="rlhf_lab_real_lengths_") as root:
-        lengths = prepare(Path(root), shapes, args.records)
-        print(f"threads={torch.get_num_threads()} torch={torch.__version__} precision={args.precision} steps={args.steps} "
-              f"batch={ {w: BATCH[w] for w in whats} } k={SAMPLES_PER_PROMPT} max_new_tokens={MAX_NEW_TOKENS} "
-              f"cpu={torch.backends.cpu.get_cpu_capability()}")
-        print(f"matmul peak: fp32 {peak32:.0f} GFLOP/s, bf16 {peak16:.1f} GFLOP/s")
-        print(f"prompt tokens: {lengths['prompt_tokens']}; response tokens: {lengths['response_tokens']}\n", flush=True)
-        print(f"{'shape':6s} {'trainer':8s} {'variant':22s} {'s/step':>8s} {'samples/s':>10s} {'tokens/s':>9s} "
-              f"{'GFLOP/s':>8s} {'%peak':>7s} {'peak MB':>8s} {'estimate MB':>11s}", flush=True)
-        for shape in shapes:
-            for what in whats:
-                for name, variant in variants(what, args.variants, args.trl):
-                    r = run_worker(root, shape, what, args.steps, variant, args.precision)
-                    if "failed" in r:
-                        print(f"{shape:6s} {what:8s} {name:22s} failed: {r['failed']}", flush=True)
-                        continue
-                    flops = f"{r['gflops']:8.1f} {100 * r['gflops'] / peak:6.0f}%" if r["gflops"] else f"{'-':>8s} {'-':>7s}"
-                    tokens = f"{r['tokens_per_s']:9.0f}" if r["tokens_per_s"] is not None else f"{'-':>9s}"
-                    estimate = f"{r['estimate_mb']:11.0f}" if r["estimate_mb"] is not None else f"{'-':>11s}"
-                    print(f"{shape:6s} {what:8s} {name:22s} {r['seconds']:8.2f} {r['samples_per_s']:10.2f} {tokens} "
-                          f"{flops} {r['peak_mb']:8.0f} {estimate}", flush=True)
+    print(f"threads={torch.get_num_threads()} torch={torch.__version__} precision={args.precision} steps={args.steps} "
+          f"batch={ {w: BATCH[w] for w in whats} } k={SAMPLES_PER_PROMPT} max_new_tokens={MAX_NEW_TOKENS} "
+          f"cpu={torch.backends.cpu.get_cpu_capability()}")
+    print(f"matmul peak: fp32 {peak32:.0f} GFLOP/s, bf16 {peak16:.1f} GFLOP/s", flush=True)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="rlhf_lab_real_lengths_") as tmp:
+        for positions in [int(p) for p in args.positions.split(",")]:
+            root = Path(tmp) / str(positions)
+            root.mkdir()
+            lengths = prepare(root, shapes, args.records, positions)
+            print(f"\nrecords cut to {positions} positions; prompt tokens: {lengths['prompt_tokens']}; "
+                  f"response tokens: {lengths['response_tokens']}\n", flush=True)
+            print(f"{'shape':6s} {'trainer':8s} {'variant':22s} {'s/step':>8s} {'samples/s':>10s} {'tokens/s':>9s} "
+                  f"{'GFLOP/s':>8s} {'%peak':>7s} {'peak MB':>8s} {'estimate MB':>11s}", flush=True)
+            for shape in shapes:
+                for what in whats:
+                    for name, variant in variants(what, args.variants, args.trl):
+                        python = args.trl_python if what == "ppo" and variant.get("side") == "trl" else sys.executable
+                        r = run_worker(str(root), shape, what, args.steps, variant, args.precision, python)
+                        rows.append({"positions": positions, "shape": shape, "parameters": _parameters(root / shape), "what": what,
+                                     "variant": name, **r})
+                        if "failed" in r:
+                            print(f"{shape:6s} {what:8s} {name:22s} failed: {r['failed']}", flush=True)
+                            continue
+                        flops = f"{r['gflops']:8.1f} {100 * r['gflops'] / peak:6.0f}%" if r["gflops"] else f"{'-':>8s} {'-':>7s}"
+                        tokens = f"{r['tokens_per_s']:9.0f}" if r["tokens_per_s"] is not None else f"{'-':>9s}"
+                        estimate = f"{r['estimate_mb']:11.0f}" if r["estimate_mb"] is not None else f"{'-':>11s}"
+                        print(f"{shape:6s} {what:8s} {name:22s} {r['seconds']:8.2f} {r['samples_per_s']:10.2f} {tokens} "
+                              f"{flops} {r['peak_mb']:8.0f} {estimate}", flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"precision": args.precision, "peak_gflops": {"fp32": peak32, "bf16": peak16}, "rows": rows}, indent=1))
     if args.trl:
         sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
         from real_lengths_trl import DIFFERENCES

@@ -12,7 +12,12 @@ Best, not default, where TRL offers better, and every such choice is in :data:`D
 - padding-free batches where TRL has them (SFT, DPO): a row per batch, position ids restarting per
   sequence. There is no flash attention on a CPU, so transformers builds a block-diagonal mask over
   the packed row for SDPA: correct, but attention then spans the whole packed row. Both settings run
-  (``padding_free`` variants) and the table says which is faster.
+  (``padding_free`` variants) and the table says which is faster;
+- GRPO and RLOO: TRL's own sampler (transformers' ``generate`` with its key/value cache), and its
+  continuous-batching generation (``use_transformers_continuous_batching``) as a variant; one
+  generation and one gradient step per rollout, as on rlhf_lab's side;
+- PPO: TRL 1.12's ``PPOTrainer`` (the last TRL that has one: run with ``--trl-python`` naming an
+  environment with ``trl==1.12.0``), which clips no gradients and calls ``gc.collect()`` every update.
 """
 
 from __future__ import annotations
@@ -45,31 +50,72 @@ DIFFERENCES = {
         "positions; TRL likewise concatenates chosen and rejected, and projects every position",
         "dropout: off on both (TRL disable_dropout=True, its default)",
     ],
+    "grpo": [
+        "rollout: rlhf_lab prefills each prompt once for its k samples, drops ended rows and draws prompts of similar length "
+        "(algo.group_by_length); TRL samples k copies of each prompt with transformers' generate",
+        "loss: both a token-mean over the rollout (TRL loss_type=bnpo), group-scaled rewards, k3 KL 0.05 to the reference "
+        "(TRL's use_bias_correction_kl multiplies it by the importance ratio, 1 with one update per rollout)",
+        "dropout: off on both (TRL disable_dropout=True); AdamW eps 1e-5 on both",
+    ],
+    "rloo": [
+        "rollout: as GRPO's",
+        "advantages: leave-one-out baseline, not whitened, on both (TRL normalize_advantages=False); KL 0.05 in the reward",
+        "dropout: off on both (TRL disable_dropout=True); AdamW eps 1e-5 on both",
+    ],
+    "ppo": [
+        "TRL 1.12's PPOTrainer (later TRL has none); it clips no gradients (rlhf_lab clips to norm 1.0) and calls "
+        "gc.collect() every update",
+        "rollout: rlhf_lab drops ended rows and draws prompts of similar length; TRL samples with transformers' generate "
+        "and then forwards the policy, reference, reward model and critic over the whole padded rollout",
+        "updates: both 4 epochs x 2 minibatches of 8, KL k1 0.05 in the reward, critic from the reward model",
+    ],
 }
 
 
-def _callback(timer):
+ON_POLICY = ("grpo", "rloo", "ppo")
+SAMPLES_PER_PROMPT, MAX_NEW_TOKENS, LENGTH_TARGET, PPO_MINIBATCH, PPO_EPOCHS = 8, 256, 50, 8, 4
+"""As in real_lengths.py (which imports this module only in a worker)."""
+
+
+def _callback(timer, skip_first: bool = True):
     from transformers import TrainerCallback
 
     class Steps(TrainerCallback):
-        def on_step_begin(self, args, state, control, **kwargs):
+        # From the end of one step to the end of the next: TRL's PPOTrainer runs its own loop and calls
+        # no on_step_begin; for the other trainers this adds only the next batch's collation.
+        def on_train_begin(self, args, state, control, **kwargs):
             timer["start"] = time.perf_counter()
 
         def on_step_end(self, args, state, control, **kwargs):
-            if state.global_step > 1:  # the first step pays for allocation and kernel selection
-                timer["seconds"].append(time.perf_counter() - timer["start"])
+            now = time.perf_counter()
+            if state.global_step > 1 or not skip_first:  # the first step pays for allocation and kernel selection
+                timer["seconds"].append(now - timer["start"])
+            timer["start"] = now
 
     return Steps()
 
 
-def _args(Config, root: Path, steps: int, batch: int, variant: dict, **extra):
+def length_reward(prompts, completions, **kwargs) -> list[float]:
+    """TRL's reward-function signature around the rule rlhf_lab's side uses (RuleReward strips both texts too)."""
+    from rlhf_lab.rewards.rules import word_count
+
+    return [word_count(p.strip(), c.strip(), target=LENGTH_TARGET) for p, c in zip(prompts, completions)]
+
+
+def _common(root: Path, batch: int, variant: dict) -> dict:
+    """TrainingArguments every TRL config here shares: fp32 on the CPU, no logging, eval, saving or wandb."""
     # TRL turns activation checkpointing on by default (less memory, a third more compute); the
     # variant without it is TRL's fastest configuration
-    extra = {"max_length": 512, "remove_unused_columns": False, "gradient_checkpointing": variant.get("gradient_checkpointing", True), **extra}
-    return Config(output_dir=str(root / "trl_output"), report_to="none", save_strategy="no", eval_strategy="no",
-                  logging_strategy="no", disable_tqdm=True, bf16=False, fp16=False, use_cpu=True, seed=0,
-                  lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, per_device_train_batch_size=batch,
-                  max_steps=steps + 1, train_sampling_strategy="group_by_length", **extra)
+    return dict(output_dir=str(root / "trl_output"), report_to="none", save_strategy="no", eval_strategy="no",
+                logging_strategy="no", disable_tqdm=True, bf16=False, fp16=False, use_cpu=True, seed=0,
+                lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, per_device_train_batch_size=batch,
+                gradient_checkpointing=variant.get("gradient_checkpointing", True))
+
+
+def _args(Config, root: Path, steps: int, batch: int, variant: dict, **extra):
+    """An offline trainer's config: one untimed warm-up step, batches grouped by length, 512 positions."""
+    return Config(**_common(root, batch, variant), remove_unused_columns=False, max_steps=steps + 1,
+                  train_sampling_strategy="group_by_length", **{"max_length": 512, **extra})
 
 
 def _policy(model_dir: str):
@@ -94,7 +140,8 @@ def trainer(root: Path, shape: str, what: str, steps: int, batch: int, variant: 
     tokenizer = load_tokenizer(model_dir)
     data = json.loads((root / "data.json").read_text())
     timer = {"seconds": []}
-    callbacks = [_callback(timer)]
+    # an on-policy step is a whole rollout: every one is timed (see real_lengths.measure_training)
+    callbacks = [_callback(timer, skip_first=what not in ON_POLICY)]
     padding_free = bool(variant.get("padding_free", False))
     if what == "sft":
         rows = Dataset.from_list([{"prompt": r["prompt"], "completion": RESPONSE_SEPARATOR + r["chosen"]} for r in data])
@@ -122,4 +169,46 @@ def trainer(root: Path, shape: str, what: str, steps: int, batch: int, variant: 
         model.config.pad_token_id = tokenizer.pad_token_id
         args = _args(trl.RewardConfig, root, steps, batch, variant, learning_rate=1e-5, max_grad_norm=0.0)
         return trl.RewardTrainer(model=model, args=args, train_dataset=rows, processing_class=tokenizer, callbacks=callbacks), timer
+    if what in ("grpo", "rloo"):
+        Config, Trainer = {"grpo": (trl.GRPOConfig, trl.GRPOTrainer), "rloo": (trl.RLOOConfig, trl.RLOOTrainer)}[what]
+        extra = {"grpo": dict(loss_type="bnpo", scale_rewards="group"), "rloo": dict(normalize_advantages=False)}[what]
+        if variant.get("continuous_batching"):
+            extra["use_transformers_continuous_batching"] = True
+        args = Config(**_common(root, batch * SAMPLES_PER_PROMPT, variant), max_steps=steps, gradient_accumulation_steps=1, steps_per_generation=1, num_iterations=1,
+                     num_generations=SAMPLES_PER_PROMPT, max_completion_length=MAX_NEW_TOKENS, temperature=1.0, top_k=0, top_p=1.0,
+                     beta=0.05, epsilon=0.2, learning_rate=1e-5, adam_epsilon=1e-5, max_grad_norm=1.0, disable_dropout=True, **extra)
+        rows = Dataset.from_list([{"prompt": r["prompt"]} for r in data])
+        return Trainer(model=_policy(model_dir), reward_funcs=[length_reward], args=args, train_dataset=rows,
+                       processing_class=tokenizer, callbacks=callbacks), timer
+    if what == "ppo":
+        return _ppo(root, shape, steps, batch, variant, data, tokenizer, callbacks), timer
     raise ValueError(f"no TRL side for {what}")
+
+
+def _ppo(root: Path, shape: str, steps: int, batch: int, variant: dict, data: list[dict], tokenizer, callbacks):
+    """TRL 1.12's PPOTrainer: one rollout of ``batch`` prompts per step, 4 epochs x 2 minibatches."""
+    from datasets import Dataset
+    from transformers import AutoModelForSequenceClassification
+
+    from rlhf_lab.data import encode_prompt
+
+    try:
+        from trl.experimental.ppo import PPOConfig, PPOTrainer
+    except ImportError:
+        import trl
+
+        raise RuntimeError(f"trl {trl.__version__} has no PPOTrainer: pass --trl-python, the Python of an environment with trl==1.12.0") from None
+    tokenizer.padding_side = "left"  # TRL's collator pads the prompts it generates from
+    rows = Dataset.from_list([{"input_ids": encode_prompt(tokenizer, r["prompt"])} for r in data])
+    args = PPOConfig(**_common(root, batch, variant), gradient_accumulation_steps=1, num_mini_batches=batch // PPO_MINIBATCH,
+                     num_ppo_epochs=PPO_EPOCHS, total_episodes=steps * batch, local_rollout_forward_batch_size=batch,
+                     response_length=MAX_NEW_TOKENS, temperature=1.0, stop_token="eos", missing_eos_penalty=None, kl_coef=0.05,
+                     kl_estimator="k1", cliprange=0.2, cliprange_value=0.2, vf_coef=0.1, gamma=1.0, lam=0.95, whiten_rewards=False,
+                     learning_rate=1e-5, adam_epsilon=1e-5, num_sample_generations=0)
+    reward_dir = str(root / f"{shape}_reward")
+
+    def scalar_model():
+        return AutoModelForSequenceClassification.from_pretrained(reward_dir, num_labels=1)
+
+    return PPOTrainer(args=args, processing_class=tokenizer, model=_policy(str(root / shape)), ref_model=_policy(str(root / shape)),
+                      reward_model=scalar_model(), value_model=scalar_model(), train_dataset=rows, callbacks=callbacks)
