@@ -13,7 +13,10 @@ here (nothing is downloaded):
 - **Trainers**: ``sft``, ``reward`` (pairwise, shared prompts), ``dpo``, each for a few optimiser
   steps through the same Lightning module the pipeline trains; ``rollout``: GRPO-style sampling of
   k = 8 responses to each of 8 prompts of ~300 tokens, the engine as it is against the engine before
-  it (every sample prefilled its prompt, ended rows stayed in the batch); ``grpo``: whole GRPO steps.
+  it (every sample prefilled its prompt, ended rows stayed in the batch); ``grpo``, ``rloo``: whole
+  steps of k = 8 samples of 8 prompts, a word-count rule as reward; ``ppo``: whole iterations of 16
+  prompts, a reward model of the policy's shape, 4 epochs x 2 minibatches. On-policy steps are all
+  timed (a rollout dwarfs the first step's allocation); the others after one warm-up step.
   The untrained models end a response with probability 1/80 a token (planted in the final layer
   norm's bias), so rollouts end at realistic, varied lengths.
 
@@ -24,12 +27,16 @@ printed; a CPU without bf16 instructions runs bf16 a hundred times slower than f
 from before the first model loads beside the pre-flight's estimate of the stage's peak (rlhf_lab.memory:
 weights, gradients and AdamW state, activations measured per token on a two-layer copy of the model, at
 the largest batch the run trained on; for rollouts the key/value cache as if every row ran to
-max_new_tokens). Each (shape, trainer) runs in a fresh process. Nothing is asserted.
+max_new_tokens). Each (shape, trainer) runs in a fresh process. Nothing is asserted. ``--positions``
+repeats the table with records cut to other lengths, and ``--json`` keeps every row for
+real_lengths_plot.py (time per sample against model size and sequence length).
 
     python benchmarks/real_lengths.py                                # 1m and 25m, every trainer
     python benchmarks/real_lengths.py --shapes 125m --what sft,dpo --steps 3
     python benchmarks/real_lengths.py --shapes 1m --what sft --variants   # SFT with each speed option off in turn
     python benchmarks/real_lengths.py --shapes 1m,25m --what sft,reward,dpo --trl   # beside TRL's best CPU configuration
+    python benchmarks/real_lengths.py --shapes 1m --what grpo,rloo,ppo --trl --trl-python .venv-trl112/bin/python
+    python benchmarks/real_lengths.py --shapes 1m,25m,125m --what sft --positions 128,256,512 --trl fastest --json sft.json
 """
 
 from __future__ import annotations
@@ -516,6 +523,8 @@ def variants(what: str, all_variants: bool, trl: bool) -> list[tuple[str, dict]]
     if all_variants and what in ("sft", "dpo", "grpo"):
         rows += [("group_by_length=false", {"group_by_length": False})]
         rows += [("disable_dropout=false", {"disable_dropout": False})] if what == "sft" else []
+    if trl == "fastest" and what != "rollout":  # TRL's fastest configuration alone
+        return rows + [("TRL no ckpt", {"side": "trl", "gradient_checkpointing": False})]
     if trl and what in ("sft", "reward", "dpo"):
         rows += [("ckpt", {"gradient_checkpointing": True}), ("TRL ckpt", {"side": "trl"}),
                  ("TRL no ckpt", {"side": "trl", "gradient_checkpointing": False})]
@@ -537,9 +546,10 @@ def main() -> None:
                         help="comma-separated lengths the records are cut to (prompt from the left, responses to half), one table each")
     parser.add_argument("--precision", default="32-true", help="Lightning precision of the training runs (32-true, bf16-mixed)")
     parser.add_argument("--variants", action="store_true", help="also run SFT, DPO and GRPO with each speed option off in turn")
-    parser.add_argument("--trl", nargs="?", const="all", choices=("all", "padded"),
-                        help="also run SFT, reward model and DPO through TRL in its best CPU configuration (needs the bench extra); "
-                             "'padded' leaves out TRL's padding-free variant, whose attention spans each packed row")
+    parser.add_argument("--trl", nargs="?", const="all", choices=("all", "padded", "fastest"),
+                        help="also run every trainer but the bare rollout through TRL in its best CPU configuration (needs the bench extra); "
+                             "'padded' leaves out TRL's padding-free variant, whose attention spans each packed row, and its "
+                             "continuous-batching generation; 'fastest' runs only TRL's fastest configuration (no checkpointing)")
     parser.add_argument("--trl-python", default=sys.executable,
                         help="Python of an environment with trl==1.12.0 (and rlhf_lab) for TRL's PPO side: later TRL has no PPOTrainer")
     parser.add_argument("--json", help="also write every row's figures to this file (for benchmarks/real_lengths_plot.py)")
