@@ -116,6 +116,10 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=".*is smaller than the logging interval.*")
 
 
+RESUMING_SWEEP = "RLHF_LAB_RESUMING_SWEEP"
+"""Set by ``resume=<sweep dir>`` (in the environment, so that launchers' worker processes see it too):
+the sweep's jobs that finished before are not run again."""
+
 _JOB_STARTED = [False]
 """Set when Hydra calls the job: a Hydra exit before it is a config that did not compose (bad input)."""
 
@@ -134,53 +138,129 @@ def hydra_entry() -> None:
 
     get_plugin_manager()
     register_engine_schemas()
+    from omegaconf import OmegaConf
+
+    OmegaConf.register_new_resolver("rlhf_lab_pid", os.getpid, replace=True)  # conf/config.yaml's run directory
 
     @hydra.main(version_base="1.3", config_path="pkg://rlhf_lab.conf", config_name="config")
-    def app(cfg) -> float:
-        from hydra.core.hydra_config import HydraConfig
-        from hydra.types import RunMode
-        from rich.console import Console
-
-        from rlhf_lab.errors import RlhfLabError
-        from rlhf_lab.run.experiment import run
-        from rlhf_lab.stats import verdict_lines
+    def app(cfg) -> float | None:
+        from rlhf_lab import stopping
 
         _JOB_STARTED[0] = True
         _quiet_libraries()
+        previous_handlers = stopping.install()  # a stop signal is a failure, with its work saved
         try:
-            metrics = run(cfg)
-        except RlhfLabError as exc:
-            log.error("%s", exc)
-            if _debug():
-                traceback.print_exc()
-            print(f"rlhf_lab: error: {exc}", file=sys.stderr)
-            raise SystemExit(2) from None
-        console = Console()
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
-            # The sweep ends with one table of every job (rlhf_lab.sweep); a job names itself only.
-            overrides = " ".join(HydraConfig.get().overrides.task) or "(no overrides)"
-            console.print(f"job {HydraConfig.get().job.num} ({overrides}) finished", soft_wrap=True, highlight=False)
-        elif not cfg.get("stop_after"):
-            console.print(summary_table(metrics, cfg.algo.name))
-            for line in verdict_lines(metrics, cfg.algo.name):
-                console.print(line)
-        print_paths(console)
-        try:
-            return objective_value(metrics, cfg)  # what a sweeper optimises
-        except RlhfLabError as exc:
-            print(f"rlhf_lab: error: {exc}", file=sys.stderr)
-            raise SystemExit(2) from None
+            return run_job(cfg)
+        finally:
+            stopping.restore(previous_handlers)
 
     app()
 
 
+def run_job(cfg) -> float | None:
+    """One Hydra job: the experiment, its table, and what a failure or a stop means for the exit status
+    (a sweep's job that fails is recorded and the sweep goes on)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from rich.console import Console
+
+    from rlhf_lab import stopping
+    from rlhf_lab.errors import RlhfLabError, resource_failure
+    from rlhf_lab.run.experiment import run
+    from rlhf_lab.stats import verdict_lines
+
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    job_dir = Path(HydraConfig.get().runtime.output_dir)
+    if multirun and os.environ.get(RESUMING_SWEEP) == "1" and (job_dir / "metrics.json").is_file():
+        return _finished_before(job_dir, cfg)
+    try:
+        metrics = run(cfg)
+    except RlhfLabError as exc:
+        log.error("%s", exc)
+        if _debug():
+            traceback.print_exc()
+        print(f"rlhf_lab: error: {exc}", file=sys.stderr)
+        if multirun:  # the sweep goes on; the comparison lists this job and why
+            return _job_failed(job_dir, cfg, "refused", str(exc))
+        raise SystemExit(2) from None
+    except BaseException as exc:
+        stop = stopping.stop_of(exc)
+        machine = resource_failure(exc, job_dir) if stop is None else None
+        if machine is not None:  # a full or vanished disk, memory exhausted: the machine's, not a bug
+            log.error("%s", machine, exc_info=exc)
+            print(f"rlhf_lab: error: {machine}", file=sys.stderr)
+            if multirun:
+                return _job_failed(job_dir, cfg, "crashed", machine)
+            raise SystemExit(1) from None
+        if stop is None:
+            if not (multirun and isinstance(exc, Exception)):
+                raise
+            log.exception("job %s crashed", HydraConfig.get().job.num)
+            print(f"rlhf_lab: error: job {HydraConfig.get().job.num} crashed: {type(exc).__name__}: {exc} "
+                  f"(traceback in {job_dir / 'rlhf_lab.log'})", file=sys.stderr)
+            return _job_failed(job_dir, cfg, "crashed", f"{type(exc).__name__}: {exc}")
+        line = stopping.message(stop, job_dir)
+        log.error("%s", line)
+        print(f"rlhf_lab: {line}", file=sys.stderr)
+        if multirun:  # a stop ends the sweep: its comparison says so before the process exits
+            from rlhf_lab.sweep import write_comparison, write_job_status
+
+            write_job_status(job_dir, "stopped", f"stopped by {stop.name}")
+            write_comparison(Path(HydraConfig.get().sweep.dir))
+        raise SystemExit(stop.exit_code) from None
+    console = Console()
+    if multirun:
+        # The sweep ends with one table of every job (rlhf_lab.sweep); a job names itself only.
+        overrides = " ".join(HydraConfig.get().overrides.task) or "(no overrides)"
+        console.print(f"job {HydraConfig.get().job.num} ({overrides}) finished", soft_wrap=True, highlight=False)
+    elif not cfg.get("stop_after"):
+        console.print(summary_table(metrics, cfg.algo.name))
+        for line in verdict_lines(metrics, cfg.algo.name):
+            console.print(line)
+    print_paths(console)
+    try:
+        return objective_value(metrics, cfg)  # what a sweeper optimises
+    except RlhfLabError as exc:
+        print(f"rlhf_lab: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _job_failed(job_dir: Path, cfg, status: str, reason: str) -> float | None:
+    """A sweep's job that did not finish: recorded for the comparison, and the sweep goes on (a
+    sweeper that optimises gets NaN, which Optuna records as a failed trial)."""
+    from rlhf_lab.sweep import write_job_status
+
+    write_job_status(job_dir, status, reason)
+    return float("nan") if cfg.get("objective") else None
+
+
+def _finished_before(job_dir: Path, cfg) -> float | None:
+    """A resumed sweep's job that finished before: not run again; its figure is what it returned then."""
+    import json
+
+    from hydra.core.hydra_config import HydraConfig
+
+    print(f"job {HydraConfig.get().job.num} finished before ({job_dir / 'metrics.json'}): not run again", flush=True)
+    return objective_value(json.loads((job_dir / "metrics.json").read_text()), cfg)
+
+
 def resume_arguments(run_dir: Path) -> list[str]:
     """The command line that continues the run in ``run_dir``: its own overrides (``.hydra/overrides.yaml``)
-    and the same run directory, whose checkpoints the resumed stage starts from."""
+    and the same run directory, whose checkpoints the resumed stage starts from. For a sweep's
+    directory (``multirun.yaml``), the same sweep into it, whose finished jobs are not run again."""
     import yaml
 
     from rlhf_lab.errors import RlhfLabError
 
+    sweep = run_dir / "multirun.yaml"
+    if sweep.is_file():
+        try:
+            overrides = yaml.safe_load(sweep.read_text())["hydra"]["overrides"]
+        except (OSError, yaml.YAMLError, KeyError, TypeError) as exc:
+            raise RlhfLabError(f"resume={run_dir}: {sweep} does not say what the sweep ran ({exc})") from None
+        own = [o for o in overrides.get("hydra") or [] if not o.startswith(("hydra.mode=", "hydra.sweep.dir="))]
+        os.environ[RESUMING_SWEEP] = "1"
+        return ["-m", *(overrides.get("task") or []), *own, f"hydra.sweep.dir={run_dir}"]
     overrides = run_dir / ".hydra" / "overrides.yaml"
     if not overrides.is_file():
         raise RlhfLabError(f"resume={run_dir}: no run there ({overrides} is missing)")
@@ -191,8 +271,10 @@ def resume_arguments(run_dir: Path) -> list[str]:
 
 def main() -> None:
     from rlhf_lab.errors import RlhfLabError
+    from rlhf_lab.sweep import SWEEP_FAILURES
 
     _JOB_STARTED[0] = False
+    SWEEP_FAILURES.clear()
     try:
         resume = [a for a in sys.argv[1:] if a.startswith("resume=")]
         if resume:
@@ -226,3 +308,6 @@ def main() -> None:
             traceback.print_exc()
         print(f"rlhf_lab: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    if SWEEP_FAILURES:  # every job ran; the sweep as a whole did not succeed
+        print(f"rlhf_lab: {len(SWEEP_FAILURES)} job(s) of the sweep did not finish: {'; '.join(SWEEP_FAILURES)}", file=sys.stderr)
+        raise SystemExit(1)

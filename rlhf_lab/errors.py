@@ -50,3 +50,46 @@ def check_weights_finite(model, stage: str) -> None:
 def nonfinite_figures(metrics: dict) -> list[str]:
     """``name=value`` of every figure in ``metrics`` that is NaN or infinite."""
     return [f"{k}={v}" for k, v in sorted(metrics.items()) if isinstance(v, float) and not math.isfinite(v)]
+
+
+_DISK_ERRNOS = {"ENOSPC": "is full", "EDQUOT": "is over its quota", "EROFS": "is read-only", "EACCES": "is not writable by this user",
+                "ENOENT": "vanished (a directory was removed while the run used it)", "EIO": "gave an input/output error"}
+_DISK_TEXTS = {"No space left on device": "is full", "Disk quota exceeded": "is over its quota", "Read-only file system": "is read-only"}
+
+
+def resource_failure(exc: BaseException, run_dir: Path | None = None) -> str | None:
+    """One line for a failure of the machine rather than of the run (a full, read-only or vanished
+    disk; memory exhausted), found anywhere in ``exc``'s chain of causes; None for anything else.
+
+    Libraries wrap these (safetensors' ``SafetensorError``, Lightning's checkpoint I/O), so the chain and
+    the message text are searched, not only the exception's type.
+    """
+    import errno
+    import shutil
+
+    seen = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, MemoryError):
+            return ("the machine ran out of memory; a smaller batch (the stage's batch_size, algo.minibatch_size), "
+                    "model.gradient_checkpointing=true or model.lora.r=16 needs less; finished stages are cached")
+        what, path = None, None
+        if isinstance(current, OSError) and current.errno is not None:
+            what = _DISK_ERRNOS.get(errno.errorcode.get(current.errno, ""))
+            path = current.filename
+        if what is None:
+            what = next((v for k, v in _DISK_TEXTS.items() if k in str(current)), None)
+        if what is not None:
+            where = Path(path) if path else run_dir
+            free = ""
+            probe = where
+            while probe is not None and not probe.exists() and probe != probe.parent:
+                probe = probe.parent
+            if probe is not None and probe.exists():
+                free = f" ({shutil.disk_usage(probe).free / 2**20:.0f} MB free there now)"
+            return (f"the disk at {where or 'the run directory'} {what}{free}: free space or choose another place (hydra.run.dir, "
+                    "cache_dir), then run the same command again; finished stages are cached and training resumes from its "
+                    "last checkpoint")
+        current = current.__cause__ or current.__context__
+    return None

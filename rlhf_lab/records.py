@@ -14,6 +14,7 @@ trains on exactly the tokens the policy produced, with no decode/re-encode round
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -42,13 +43,22 @@ class PreferenceRecord:
             raise ValueError("a ranking needs at least 2 responses")
         if self.ranking is None and self.scores is None:
             raise ValueError("needs 'ranking' or 'scores'")
+        # JSON's true/false are Python ints too: a ranking of booleans would pass the permutation check
+        if self.ranking is not None and (not isinstance(self.ranking, list) or not all(_is_int(i) for i in self.ranking)):
+            raise ValueError(f"'ranking' must be a list of response indices (integers), got {self.ranking!r}")
+        if self.scores is not None and (
+            not isinstance(self.scores, list) or not all(_is_number(x) and math.isfinite(x) for x in self.scores)
+        ):
+            raise ValueError(f"'scores' must be a list of finite numbers, got {self.scores!r}")
+        if not isinstance(self.annotator, str) or not isinstance(self.meta, dict):
+            raise ValueError(f"'annotator' must be a string and 'meta' an object, got {self.annotator!r} and {self.meta!r}")
         if self.ranking is not None and sorted(self.ranking) != list(range(len(self.responses))):
             raise ValueError(f"'ranking' {self.ranking} is not a permutation of 0..{len(self.responses) - 1}")
         if self.scores is not None and len(self.scores) != len(self.responses):
             raise ValueError(f"{len(self.scores)} scores for {len(self.responses)} responses")
         if self.response_ids is not None and (
             len(self.response_ids) != len(self.responses)
-            or not all(isinstance(ids, list) and all(isinstance(t, int) and t >= 0 for t in ids) for ids in self.response_ids)
+            or not all(isinstance(ids, list) and all(_is_int(t) and t >= 0 for t in ids) for ids in self.response_ids)
         ):
             raise ValueError(f"'response_ids' must hold one list of non-negative token ids per response ({len(self.responses)})")
 
@@ -59,6 +69,14 @@ class PreferenceRecord:
             return [(r[i], r[j]) for i in range(len(r)) for j in range(i + 1, len(r))]
         s = self.scores
         return [(i, j) if s[i] > s[j] else (j, i) for i in range(len(s)) for j in range(i + 1, len(s)) if s[i] != s[j]]
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def write_jsonl(records: list[PreferenceRecord], path: Path) -> None:

@@ -1,8 +1,9 @@
 """One run per run directory: a second run started into a directory in use stops with a message.
 
-Hydra names run directories by the second they start in, so two identical runs started together get
-one directory; without a claim they would interleave their logs and overwrite each other's metrics,
-policy and checkpoints, and both exit 0. The run claims its directory by creating a lock file with
+The default run directory carries the second a run starts in and its process id (conf/config.yaml), so
+identical commands started together get their own; two runs given one directory by hand (``hydra.run.dir``)
+would, without a claim, interleave their logs and overwrite each other's metrics, policy and
+checkpoints, and both exit 0. The run claims its directory by creating a lock file with
 ``O_CREAT | O_EXCL`` (atomic on local disks and on NFS v3+), holding its host, pid and start time,
 and removes it when it ends, however it ends. A lock left by a run that died (its pid no longer runs on
 this host) is taken over; a lock from another host cannot be checked and is refused, naming the file.

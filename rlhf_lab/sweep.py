@@ -5,6 +5,10 @@ directory, each with ``metrics.json`` and Hydra's ``.hydra/overrides.yaml`` and
 ``.hydra/config.yaml``. :func:`write_comparison` reads them all and writes ``comparison.md``,
 ``comparison.csv`` and ``overoptimisation.png`` next to them. :class:`ComparisonCallback` calls it
 from Hydra; ``python -m rlhf_lab.sweep SWEEP_DIR`` calls it by hand.
+
+A job that did not finish is a row too: refused (a bad setting), crashed or stopped, with its reason
+from the ``job_status.json`` the job wrote as it ended (:func:`write_job_status`), or "failed" when it
+left nothing (killed outright).
 """
 
 from __future__ import annotations
@@ -32,9 +36,23 @@ COLUMNS = (
     "job", "label", "algo", "status",
     "gold_reward", "gold_reward_se", "proxy_reward", "proxy_reward_se", "kl", "kl_se",
     "win_rate", "win_rate_low", "win_rate_high", "response_length", "response_length_se",
-    "perplexity", "wall_time_s",
+    "perplexity", "wall_time_s", "reason",
 )
 """Keys of every row from :func:`comparison_rows`, and the columns of ``comparison.csv``."""
+JOB_STATUS = "job_status.json"
+"""Written into a job's directory by a job that ends without finishing: its status and reason."""
+UNFINISHED = ("refused", "crashed", "stopped", "failed")
+"""Statuses of a job that left no metrics: a setting refused, an error, a stop signal, or unknown."""
+SWEEP_FAILURES: list[str] = []
+"""The jobs of the last multirun (this process) that did not finish, ``"<job>: <status>: <reason>"``;
+the command line exits non-zero when any is listed."""
+
+
+def write_job_status(job_dir: Path, status: str, reason: str) -> None:
+    """Record in ``job_dir`` that its job ended ``status`` (one of :data:`UNFINISHED`) and why."""
+    if status not in UNFINISHED:
+        raise ValueError(f"status must be one of {UNFINISHED}, got {status!r}")
+    write_atomic(Path(job_dir) / JOB_STATUS, json.dumps({"status": status, "reason": reason}).encode())
 
 
 @dataclass(frozen=True)
@@ -45,12 +63,16 @@ class Job:
     :param overrides: the job's command-line overrides, e.g. ``("algo=dpo",)``.
     :param algo: the algorithm name (``algo.name``), or ``None`` when unknown.
     :param metrics: the job's ``metrics.json``, or ``None`` when the job left none (it failed).
+    :param status: ``"ok"`` (metrics written), or one of :data:`UNFINISHED`.
+    :param reason: why the job did not finish; ``None`` for a finished one.
     """
 
     number: str
     overrides: tuple[str, ...]
     algo: str | None
     metrics: dict | None
+    status: str = "ok"
+    reason: str | None = None
 
     @property
     def label(self) -> str:
@@ -74,7 +96,8 @@ def comparison_rows(jobs: list[Job]) -> list[dict[str, Any]]:
 
     Figures of job rows are ``eval/<algo>/<figure>`` with their ``_se``, the win rate with
     ``win_rate_low`` / ``win_rate_high``, ``perplexity`` and ``time/total_seconds``. A missing
-    figure is ``None``. ``status`` is ``"baseline"``, ``"ok"`` or ``"failed"`` (no metrics.json).
+    figure is ``None``. ``status`` is ``"baseline"``, ``"ok"`` or one of :data:`UNFINISHED` (no
+    metrics.json), with its ``reason``.
 
     :param jobs: the sweep's jobs, in the order the rows should take.
     :returns: dicts with exactly the keys in :data:`COLUMNS`.
@@ -85,12 +108,13 @@ def comparison_rows(jobs: list[Job]) -> list[dict[str, Any]]:
         baseline = _figures(first.metrics, BASELINE)
         # The baseline is not compared with itself, and its time is part of every job's total.
         baseline.update(win_rate=None, win_rate_low=None, win_rate_high=None, wall_time_s=None)
-        rows.append({"job": None, "label": f"{BASELINE} (baseline of job {first.number})", "algo": BASELINE, "status": "baseline", **baseline})
+        rows.append({"job": None, "label": f"{BASELINE} (baseline of job {first.number})", "algo": BASELINE, "status": "baseline",
+                     "reason": None, **baseline})
     # Settings every job shares (a cache directory, a shortened trainer) say nothing about the difference.
     shared = set.intersection(*(set(job.overrides) for job in jobs)) if len(jobs) > 1 else set()
     for job in jobs:
         label = " ".join(o for o in job.overrides if o not in shared) or job.algo or job.number
-        row = {"job": job.number, "label": label, "algo": job.algo, "status": "failed" if job.metrics is None else "ok"}
+        row = {"job": job.number, "label": label, "algo": job.algo, "status": job.status, "reason": job.reason}
         figures = _figures(job.metrics or {}, job.algo or "")
         figures["wall_time_s"] = _number((job.metrics or {}).get("time/total_seconds"))
         rows.append({**row, **figures})
@@ -98,7 +122,8 @@ def comparison_rows(jobs: list[Job]) -> list[dict[str, Any]]:
 
 
 def write_markdown(rows: list[dict[str, Any]], path: Path) -> None:
-    """Write the rows as a Markdown table; ``-`` marks a missing figure, ``failed`` a failed job.
+    """Write the rows as a Markdown table; ``-`` marks a missing figure; a job that did not finish
+    says how it ended and why in place of its figures.
 
     :param rows: rows from :func:`comparison_rows`.
     :param path: the file to write.
@@ -116,8 +141,8 @@ def write_markdown(rows: list[dict[str, Any]], path: Path) -> None:
         "|" + "|".join("---" for _ in header) + "|",
     ]
     for row in rows:
-        if row["status"] == "failed":
-            figures = ["failed"] * (len(header) - 3)
+        if row["status"] in UNFINISHED:
+            figures = [f"**{row['status']}**" + (f": {row['reason']}" if row["reason"] else "")] + ["-"] * (len(header) - 4)
         else:
             figures = [
                 _with_se(row["gold_reward"], row["gold_reward_se"], 3),
@@ -228,9 +253,9 @@ def write_comparison(sweep_dir: Path) -> list[Path]:
         written.append(sweep_dir / "overoptimisation.png")
     except ImportError as exc:
         log.warning("matplotlib is not available (%s); overoptimisation.png not drawn", exc)
-    failed = [job.label for job in jobs if job.metrics is None]
+    failed = [f"job {job.number} ({job.label}): {job.status}" for job in jobs if job.metrics is None]
     if failed:
-        log.warning("%d job(s) left no metrics.json and are listed as failed: %s", len(failed), ", ".join(failed))
+        log.warning("%d job(s) did not finish: %s", len(failed), "; ".join(failed))
     log.info("sweep comparison of %d job(s) written to %s", len(jobs), ", ".join(str(p) for p in written))
     return written
 
@@ -257,9 +282,12 @@ class ComparisonCallback(Callback):
 
         :param config: the sweep's config, including the ``hydra`` node.
         """
-        written = write_comparison(Path(config.hydra.sweep.dir))
+        sweep_dir = Path(config.hydra.sweep.dir)
+        written = write_comparison(sweep_dir)
         if written:
             print(written[0].read_text(), end="", flush=True)
+        rows = comparison_rows(load_jobs(sweep_dir)) if sweep_dir.is_dir() else []
+        SWEEP_FAILURES[:] = [f"job {r['job']} ({r['label']}): {r['status']}: {r['reason']}" for r in rows if r["status"] in UNFINISHED]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -286,7 +314,23 @@ def _load_job(job_dir: Path) -> Job:
             log.warning("%s is unreadable (%s); the job is listed as failed", job_dir / "metrics.json", exc)
     algo = (config.get("algo") or {}).get("name") if isinstance(config, dict) else None
     algo = algo or _algo_from_overrides(overrides) or _algo_from_metrics(metrics)
-    return Job(number=job_dir.name, overrides=tuple(str(o) for o in overrides), algo=algo, metrics=metrics)
+    status, reason = "ok", None
+    if metrics is None:
+        recorded = _read_status(job_dir / JOB_STATUS)
+        status = recorded.get("status") if recorded.get("status") in UNFINISHED else "failed"
+        reason = str(recorded.get("reason") or "it left no metrics.json (killed, or still running)")
+    return Job(number=job_dir.name, overrides=tuple(str(o) for o in overrides), algo=algo, metrics=metrics, status=status, reason=reason)
+
+
+def _read_status(path: Path) -> dict:
+    if not path.is_file():
+        return {}
+    try:
+        recorded = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        log.warning("%s is unreadable (%s)", path, exc)
+        return {}
+    return recorded if isinstance(recorded, dict) else {}
 
 
 def _read_yaml(path: Path) -> Any:

@@ -27,8 +27,15 @@ def build_trainer(cfg: DictConfig, stage: str, run_dir: Path, group: str, on_che
     from rlhf_lab.plugin_manager import call_hook
     from rlhf_lab.progress import progress_bar
 
+    from rlhf_lab.stopping import StopAtBoundary
+
     t = cfg.trainer
-    callbacks = [LastCheckpoint(checkpoint_dir(run_dir, stage), t.checkpoint_every_n_steps, on_checkpoint, resuming)]
+    last = LastCheckpoint(checkpoint_dir(run_dir, stage), t.checkpoint_every_n_steps, on_checkpoint, resuming)
+    callbacks = [last]
+    if world_size == 1:
+        # A stop signal ends the fit after the batch in progress, saved. With several processes each
+        # rank would see it at a different batch; Lightning's own SIGTERM broadcast stops them together.
+        callbacks.append(StopAtBoundary(last, stage))
     if t.progress_bar != "none":
         callbacks.append(progress_bar(t.progress_bar))
     for extra in call_hook("rlhf_lab_callbacks", cfg=cfg, stage=stage):

@@ -214,3 +214,31 @@ def test_ai_judge_run_on_the_toy_task_reports_its_agreement_with_the_gold_annota
     assert abs(metrics["feedback/train_judge_position_bias"]) < 0.5
     code, err = refused(["feedback=ai_judge", f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'bad'}"])
     assert code == 2 and "exactly one of model" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("answer, message", [
+    (lambda texts, labels: "A", "label_probabilities() returned A for 1 text(s)"),
+    (lambda texts, labels: [[0.5, float("nan")] for _ in texts], "label_probabilities() returned [[0.5, nan]]"),
+    (lambda texts, labels: [[0.5, 0.5]], None),
+    (lambda texts, labels: 1 / 0, "label_probabilities() raised ZeroDivisionError: division by zero (first input 'Principles:"),
+])
+def test_a_plugin_client_is_tried_before_any_work_and_named_when_it_answers_wrong(answer, message, monkeypatch):
+    module = types.ModuleType("judge_client_for_tests")
+
+    class Client:
+        def label_probabilities(self, texts, labels):
+            return answer(texts, labels)
+
+        def generate(self, prompts, max_new_tokens):
+            return ["fine"] * len(prompts)
+
+    module.make = lambda cfg: Client()
+    monkeypatch.setitem(sys.modules, "judge_client_for_tests", module)
+    if message is None:
+        source = AIJudgeFeedback(AIJudgeConfig(client="judge_client_for_tests:make"), task=None)
+        with pytest.raises(RlhfLabError, match=r"returned \[\[0.5, 0.5\]\] for 2 text\(s\)"):  # right for one text, not for two
+            source.collect(["p"], [["a", "b"]], kind="ranking", seed=0)
+        return
+    with pytest.raises(RlhfLabError) as refused:
+        AIJudgeFeedback(AIJudgeConfig(client="judge_client_for_tests:make"), task=None)
+    assert "feedback.client 'judge_client_for_tests:make': " + message in str(refused.value)

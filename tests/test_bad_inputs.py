@@ -16,7 +16,7 @@ import socket
 import sys
 
 import pytest
-from conftest import run_main
+from conftest import TINY_ONLINE, TINY_UPSTREAM, run_main
 from hydra.core.global_hydra import GlobalHydra
 
 import rlhf_lab.plugin_manager as plugin_manager
@@ -37,11 +37,28 @@ def _pairs(n: int = 30) -> list[dict]:
     return [{"prompt": f"tell me about the tea {i} .", "chosen": f"the tea is good {i} .", "rejected": f"the tea is bad {i} ."} for i in range(n)]
 
 
+def _not_a_policy(root) -> None:
+    """Models a user might point model.name_or_path at by mistake, each with the toy model's tokenizer:
+    an encoder saved without a language-model head, and a causal LM whose embedding is smaller than
+    the tokenizer."""
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(root / "model")
+    bert = AutoConfig.for_model("bert", vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                intermediate_size=64, max_position_embeddings=128)
+    AutoModel.from_config(bert).save_pretrained(root / "bert")
+    small = AutoConfig.for_model("gpt2", vocab_size=len(tokenizer) - 5, n_embd=32, n_layer=1, n_head=2, n_positions=128)
+    AutoModelForCausalLM.from_config(small).save_pretrained(root / "small_vocab")
+    for name in ("bert", "small_vocab"):
+        tokenizer.save_pretrained(root / name)
+
+
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     """Every bad file of the table, beside good ones, and a tiny model for ``task=dataset``."""
     root = tmp_path_factory.mktemp("bad_files")
     make_toy_task(ToyTaskConfig(num_sft_examples=200, n_positions=128), seed=0).build_base_model(root / "model")
+    _not_a_policy(root)
     good = _pairs()
     texts = {
         "good.jsonl": _rows(*good),
@@ -60,6 +77,9 @@ def files(tmp_path_factory):
         "native_ranking.jsonl": _rows(*[{"prompt": f"p{i}", "responses": ["x", "y"], "ranking": [0, 0]} for i in range(5)]),
         "native_unknown.jsonl": _rows(*[{"prompt": f"p{i}", "responses": ["x", "y"], "ranking": [0, 1], "votes": 3} for i in range(5)]),
         "native_single.jsonl": _rows(*[{"prompt": f"p{i}", "responses": ["x"], "ranking": [0]} for i in range(5)]),
+        "native_bool_ranking.jsonl": _rows(*[{"prompt": f"p{i}", "responses": ["x", "y"], "ranking": [True, False]} for i in range(5)]),
+        "native_text_scores.jsonl": _rows(*[{"prompt": f"p{i}", "responses": ["x", "y"], "scores": ["good", 1.0]} for i in range(5)]),
+        "native_annotator.jsonl": _rows(*[{"prompt": f"p{i}", "responses": ["x", "y"], "ranking": [0, 1], "annotator": 7} for i in range(5)]),
         "native_scores_count.jsonl": _rows(*[{"prompt": f"p{i}", "responses": ["x", "y"], "scores": [1.0]} for i in range(5)]),
         "rating_text_score.jsonl": _rows(*[{"prompt": f"p{i % 3}", "response": f"r{i}", "score": "7"} for i in range(9)]),
         "hh_no_turn.jsonl": _rows(*[{"chosen": f"Human: hi {i}", "rejected": f"Human: bye {i}"} for i in range(5)]),
@@ -174,6 +194,9 @@ BOUNDS = [
     ("reward.lr=0", ["reward.lr=0"], {}, "lr=0"),
     ("feedback.rounds=0", ["feedback.rounds=0"], {}, "rounds >= 1"),
     ("feedback.responses_per_prompt=1", ["feedback.responses_per_prompt=1"], {}, "responses_per_prompt >= 2"),
+    ("feedback.labellers twice", ["feedback=human", "feedback.labellers=[ann,ann]"], {}, "labeller 'ann' is listed twice"),
+    ("feedback.host", ["feedback=human", "feedback.host=no-such-host.invalid", "feedback.port=0", "feedback.db={files}/labels.db"], {},
+     "feedback.host=no-such-host.invalid: not an address"),
     ("feedback.num_annotators=0", ["feedback.num_annotators=0"], {}, "num_annotators >= 1"),
     ("feedback.beta=0", ["feedback.beta=0"], {}, "beta > 0"),
     ("algo.rollout_batch_size=0", ["algo.rollout_batch_size=0"], {}, "rollout_batch_size"),
@@ -193,6 +216,9 @@ COMBINATIONS = [
     ("feedback-dataset-no-path", DPO_FILE, {}, "feedback=dataset needs feedback.path=<file>"),
     ("task-dataset-no-path", ["task=dataset", "model.name_or_path={files}/model"], {}, "task=dataset needs task.path=<file>"),
     ("model-missing", ["model.name_or_path={files}/no_model"], {}, "no_model"),
+    ("model-not-causal", ["model.name_or_path={files}/bert"], {},
+     "model.name_or_path={files}/bert: a bert model (saved as BertModel) is not a causal language model with a generation head"),
+    ("model-vocabulary", ["model.name_or_path={files}/small_vocab"], {}, "but the model's embedding only"),
     ("max-new-tokens-fill-context", ["eval.sampling.max_new_tokens=64"], {}, "max_new_tokens=64 (algo.sampling or eval.sampling) leaves no room"),
 ]
 
@@ -226,6 +252,9 @@ DATA = [
         ("native-empty-response", "native_empty.jsonl", [], "native_empty.jsonl:1: malformed preference record: response 0 is empty"),
         ("native-ranking", "native_ranking.jsonl", [], "native_ranking.jsonl:1: malformed preference record: 'ranking' [0, 0] is not a permutation"),
         ("native-unknown-field", "native_unknown.jsonl", [], "native_unknown.jsonl:1: malformed preference record: unknown field(s) ['votes']"),
+        ("native-boolean-ranking", "native_bool_ranking.jsonl", [], "native_bool_ranking.jsonl:1: malformed preference record: 'ranking' must be a list of response indices (integers), got [True, False]"),
+        ("native-text-scores", "native_text_scores.jsonl", [], "native_text_scores.jsonl:1: malformed preference record: 'scores' must be a list of finite numbers, got ['good', 1.0]"),
+        ("native-annotator-type", "native_annotator.jsonl", [], "native_annotator.jsonl:1: malformed preference record: 'annotator' must be a string"),
         ("native-one-response", "native_single.jsonl", [], "native_single.jsonl:1: malformed preference record: a ranking needs at least 2 responses"),
         ("native-scores-count", "native_scores_count.jsonl", [], "native_scores_count.jsonl:1: malformed preference record: 1 scores for 2 responses"),
         ("hh-no-assistant-turn", "hh_no_turn.jsonl", [], "hh_no_turn.jsonl:1: malformed preference record: no shared"),
@@ -280,6 +309,16 @@ def test_a_labelling_port_in_use_is_refused_before_training(tmp_path, monkeypatc
         code, err = run_main([*TINY, "feedback=human", "feedback.bot_labellers=1", f"feedback.port={port}", f"feedback.db={tmp_path / 'labels.db'}",
                               f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}"], monkeypatch, capsys)
     assert code == 2 and f"feedback.port={port}: cannot serve the labelling app on 127.0.0.1:{port}" in err, err[-2000:]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["create", "--redundancy", "0"], "label create: redundancy must be >= 1, got 0"),
+    (["status"], "no such database"),
+])
+def test_label_commands_name_a_bad_argument(argv, message, tmp_path, monkeypatch, capsys):
+    code, err = run_main(["label", *argv, "--db", str(tmp_path / "labels.db")], monkeypatch, capsys)
+    assert code == 2 and message in err and "Traceback" not in err, err[-2000:]
+    assert not (tmp_path / "labels.db.tokens.json").exists()
 
 
 def test_resume_names_what_it_cannot_resume(tmp_path, monkeypatch, capsys, no_training):
@@ -355,3 +394,57 @@ def test_a_plugin_that_raises_is_named(plugin, message, tmp_path, monkeypatch, c
     monkeypatch.setattr(plugin_manager, "_PM", None)
     monkeypatch.setattr(plugin_manager, "build_plugin_manager", build)
     register_engine_schemas()
+
+
+@pytest.mark.parametrize("function, message", [
+    ("operator:concat", "returned 'What is two plus two?Two plus two is four.' (str); a reward function returns a finite number"),
+    ("builtins:print", "returned None (NoneType)"),
+    ("operator:truediv", "raised TypeError: unsupported operand type(s) for /: 'str' and 'str'"),
+])
+def test_a_rule_reward_that_returns_no_number_is_named_before_any_work(function, message, refused, tmp_path):
+    code, err = refused([*TINY_UPSTREAM, *TINY_ONLINE, "algo=rloo", "reward=rule", f"reward.function={function}",
+                         f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}"])
+    assert code == 2 and "Traceback" not in err, err[-2000:]
+    assert f"reward.function {function} on prompt 'What is two plus two?' and response 'Two plus two is four.' {message}" in err, err[-2000:]
+
+
+def test_a_rule_reward_that_fails_mid_run_names_the_function_the_input_and_the_value():
+    import torch
+
+    from rlhf_lab.errors import RlhfLabError
+    from rlhf_lab.rewards.function import RuleReward
+
+    class Words:
+        def decode(self, ids, skip_special_tokens=True):
+            return " ".join(f"w{i}" for i in ids)
+
+    def picky(prompt, response):
+        return 1.0 if "w3" not in response else "bad"
+
+    batch = {"prompt_len": 2, "input_ids": torch.tensor([[1, 2, 4, 5], [1, 2, 3, 5]]), "attention_mask": torch.ones(2, 4, dtype=torch.long)}
+    with pytest.raises(RlhfLabError, match=r"picky on prompt 'w1 w2' and response 'w3 w5' returned 'bad' \(str\)"):
+        RuleReward(picky, Words())(batch)
+
+
+@pytest.mark.parametrize("failure, message", [
+    (lambda path: OSError(28, "No space left on device", str(path)), "is full"),
+    (lambda path: RuntimeError("Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: \"No space left on device\" })"),
+     "is full"),
+    (lambda path: OSError(30, "Read-only file system", str(path)), "is read-only"),
+    (lambda path: MemoryError(), "the machine ran out of memory"),
+])
+def test_a_full_disk_or_exhausted_memory_mid_run_is_one_message_and_exit_1(failure, message, tmp_path, monkeypatch, capsys):
+    """The checkpoint write fails as a full, read-only disk or exhausted memory would make it fail: one
+    line naming the path and what to do, exit 1, no traceback, and no metrics.json."""
+    from rlhf_lab.training import LastCheckpoint
+
+    def fail(self, trainer):
+        raise failure(self.directory / "last.ckpt.tmp")
+
+    monkeypatch.setattr(LastCheckpoint, "save", fail)
+    code, err = run_main([*TINY, "stop_after=sft", f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}"], monkeypatch, capsys)
+    assert code == 1 and "Traceback" not in err, err[-2000:]
+    assert "rlhf_lab: error: " in err and message in err, err[-2000:]
+    if "memory" not in message:
+        assert "MB free there now" in err and "run the same command again" in err
+    assert not (tmp_path / "run" / "metrics.json").exists()

@@ -24,7 +24,7 @@ class App:
         self.campaign = Campaign(self.store, "c", CampaignSettings(**settings))
         self.tokens = {name: self.store.add_labeller("c", name, role) for name, role in
                        [("admin", "admin"), ("ann", "crowd"), ("bob", "crowd"), ("eve", "expert"), ("shop", "app")]}
-        self.client = TestClient(create_app(self.campaign))
+        self.client = TestClient(create_app(self.campaign, {"http://testserver"}))
 
     def auth(self, name):
         return {"Authorization": f"Bearer {self.tokens[name]}"}
@@ -39,6 +39,11 @@ class App:
         response = self.get("/api/next", name)
         assert response.status_code == 200, response.text
         return response.json()["item"]
+
+    def answer(self, name, item_id, **answer):
+        """``name`` asks for the next item, which must be ``item_id``, and answers it."""
+        assert self.next(name)["id"] == item_id
+        return self.post("/api/labels", name, {"item_id": item_id, **answer})
 
     def choose_first_shown(self, name, item):
         return self.post("/api/labels", name, {"item_id": item["id"], "ranking": [r["index"] for r in item["responses"]]})
@@ -115,11 +120,11 @@ def test_a_repeat_comes_only_after_its_original_and_counts_for_self_consistency(
 
 def test_disagreement_goes_to_the_expert_who_decides(app):
     (item_id,) = add(app, n=1)
-    app.post("/api/labels", "ann", {"item_id": item_id, "ranking": [0, 1]})
-    app.post("/api/labels", "bob", {"item_id": item_id, "ranking": [1, 0]})
+    app.answer("ann", item_id, ranking=[0, 1])
+    app.answer("bob", item_id, ranking=[1, 0])
     assert app.campaign.batch_progress("b") == (0, 1)  # waiting for the expert
     assert app.next("eve")["id"] == item_id
-    app.post("/api/labels", "eve", {"item_id": item_id, "ranking": [1, 0]})
+    app.answer("eve", item_id, ranking=[1, 0])
     assert app.campaign.batch_progress("b") == (1, 1)
     records = app.get("/api/export", "admin").json()["records"]
     assert records[0]["ranking"] == [1, 0] and records[0]["meta"]["decided_by"] == "expert"
@@ -129,7 +134,7 @@ def test_disagreement_goes_to_the_expert_who_decides(app):
 def test_skips_by_every_labeller_finish_an_item(app):
     (item_id,) = add(app, n=1)
     for name in ("ann", "bob"):
-        assert app.post("/api/labels", name, {"item_id": item_id, "skip": True}).status_code == 200
+        assert app.answer(name, item_id, skip=True).status_code == 200
     assert app.campaign.batch_progress("b") == (1, 1)
     assert app.get("/api/export", "admin").json()["records"] == []
 
@@ -146,6 +151,7 @@ def test_the_campaign_batch_limits_what_is_offered(app):
 
 def test_a_retry_is_a_duplicate_and_a_different_answer_a_conflict(app):
     (item_id,) = add(app, n=1)
+    assert app.next("ann")["id"] == item_id
     body = {"item_id": item_id, "ranking": [1, 0], "rating": 6, "reason": "more on topic", "seconds": 3.5}
     assert app.post("/api/labels", "ann", body).json() == {"saved": True, "duplicate": False}
     assert app.post("/api/labels", "ann", body).json() == {"saved": True, "duplicate": True}
@@ -158,7 +164,9 @@ def test_a_retry_is_a_duplicate_and_a_different_answer_a_conflict(app):
 @pytest.mark.parametrize(
     "body, status, reason",
     [
-        ({"item_id": "1", "ranking": [0, 1]}, 422, "'item_id' must be an integer"),
+        ({"item_id": "1", "ranking": [0, 1]}, 422, "'item_id' must be an item's id"),
+        ({"item_id": True, "ranking": [0, 1]}, 422, "'item_id' must be an item's id"),
+        ({"item_id": 10**30, "ranking": [0, 1]}, 422, "'item_id' must be an item's id"),
         ({"item_id": 999, "ranking": [0, 1]}, 404, "no item 999"),
         ({"item_id": 1}, 422, "exactly one of"),
         ({"item_id": 1, "ranking": [0, 1], "skip": True}, 422, "exactly one of"),
@@ -168,13 +176,16 @@ def test_a_retry_is_a_duplicate_and_a_different_answer_a_conflict(app):
         ({"item_id": 1, "tie": "yes"}, 422, "true or false"),
         ({"item_id": 1, "ranking": [0, 1], "rating": 8}, 422, "from 1 to 7"),
         ({"item_id": 1, "ranking": [0, 1], "reason": "x" * 2001}, 422, "at most 2000"),
-        ({"item_id": 1, "ranking": [0, 1], "seconds": -1}, 422, "non-negative"),
+        ({"item_id": 1, "ranking": [0, 1], "seconds": -1}, 422, "'seconds' must be a number from 0"),
+        ({"item_id": 1, "ranking": [0, 1], "seconds": 10**400}, 422, "'seconds' must be a number from 0"),
+        ({"item_id": 1, "ranking": [0, 1], "seconds": 1e300}, 422, "'seconds' must be a number from 0"),
         ({"item_id": 1, "ranking": [0, 1], "gold": [0, 1]}, 422, "unknown field"),
         ([1, 2], 422, "JSON object"),
     ],
 )
 def test_malformed_labels_get_a_4xx_with_the_reason_and_store_nothing(app, body, status, reason):
     add(app, n=1)
+    app.next("ann")
     response = app.post("/api/labels", "ann", body)
     assert response.status_code == status and reason in response.json()["error"]
     assert app.store.count_labels("c") == 0
@@ -222,14 +233,14 @@ def test_a_token_of_another_campaign_is_refused(app, tmp_path):
 
 def test_labellers_cannot_see_figures_exports_or_others_labels(app):
     (item_id,) = add(app, n=1)
-    app.post("/api/labels", "ann", {"item_id": item_id, "ranking": [1, 0], "reason": "ann's secret reason"})
+    app.answer("ann", item_id, ranking=[1, 0], reason="ann's secret reason")
     for path in ("/api/status", "/api/export"):
         assert app.get(path, "bob").status_code == 403
     assert app.post("/api/labellers/ann/exclude", "bob", {"excluded": True}).status_code == 403
     for path in ("/api/me", "/api/next"):
         assert "secret" not in app.get(path, "bob").text
     # Bob cannot overwrite Ann's label: his answer is his own row.
-    app.post("/api/labels", "bob", {"item_id": item_id, "ranking": [0, 1]})
+    app.answer("bob", item_id, ranking=[0, 1])
     ann = app.store.labeller("c", "ann")
     assert [l.ranking for l in app.store.labels("c", labeller_id=ann.id)] == [[1, 0]]
     # The app token cannot label, and labellers cannot log online feedback.
@@ -241,6 +252,10 @@ def test_requests_from_another_origin_are_refused(app):
     (item_id,) = add(app, n=1)
     response = app.post("/api/labels", "ann", {"item_id": item_id, "skip": True}, headers={"Origin": "http://evil.example"})
     assert response.status_code == 403 and "origin" in response.json()["error"]
+    # The origin is compared with where the app is served, not with the Host header the sender wrote.
+    forged = app.post("/api/labels", "ann", {"item_id": item_id, "skip": True}, headers={"Origin": "http://evil.example", "Host": "evil.example"})
+    assert forged.status_code == 403
+    app.next("ann")
     same = app.post("/api/labels", "ann", {"item_id": item_id, "skip": True}, headers={"Origin": "http://testserver"})
     assert same.status_code == 200
     assert app.store.count_labels("c") == 1
@@ -268,8 +283,8 @@ def test_status_and_export_carry_agreement_and_exclusions(app):
     app.campaign.settings.expert_threshold = 0  # no routing: the tied item stays unresolved
     ids = add(app, n=3)
     for item_id in ids:
-        app.post("/api/labels", "ann", {"item_id": item_id, "ranking": [0, 1]})
-        app.post("/api/labels", "bob", {"item_id": item_id, "ranking": [0, 1] if item_id != ids[0] else [1, 0]})
+        app.answer("ann", item_id, ranking=[0, 1])
+        app.answer("bob", item_id, ranking=[0, 1] if item_id != ids[0] else [1, 0])
     status = app.get("/api/status", "admin").json()
     assert status["labels"] == 6 and status["batches"] == {"b": {"done": 3, "items": 3}}
     assert status["mean_item_agreement"] == pytest.approx(2 / 3)
@@ -289,10 +304,10 @@ def test_flagged_labellers_are_left_out_of_the_export(app):
     gold = add(app, n=3, gold=[0, 1])
     (plain,) = app.store.add_items("c", "b", [{"prompt": "q", "responses": ["x", "y"]}])
     for item_id in gold:
-        app.post("/api/labels", "ann", {"item_id": item_id, "ranking": [0, 1]})
-        app.post("/api/labels", "bob", {"item_id": item_id, "ranking": [1, 0]})
-    app.post("/api/labels", "ann", {"item_id": plain, "ranking": [1, 0]})
-    app.post("/api/labels", "bob", {"item_id": plain, "ranking": [0, 1]})
+        app.answer("ann", item_id, ranking=[0, 1])
+        app.answer("bob", item_id, ranking=[1, 0])
+    app.answer("ann", plain, ranking=[1, 0])
+    app.answer("bob", plain, ranking=[0, 1])
     bob = next(q for q in app.campaign.quality() if q.name == "bob")
     assert bob.flags and bob.gold_accuracy == 0.0
     record = next(r for r in app.campaign.export().records if r.meta["item_id"] == plain)
@@ -377,3 +392,85 @@ def test_online_feedback_becomes_records_once_for_the_next_round(app):
     late = log("late", ["x", "y"])
     app.post("/api/online/feedback", "shop", {"item_id": late, "choice": 0})
     assert [r.prompt for r in app.campaign.online_records("train-round3")] == ["late"]
+
+
+# --- a hostile labeller ---------------------------------------------------------------------------
+
+
+def test_a_label_is_stored_only_for_the_item_handed_to_that_labeller(app):
+    """Item ids are small integers: a crowd labeller who posts ids of their choosing (an item leased to
+    someone else, one never handed out, one already at its redundancy) stores nothing."""
+    app.campaign.settings.redundancy = 1
+    ids = add(app, n=4)
+    anns, bobs = app.next("ann"), app.next("bob")
+    assert anns["id"] != bobs["id"]
+    for foreign in (bobs["id"], *[i for i in ids if i not in (anns["id"], bobs["id"])], 10**6):
+        response = app.post("/api/labels", "ann", {"item_id": foreign, "ranking": [0, 1]})
+        assert response.status_code in (403, 404), response.text
+    assert app.store.count_labels("c") == 0
+    assert app.post("/api/labels", "ann", {"item_id": anns["id"], "ranking": [0, 1]}).status_code == 200
+    # Bob's item is answered by Bob; Ann, now done with hers, cannot add a second answer past its redundancy.
+    assert app.post("/api/labels", "bob", {"item_id": bobs["id"], "ranking": [1, 0]}).status_code == 200
+    over = app.post("/api/labels", "ann", {"item_id": bobs["id"], "ranking": [0, 1]})
+    assert over.status_code == 403 and "was not handed to 'ann'" in over.json()["error"]
+    assert sorted((label.item_id, label.labeller_id) for label in app.store.labels("c")) == sorted(
+        [(anns["id"], app.store.labeller("c", "ann").id), (bobs["id"], app.store.labeller("c", "bob").id)])
+    exported = {record.prompt for record in app.campaign.export().records}
+    assert len(exported) == 2
+
+
+def test_a_late_answer_counts_while_the_item_wants_answers_and_not_after(app, monkeypatch):
+    import rlhf_lab.labelling.campaign as campaign_module
+
+    app.campaign.settings.redundancy = 1
+    (item_id, _) = add(app, n=2)
+    assert app.next("ann")["id"] == item_id
+    clock = [campaign_module.time.monotonic()]
+    monkeypatch.setattr(campaign_module.time, "monotonic", lambda: clock[0])
+    clock[0] += campaign_module.LEASE_SECONDS + 1  # Ann reads for longer than her lease
+    assert app.next("bob")["id"] == item_id  # the lease ran out: the item is Bob's now
+    assert app.post("/api/labels", "bob", {"item_id": item_id, "ranking": [0, 1]}).status_code == 200
+    late = app.post("/api/labels", "ann", {"item_id": item_id, "ranking": [1, 0]})
+    assert late.status_code == 403 and "ran out" in late.json()["error"]
+    assert app.store.count_labels("c") == 1
+
+
+def test_a_load_of_labellers_posting_foreign_ids_stores_nothing_outside_their_leases(tmp_path):
+    """Twenty crowd labellers each take items and answer them, and each also posts every other item id
+    in the campaign: every stored label is of an item handed to its labeller, and none is beyond an
+    item's redundancy."""
+    import random
+
+    store = LabelStore(tmp_path / "labels.db")
+    campaign = Campaign(store, "c", CampaignSettings(redundancy=2))
+    tokens = {f"l{i}": store.add_labeller("c", f"l{i}", "crowd") for i in range(20)}
+    client = TestClient(create_app(campaign, {"http://testserver"}))
+    ids = store.add_items("c", "b", [{"prompt": f"p{i}", "responses": ["x", "y"]} for i in range(30)])
+    handed: dict[str, set] = {name: set() for name in tokens}
+    rng = random.Random(0)
+    for _ in range(6):
+        for name, token in tokens.items():
+            headers = {"Authorization": f"Bearer {token}"}
+            item = client.get("/api/next", headers=headers).json()["item"]
+            if item is not None:
+                handed[name].add(item["id"])
+                assert client.post("/api/labels", headers=headers, json={"item_id": item["id"], "ranking": [1, 0]}).status_code == 200
+            for foreign in rng.sample(ids, 8):
+                assert client.post("/api/labels", headers=headers, json={"item_id": foreign, "ranking": [0, 1]}).status_code in (403, 409)
+    by_id = {store.labeller("c", name).id: name for name in tokens}
+    labels = store.labels("c")
+    assert labels and all(label.item_id in handed[by_id[label.labeller_id]] for label in labels)
+    per_item: dict[int, int] = {}
+    for label in labels:
+        per_item[label.item_id] = per_item.get(label.item_id, 0) + 1
+    assert max(per_item.values()) <= 2
+
+
+def test_the_origins_of_a_served_app_are_its_own_addresses_and_the_public_url():
+    from rlhf_lab.labelling.server import served_origins
+
+    assert served_origins("127.0.0.1", 8765) == {"http://127.0.0.1:8765", "http://localhost:8765", "http://[::1]:8765"}
+    public = served_origins("10.1.2.3", 80, "https://label.example.org/")
+    assert public == {"http://10.1.2.3:80", "https://label.example.org"}
+    everywhere = served_origins("0.0.0.0", 9000)
+    assert "http://localhost:9000" in everywhere and "http://evil.example:9000" not in everywhere

@@ -85,3 +85,16 @@ def test_the_lock_goes_when_the_run_fails(tmp_path):
                       f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
     assert result.returncode == 2 and "missing" in result.stderr
     assert not (tmp_path / "run" / LOCK_NAME).exists()
+
+
+def test_identical_commands_started_together_each_get_a_run_directory(tmp_path):
+    """Three copies of one command in one working directory, started at once: each writes into its
+    own default run directory (the second it started and its pid), none is refused as 'in use'."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, "-m", "rlhf_lab", *STOP_AT_SFT, f"cache_dir={tmp_path / 'cache'}"]
+    runs = [subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    errors = [run.communicate()[1] for run in runs]
+    assert [run.returncode for run in runs] == [0, 0, 0], [e[-2000:] for e in errors]
+    run_dirs = sorted((tmp_path / "outputs").glob("*/*/metrics.json"))
+    assert len(run_dirs) == 3
+    assert sorted(d.parent.name.rsplit("-", 1)[1] for d in run_dirs) == sorted(str(run.pid) for run in runs)

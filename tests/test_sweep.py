@@ -114,7 +114,7 @@ def test_callback_writes_markdown_csv_and_plot(sweep: Path):
     markdown = (sweep / "comparison.md").read_text()
     assert "| 0 | algo=ppo | ppo | 1.200 ± 0.060 | 2.100 ± 0.080 | 3.500 ± 0.200 | 0.810 [0.740, 0.870] | 11.00 ± 0.40 | 14.00 | 321.5 |" in markdown
     assert "| 1 | algo=dpo | dpo | 0.700 ± 0.050 | - | 1.250 ± 0.100 |" in markdown
-    assert "| 2 | algo=best_of_n | best_of_n | failed |" in markdown
+    assert "| 2 | algo=best_of_n | best_of_n | **failed**: it left no metrics.json (killed, or still running) | - |" in markdown
     assert "| - | sft (baseline of job 0) | sft | 0.400 ± 0.050 | -0.100 ± 0.040 | 0.000 ± 0.000 | - |" in markdown
 
     png = (sweep / "overoptimisation.png").read_bytes()

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import math
 import random
 import string
 from dataclasses import dataclass, field
@@ -208,17 +209,64 @@ class LocalJudge:
 
 
 def load_client(spec: str, cfg):
-    """A plugin's judge client from 'package.module:factory'."""
+    """A plugin's judge client from 'package.module:factory', tried once on a tiny input (a client
+    that raises or answers in the wrong shape is named before any work), its answers checked on every
+    call after (:class:`CheckedClient`)."""
     module_name, _, attr = spec.partition(":")
     try:
         factory = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError, ValueError) as error:
         raise RlhfLabError(f"feedback.client '{spec}': cannot import it ({error}); give 'package.module:factory'") from None
-    client = factory(cfg)
+    try:
+        client = factory(cfg)
+    except Exception as error:
+        raise RlhfLabError(f"feedback.client '{spec}': its factory raised {type(error).__name__}: {error}") from error
     for method in ("label_probabilities", "generate"):
         if not callable(getattr(client, method, None)):
             raise RlhfLabError(f"feedback.client '{spec}': the client has no {method}() method")
-    return client
+    checked = CheckedClient(client, spec)
+    if cfg is not None:  # the run's own templates, filled with a tiny example
+        example = dict(prompt="What is two plus two?", response="Four.", principle="Be accurate.")
+        checked.label_probabilities([cfg.template.format(principles="- Be accurate.", prompt=example["prompt"], response_a="Four.",
+                                                         response_b="Five.")], list(cfg.labels))
+        checked.generate([cfg.critique_template.format(**example)], 4)
+    return checked
+
+
+class CheckedClient:
+    """A plugin's judge client whose answers are checked: one probability per label for every text
+    (finite, in [0, 1]), one string per prompt. A wrong answer, or an exception, names the client, the
+    input and what came back."""
+
+    def __init__(self, client, spec: str) -> None:
+        self.client, self.spec = client, spec
+
+    def _call(self, method: str, texts: list[str], *args):
+        try:
+            return getattr(self.client, method)(texts, *args)
+        except Exception as error:
+            raise RlhfLabError(f"feedback.client '{self.spec}': {method}() raised {type(error).__name__}: {error} "
+                               f"(first input {texts[0][:80]!r} of {len(texts)})") from error
+
+    def label_probabilities(self, texts: list[str], labels: list[str]) -> list[list[float]]:
+        out = self._call("label_probabilities", texts, labels)
+        rows = list(out) if isinstance(out, (list, tuple)) else None
+        good = rows is not None and len(rows) == len(texts) and all(
+            isinstance(row, (list, tuple)) and len(row) == len(labels)
+            and all(isinstance(p, (int, float)) and not isinstance(p, bool) and math.isfinite(p) and 0 <= p <= 1 for p in row)
+            for row in rows
+        )
+        if not good:
+            raise RlhfLabError(f"feedback.client '{self.spec}': label_probabilities() returned {str(out)[:200]} for {len(texts)} text(s) "
+                               f"(first {texts[0][:80]!r}); it returns, per text, one probability in [0, 1] for each of the labels {labels}")
+        return [[float(p) for p in row] for row in rows]
+
+    def generate(self, prompts: list[str], max_new_tokens: int) -> list[str]:
+        out = self._call("generate", prompts, max_new_tokens)
+        if not (isinstance(out, (list, tuple)) and len(out) == len(prompts) and all(isinstance(t, str) for t in out)):
+            raise RlhfLabError(f"feedback.client '{self.spec}': generate() returned {str(out)[:200]} for {len(prompts)} prompt(s) "
+                               f"(first {prompts[0][:80]!r}); it returns one string per prompt")
+        return list(out)
 
 
 def pair_preferences(judge, cfg: AIJudgeConfig, principles: str, prompt_pairs: list[tuple[str, str, str]]) -> tuple[list[float], list[float]]:

@@ -50,6 +50,9 @@ class HumanFeedbackConfig:
     """Address the app binds to; anything but loopback exposes it to the network."""
     port: int = 8765
     """Port of the app (0: any free port)."""
+    public_url: Optional[str] = None
+    """The address labellers open when it is not host:port (a proxy, or a name of the labellers' network),
+    e.g. https://label.example.org; the links use it, and pages of any other origin cannot write."""
     labellers: list[str] = field(default_factory=lambda: ["labeller1"])
     """People who label, as 'name' or 'name:role' (role crowd or expert); each gets a link with a token."""
     responses_per_prompt: int = 2
@@ -96,23 +99,39 @@ class HumanFeedbackConfig:
             raise ValueError(f"aggregation must be 'majority' or 'dawid_skene', got '{self.aggregation}'")
         if not 0 <= self.port <= 65535 or self.bot_labellers < 0 or not self.bot_beta > 0 or not self.poll_seconds > 0:
             raise ValueError("port must be 0-65535, bot_labellers >= 0, bot_beta > 0, poll_seconds > 0")
+        seen = set()
         for spec in self.labellers:
             name, _, role = spec.partition(":")
             if not name or (role or "crowd") not in ("crowd", "expert"):
                 raise ValueError(f"labeller '{spec}': give 'name' or 'name:role' with role crowd or expert")
+            if name in seen:  # one identity, one token: two links for it would be one person's
+                raise ValueError(f"labeller '{name}' is listed twice; each person is listed once")
+            seen.add(name)
+        if self.public_url is not None and not self.public_url.startswith(("http://", "https://")):
+            raise ValueError(f"public_url must start with http:// or https://, got '{self.public_url}'")
         if not self.labellers and not self.bot_labellers:
             raise ValueError("feedback=human needs at least one labeller or bot labeller")
 
 
 def _check_port_free(host: str, port: int) -> None:
-    """Refuse, before SFT and sampling, a port that another program is serving on."""
+    """Refuse, before SFT and sampling, an address that is not this machine's (blamed on
+    ``feedback.host``) or a port that another program is serving on (blamed on ``feedback.port``)."""
+    import errno
     import socket
 
+    try:
+        socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as error:
+        raise RlhfLabError(f"feedback.host={host}: not an address ({error}); give an IP address or host name of this machine, "
+                           "e.g. 127.0.0.1 (this machine only) or 0.0.0.0 (every network)") from None
     probe = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the app binds it: TIME_WAIT is no conflict
     try:
         probe.bind((host, port))
     except OSError as error:
+        if error.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT) or isinstance(error, socket.gaierror):
+            raise RlhfLabError(f"feedback.host={host}: not an address of this machine ({error.strerror or error}); "
+                               "give one of its own, e.g. 127.0.0.1 or 0.0.0.0") from None
         raise RlhfLabError(f"feedback.port={port}: cannot serve the labelling app on {host}:{port} ({error.strerror or error}); "
                            "choose another port, or feedback.port=0 for any free one") from None
     finally:
@@ -151,8 +170,7 @@ class HumanFeedback:
             raise RlhfLabError("feedback.bot_labellers and feedback.gold_fraction need a task with a hidden utility; this task has none")
         if Path(cfg.db).is_dir():
             raise RlhfLabError(f"feedback.db: {cfg.db} is a directory; give the path of the label database file")
-        if cfg.port:
-            _check_port_free(cfg.host, cfg.port)
+        _check_port_free(cfg.host, cfg.port)  # port 0 (any free one) still checks the host
         self.cfg, self.utility = cfg, task.utility
         self.responses_per_prompt, self.rounds = cfg.responses_per_prompt, cfg.rounds
         self.stats: dict[str, float] = {}
@@ -223,13 +241,13 @@ class HumanFeedback:
         campaign.store.add_items(campaign.name, batch, self._items(prompts, candidates, batch, seed))
         campaign.batch = batch
         try:
-            server = LabelServer(campaign, self.cfg.host, self.cfg.port).start()
+            server = LabelServer(campaign, self.cfg.host, self.cfg.port, self.cfg.public_url).start()
         except OSError as error:
             raise RlhfLabError(f"feedback.port: cannot serve the labelling app on {self.cfg.host}:{self.cfg.port}: {error}") from None
         stop = threading.Event()
         bots = self._start_bots(server.url, tokens, seed, stop)
         try:
-            self._announce(server.url, tokens, campaign, batch)
+            self._announce((self.cfg.public_url or server.url).rstrip("/"), tokens, campaign, batch)
             self._wait(campaign, batch)
         finally:
             stop.set()

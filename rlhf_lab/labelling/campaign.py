@@ -28,6 +28,12 @@ LEASE_SECONDS = 600.0
 """How long an item handed to a labeller is kept for them."""
 
 
+class NotLeased(Exception):
+    """A label for an item this labeller was not handed, or for one whose lease ran out and that has
+    all the answers it wants meanwhile: refused, so nobody answers items of their choosing, answers
+    for someone else, or pushes an item past its redundancy."""
+
+
 @dataclass
 class CampaignSettings:
     """How a campaign collects and combines labels."""
@@ -101,7 +107,11 @@ class Campaign:
         return None
 
     def submit(self, labeller: Labeller, label: Label) -> bool:
-        """Store a label durably (True if new); crowd disagreement routes the item to an expert."""
+        """Store a label durably (True if new); crowd disagreement routes the item to an expert.
+
+        :raises NotLeased: the item is not the one last handed to this labeller (:meth:`next_item`),
+            or its lease ran out and it has its crowd answers meanwhile. The same answer sent again is
+            not refused (True/False as the store says)."""
         route = None
         if self.settings.expert_threshold > 0 and any(p.role == "expert" for p in self.store.labellers(self.name)):
             item = self.store.item(label.item_id)
@@ -110,7 +120,24 @@ class Campaign:
         # Under the lease lock: a label landing between another labeller's candidate query and its
         # lease check would otherwise be counted neither as a lease nor as an answer.
         with self._lock:
+            if not self.store.has_label(label.item_id, labeller.id):  # a repeat is the store's to judge (same answer or a conflict)
+                self._check_lease(labeller, label.item_id)
             return self.store.submit(labeller, label, route_disagreement=route)
+
+    def _check_lease(self, labeller: Labeller, item_id: int) -> None:
+        held = self._held.get(labeller.id)
+        if held is None or held[0].id != item_id:
+            raise NotLeased(f"item {item_id} was not handed to '{labeller.name}': answer the item GET /api/next gives")
+        item, expires = held
+        now = time.monotonic()
+        if expires > now or item.gold is not None or item.repeat_of is not None or item.needs_expert or labeller.role != "crowd":
+            return
+        # A late answer is still welcome while the item wants answers (its lease may have run out
+        # during a long read); not once others have given it every answer it wants.
+        others = sum(1 for who, (other, until) in self._held.items() if who != labeller.id and other.id == item_id and until > now
+                     and not self.store.has_label(item_id, who))
+        if self.store.crowd_answers(item_id) + others >= self.settings.redundancy:
+            raise NotLeased(f"item {item_id}'s lease to '{labeller.name}' ran out and it has its {self.settings.redundancy} answer(s) meanwhile")
 
     def progress_of(self, labeller: Labeller) -> dict:
         """Labels this labeller gave, and how far the current batch is."""

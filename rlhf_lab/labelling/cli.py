@@ -3,7 +3,7 @@
     label create       --db D --campaign C [--redundancy 3 --expert-threshold 0.5 --aggregation majority --ask-rating]
     label add-labeller --db D --campaign C --name alice [--role crowd|expert|admin|app]   (prints the token once)
     label add-items    --db D --campaign C --file items.jsonl [--batch B]   ({"prompt", "responses", "gold"?} per line)
-    label serve        --db D --campaign C [--host 127.0.0.1 --port 8765]
+    label serve        --db D --campaign C [--host 127.0.0.1 --port 8765 --public-url https://...]
     label terminal     --db D --campaign C --labeller alice   (label in this terminal, no browser)
     label status       --db D --campaign C
     label export       --db D --campaign C --out records.jsonl [--method majority|dawid_skene] [--batch B] [--keep-flagged]
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sqlite3
 import sys
 import time
 from dataclasses import asdict
@@ -45,6 +46,7 @@ def _parser() -> argparse.ArgumentParser:
     serve = command("serve", "serve the labelling app")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8765)
+    serve.add_argument("--public-url", help="the address labellers open, when not host:port (a proxy); pages of other origins cannot write")
     terminal = command("terminal", "label in this terminal")
     terminal.add_argument("--labeller", required=True)
     command("status", "print progress and quality figures")
@@ -62,9 +64,16 @@ def _open(args, create: bool = False):
 
     if not create and not Path(args.db).is_file():
         raise RlhfLabError(f"--db {args.db}: no such database (create the campaign first: label create)")
-    store = LabelStore(Path(args.db))
+    try:
+        store = LabelStore(Path(args.db))
+    except (OSError, sqlite3.Error) as error:
+        raise RlhfLabError(f"--db {args.db}: cannot open the label database ({error})") from None
     if create:
-        settings = CampaignSettings(redundancy=args.redundancy, expert_threshold=args.expert_threshold, aggregation=args.aggregation, ask_rating=args.ask_rating)
+        try:
+            settings = CampaignSettings(redundancy=args.redundancy, expert_threshold=args.expert_threshold, aggregation=args.aggregation,
+                                        ask_rating=args.ask_rating)
+        except ValueError as error:  # e.g. "redundancy must be >= 1, got 0"
+            raise RlhfLabError(f"label create: {error}") from None
         return Campaign(store, args.campaign, settings)
     if store.campaign_settings(args.campaign) is None:
         raise RlhfLabError(f"--campaign {args.campaign}: no such campaign in {args.db}")
@@ -165,7 +174,7 @@ def main(argv: list[str]) -> None:
         from rlhf_lab.labelling.server import LabelServer
 
         try:
-            server = LabelServer(campaign, args.host, args.port)
+            server = LabelServer(campaign, args.host, args.port, args.public_url)
         except OSError as error:
             raise RlhfLabError(f"--port {args.port}: cannot serve on {args.host}: {error}") from None
         print(f"serving campaign '{campaign.name}' at {server.url} (labellers open {server.url}/#token=<their token>; Ctrl-C stops)")

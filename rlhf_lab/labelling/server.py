@@ -24,8 +24,6 @@ Endpoints (JSON unless said otherwise):
 
 from __future__ import annotations
 
-import json
-import math
 import random
 import socket
 import threading
@@ -39,12 +37,23 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from rlhf_lab.labelling.campaign import Campaign
+from rlhf_lab.labelling.campaign import Campaign, NotLeased
+from rlhf_lab.labelling.requests import (
+    MAX_BODY_BYTES,
+    MAX_ONLINE_TEXT_CHARS,
+    HttpError,
+    check_answer,
+    check_label_extras,
+    check_online_feedback,
+    is_item_id,
+    read_json_object,
+    refuse_foreign_origin,
+    reject_unknown_fields,
+    served_origins,
+)
 from rlhf_lab.labelling.store import DuplicateLabel, Item, Label, Labeller
 
-MAX_BODY_BYTES = 16 * 1024
-MAX_REASON_CHARS = 2000
-MAX_ONLINE_TEXT_CHARS = 20_000
+__all__ = ["MAX_BODY_BYTES", "LabelServer", "create_app", "display_order", "served_origins"]
 
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'none'",
@@ -56,14 +65,6 @@ SECURITY_HEADERS = {
 
 STATIC = {"label.js": "text/javascript", "status.js": "text/javascript", "style.css": "text/css"}
 PAGES = {"/": "label.html", "/status": "status.html"}
-
-
-class HttpError(Exception):
-    """An answer other than 200, with the reason for the client."""
-
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(reason)
-        self.status, self.reason = status, reason
 
 
 def _static(name: str) -> bytes:
@@ -81,97 +82,14 @@ def display_order(labeller_id: int, item_id: int, k: int) -> list[int]:
     return order
 
 
-# --- request checks ------------------------------------------------------------------------------
-
-
-def _is_integer(value) -> bool:
-    # JSON true and false arrive as bools, which Python counts as ints.
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _refuse_foreign_origin(request: Request) -> Optional[str]:
-    """The reason to refuse a request that is not a GET and comes from another origin, else None."""
-    origin = request.headers.get("origin")
-    own_origin = f"{request.url.scheme}://{request.headers.get('host', '')}"
-    if request.method != "GET" and origin is not None and origin != own_origin:
-        return f"requests from origin {origin} are refused"
-    return None
-
-
-async def _read_json_object(request: Request) -> dict:
-    """The request's JSON object body, refused if it is not JSON, too large, or not an object."""
-    if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
-        raise HttpError(415, "the body must be JSON (Content-Type: application/json)")
-    declared = request.headers.get("content-length")
-    if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY_BYTES):
-        raise HttpError(413, f"the body is over {MAX_BODY_BYTES} bytes")
-    raw = b""
-    # A chunked body declares no length: count what arrives, and stop reading at the limit.
-    async for chunk in request.stream():
-        raw += chunk
-        if len(raw) > MAX_BODY_BYTES:
-            raise HttpError(413, f"the body is over {MAX_BODY_BYTES} bytes")
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise HttpError(400, "the body is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise HttpError(422, "the body must be a JSON object")
-    return body
-
-
-def _reject_unknown_fields(body: dict, allowed: set[str], *, list_allowed: bool = False) -> None:
-    unknown = sorted(set(body) - allowed)
-    if unknown:
-        hint = f"; allowed: {sorted(allowed)}" if list_allowed else ""
-        raise HttpError(422, f"unknown field(s) {unknown}{hint}")
-
-
-def _check_rating(rating) -> None:
-    if rating is not None and not (_is_integer(rating) and 1 <= rating <= 7):
-        raise HttpError(422, "'rating' must be an integer from 1 to 7")
-
-
-def _check_answer(ranking, tie, skip, k: int) -> None:
-    """A label answers with exactly one of a ranking of all k responses, a tie (of two), or a skip."""
-    if not isinstance(tie, bool) or not isinstance(skip, bool):
-        raise HttpError(422, "'tie' and 'skip' must be true or false")
-    if (ranking is not None) + tie + skip != 1:
-        raise HttpError(422, "give exactly one of 'ranking', 'tie': true, 'skip': true")
-    if ranking is not None and not (isinstance(ranking, list) and all(map(_is_integer, ranking)) and sorted(ranking) == list(range(k))):
-        raise HttpError(422, f"'ranking' must list the response indices 0..{k - 1} once each, best first")
-    if tie and k != 2:
-        raise HttpError(422, "a tie is only for items with two responses")
-
-
-def _check_label_extras(rating, reason, seconds) -> None:
-    """The optional parts of a label: a 1-7 rating, a bounded reason, the seconds spent."""
-    _check_rating(rating)
-    if reason is not None and (not isinstance(reason, str) or len(reason) > MAX_REASON_CHARS):
-        raise HttpError(422, f"'reason' must be text of at most {MAX_REASON_CHARS} characters")
-    if seconds is not None and not (isinstance(seconds, (int, float)) and not isinstance(seconds, bool) and math.isfinite(seconds) and seconds >= 0):
-        raise HttpError(422, "'seconds' must be a non-negative number")
-
-
-def _check_online_feedback(item: Item, thumb, rating, choice) -> None:
-    """Online feedback is one of a thumb or a rating (of a single response) or a choice (between two)."""
-    if (thumb is not None) + (rating is not None) + (choice is not None) != 1:
-        raise HttpError(422, "give exactly one of 'thumb' (1 or -1), 'rating' (1-7), 'choice' (0 or 1)")
-    if thumb is not None and (isinstance(thumb, bool) or thumb not in (1, -1)):
-        raise HttpError(422, "'thumb' must be 1 (up) or -1 (down)")
-    _check_rating(rating)
-    if choice is not None and (len(item.responses) != 2 or isinstance(choice, bool) or choice not in (0, 1)):
-        raise HttpError(422, "'choice' (0 or 1) needs an item logged with two responses")
-    if (thumb is not None or rating is not None) and len(item.responses) != 1:
-        raise HttpError(422, "'thumb' and 'rating' need an item logged with one response")
-
-
 def _save(submit: Callable[[Labeller, Label], bool], labeller: Labeller, label: Label) -> dict:
     """Store a label through ``submit``; a different earlier answer to the same item is a conflict."""
     try:
         new = submit(labeller, label)
     except DuplicateLabel as error:
         raise HttpError(409, str(error)) from None
+    except NotLeased as error:
+        raise HttpError(403, str(error)) from None
     return {"saved": True, "duplicate": not new}
 
 
@@ -198,8 +116,8 @@ class _LabelApp:
     """The API of one campaign: one method per endpoint, each called with the request, the
     authenticated labeller and the JSON body (None for a GET)."""
 
-    def __init__(self, campaign: Campaign) -> None:
-        self.campaign = campaign
+    def __init__(self, campaign: Campaign, origins: frozenset[str]) -> None:
+        self.campaign, self.origins = campaign, origins
         self.store = campaign.store
 
     def routes(self) -> list[Route]:
@@ -227,12 +145,12 @@ class _LabelApp:
 
     def _endpoint(self, handler: _Handler, roles: tuple[str, ...]):
         async def endpoint(request: Request) -> Response:
-            refusal = _refuse_foreign_origin(request)
+            refusal = refuse_foreign_origin(request, self.origins)
             if refusal is not None:
                 return _json({"error": refusal}, 403)
             try:
                 labeller = self.authenticate(request)  # before the body is read: without a token nothing is parsed or stored
-                body = await _read_json_object(request) if request.method == "POST" else None
+                body = await read_json_object(request) if request.method == "POST" else None
                 if roles and labeller.role not in roles:
                     raise HttpError(403, f"role '{labeller.role}' may not do this")
                 # Handlers run on the thread pool: SQLite's commits (fsync) never block the event loop.
@@ -268,17 +186,17 @@ class _LabelApp:
         return _save(self.campaign.submit, labeller, self._parse_label(body, labeller))
 
     def _parse_label(self, body: dict, labeller: Labeller) -> Label:
-        _reject_unknown_fields(body, {"item_id", "ranking", "tie", "skip", "rating", "reason", "seconds"}, list_allowed=True)
+        reject_unknown_fields(body, {"item_id", "ranking", "tie", "skip", "rating", "reason", "seconds"}, list_allowed=True)
         item_id = body.get("item_id")
-        if not _is_integer(item_id):
-            raise HttpError(422, "'item_id' must be an integer")
+        if not is_item_id(item_id):
+            raise HttpError(422, "'item_id' must be an item's id (a non-negative integer)")
         item = self._campaign_item(item_id, "campaign")
         if item is None:
             raise HttpError(404, f"no item {item_id} in this campaign")
         ranking, tie, skip = body.get("ranking"), body.get("tie", False), body.get("skip", False)
-        _check_answer(ranking, tie, skip, len(item.responses))
+        check_answer(ranking, tie, skip, len(item.responses))
         rating, reason, seconds = body.get("rating"), body.get("reason"), body.get("seconds")
-        _check_label_extras(rating, reason, seconds)
+        check_label_extras(rating, reason, seconds)
         return Label(item_id, labeller.id, ranking=ranking, tie=tie, skip=skip, rating=rating, reason=reason or None,
                      seconds=float(seconds) if seconds is not None else None)
 
@@ -310,7 +228,7 @@ class _LabelApp:
     # --- a deployed application ---
 
     def online_response(self, request: Request, labeller: Labeller, body: dict) -> dict:
-        _reject_unknown_fields(body, {"prompt", "responses", "key"})
+        reject_unknown_fields(body, {"prompt", "responses", "key"})
         prompt, responses, key = body.get("prompt"), body.get("responses"), body.get("key")
         responses_are_texts = isinstance(responses, list) and all(isinstance(response, str) for response in responses)
         if not (isinstance(prompt, str) and responses_are_texts and 1 <= len(responses) <= 2):
@@ -325,27 +243,28 @@ class _LabelApp:
         return {"item_id": item_id}
 
     def online_feedback(self, request: Request, labeller: Labeller, body: dict) -> dict:
-        _reject_unknown_fields(body, {"item_id", "thumb", "rating", "choice"})
+        reject_unknown_fields(body, {"item_id", "thumb", "rating", "choice"})
         item_id = body.get("item_id")
-        item = self._campaign_item(item_id, "online") if isinstance(item_id, int) else None
+        item = self._campaign_item(item_id, "online") if is_item_id(item_id) else None
         if item is None:
             raise HttpError(404, "no logged response with this 'item_id'")
         thumb, rating, choice = body.get("thumb"), body.get("rating"), body.get("choice")
-        _check_online_feedback(item, thumb, rating, choice)
+        check_online_feedback(item, thumb, rating, choice)
         # A choice between two responses is stored as their ranking, the chosen one first.
         ranking = [choice, 1 - choice] if choice is not None else None
         return _save(self.store.submit, labeller, Label(item.id, labeller.id, ranking=ranking, rating=rating, thumb=thumb))
 
 
-def create_app(campaign: Campaign) -> Starlette:
-    """The web application of one campaign."""
-    return Starlette(routes=_LabelApp(campaign).routes())
+def create_app(campaign: Campaign, origins) -> Starlette:
+    """The web application of one campaign, served at ``origins`` (:func:`served_origins`): a write
+    from a page of any other origin is refused."""
+    return Starlette(routes=_LabelApp(campaign, frozenset(o.rstrip("/") for o in origins)).routes())
 
 
 class LabelServer:
     """The app served by uvicorn on a background thread (the feedback source waits while people label)."""
 
-    def __init__(self, campaign: Campaign, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, campaign: Campaign, host: str = "127.0.0.1", port: int = 0, public_url: Optional[str] = None) -> None:
         import uvicorn
 
         # proto=IPPROTO_TCP: asyncio sets TCP_NODELAY only on sockets that say so; without it a keep-alive
@@ -354,7 +273,8 @@ class LabelServer:
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind((host, port))
         self.host, self.port = host, self.sock.getsockname()[1]
-        config = uvicorn.Config(create_app(campaign), log_level="warning", access_log=False, lifespan="off")
+        app = create_app(campaign, served_origins(host, self.port, public_url))
+        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True, name="rlhf_lab-label-server")
 

@@ -303,6 +303,13 @@ class LabelStore:
         total, done = self._db().execute(query, args).fetchone()
         return int(done), int(total)
 
+    def crowd_answers(self, item_id: int) -> int:
+        """Crowd labels of this item that answer it (skips left out), as :meth:`candidates` counts them."""
+        return self._db().execute(
+            "SELECT COUNT(*) FROM labels l JOIN labellers p ON p.id = l.labeller_id WHERE l.item_id = ? AND p.role = 'crowd' AND l.skip = 0",
+            (item_id,),
+        ).fetchone()[0]
+
     def has_label(self, item_id: int, labeller_id: int) -> bool:
         """Whether this labeller answered this item."""
         return self._db().execute("SELECT 1 FROM labels WHERE item_id = ? AND labeller_id = ?", (item_id, labeller_id)).fetchone() is not None

@@ -12,6 +12,7 @@ from typing import Callable, Protocol
 import torch
 
 from rlhf_lab.models.value_model import RewardNormaliser
+from rlhf_lab.rewards.scoring import rule_score
 
 
 class RewardFunction(Protocol):
@@ -49,8 +50,8 @@ class RuleReward:
     from the very token ids the policy produced, special tokens dropped.
     """
 
-    def __init__(self, function: Callable[..., float], tokenizer, kwargs: dict | None = None) -> None:
-        self.function, self.tokenizer, self.kwargs = function, tokenizer, dict(kwargs or {})
+    def __init__(self, function: Callable[..., float], tokenizer, kwargs: dict | None = None, name: str | None = None) -> None:
+        self.function, self.tokenizer, self.kwargs, self.name = function, tokenizer, dict(kwargs or {}), name
 
     def __call__(self, batch: dict) -> torch.Tensor:
         p = batch["prompt_len"]
@@ -59,7 +60,7 @@ class RuleReward:
         for row, row_mask in zip(ids, mask):
             prompt = self.tokenizer.decode([t for t, m in zip(row[:p], row_mask[:p]) if m], skip_special_tokens=True)
             response = self.tokenizer.decode([t for t, m in zip(row[p:], row_mask[p:]) if m], skip_special_tokens=True)
-            scores.append(float(self.function(prompt.strip(), response.strip(), **self.kwargs)))
+            scores.append(rule_score(self.function, prompt.strip(), response.strip(), self.kwargs, self.name))  # named when it fails
         return torch.tensor(scores, device=batch["input_ids"].device)
 
     def to(self, device) -> "RuleReward":

@@ -14,6 +14,11 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 from rlhf_lab.errors import RlhfLabError
+from rlhf_lab.rewards.scoring import rule_score
+
+
+PREFLIGHT_PROMPT, PREFLIGHT_RESPONSE = "What is two plus two?", "Two plus two is four."
+"""The tiny input a rule reward is tried on when the run is set up."""
 
 
 @dataclass
@@ -61,8 +66,11 @@ class RuleRewardComponent:
             raise RlhfLabError(f"reward.kwargs {dict(cfg.kwargs)} do not fit {cfg.function}(prompt, response, ...): {exc}") from None
         except ValueError:  # a builtin without a signature: nothing to check
             pass
+        # Called once before any work: a function that raises or returns no number (None, a string,
+        # a tuple) is named now, not after SFT and the first rollout.
+        rule_score(self.function, PREFLIGHT_PROMPT, PREFLIGHT_RESPONSE, dict(cfg.kwargs), name=cfg.function)
 
     def reward_function(self, inputs: dict, tokenizer, dtype: str = "float32"):
         from rlhf_lab.rewards.function import RuleReward
 
-        return RuleReward(self.function, tokenizer, self.cfg.kwargs)
+        return RuleReward(self.function, tokenizer, self.cfg.kwargs, name=self.cfg.function)

@@ -122,6 +122,7 @@ def prepare(plan: Plan, trainer_plan, components: Components, run_dir: Path, gro
     with timed(timings, "base"):
         base = starting_model(plan, components.task, store)
         tokenizer = load_tokenizer(str(base.path))
+        preflight.check_model(base.path, tokenizer)
         plan, _ = apply_sizing(plan, components.task, tokenizer, preflight.positions_of(base.path))
         preflight.check_memory(plan, trainer_plan, base.path)
         fitted = preflight.check_lengths(plan, components.task, tokenizer, components.feedback, base.path)

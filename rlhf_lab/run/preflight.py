@@ -45,6 +45,36 @@ def check_trainer(plan, worker: bool):
     return trainer_plan
 
 
+def check_model(base: Path, tokenizer, key: str = "model.name_or_path") -> None:
+    """Refuse a starting model that cannot be a policy: one that is not a causal language model with a
+    generation head (a saved ``BertModel`` would load with a fresh head and attention that sees the
+    future, train, and fail only in evaluation), or whose tokenizer has ids its embedding lacks."""
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    config = AutoConfig.from_pretrained(str(base))
+    architectures = list(getattr(config, "architectures", None) or [])
+    head = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")
+    if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or (architectures and not any(a.endswith(head) for a in architectures)):
+        saved = f" (saved as {', '.join(architectures)})" if architectures else ""
+        raise RlhfLabError(
+            f"{key}={base}: a {config.model_type} model{saved} is not a causal language model with a generation head; "
+            "give one saved as *ForCausalLM or *LMHeadModel (GPT-2, Llama, Qwen2, ...)"
+        )
+    if getattr(config, "is_encoder_decoder", False) or (hasattr(config, "is_decoder") and config.model_type in _ENCODERS and not config.is_decoder):
+        raise RlhfLabError(f"{key}={base}: a {config.model_type} model whose attention is not causal (is_decoder is false) cannot be a policy")
+    vocabulary = getattr(config, "vocab_size", None) or getattr(config.get_text_config(), "vocab_size", None)
+    if vocabulary is not None and len(tokenizer) > vocabulary:
+        raise RlhfLabError(
+            f"{key}={base}: the tokenizer has {len(tokenizer)} tokens but the model's embedding only {vocabulary}: "
+            "the tokenizer is not this model's (or resize the embedding and save the model again)"
+        )
+
+
+_ENCODERS = ("bert", "roberta", "xlm-roberta", "electra", "camembert", "ernie", "bert-generation", "data2vec-text", "xmod")
+"""Families whose causal-LM class is an encoder run as a decoder only when ``is_decoder`` says so."""
+
+
 def check_memory(plan, trainer_plan, base: Path) -> None:
     """Refuse a model whose policy stage cannot fit the device even without activations."""
     from rlhf_lab import memory

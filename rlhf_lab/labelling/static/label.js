@@ -35,7 +35,9 @@ async function api(path, body) {
   let payload = {};
   try { payload = await response.json(); } catch (e) { /* empty body */ }
   if (!response.ok) {
-    throw new Error(payload.error || ("HTTP " + response.status));
+    const error = new Error(payload.error || ("HTTP " + response.status));
+    error.status = response.status;
+    throw error;
   }
   return payload;
 }
@@ -128,6 +130,10 @@ async function submit(answer) {
     await api("/api/labels", body);
     render(await api("/api/next"));
   } catch (e) {
+    if (e.status === 403) {
+      // The item is no longer this labeller's (its lease ran out, or the server restarted): the next one.
+      try { render(await api("/api/next")); } catch (again) { /* the message below stands */ }
+    }
     say("Not saved: " + e.message, true);
   } finally {
     busy = false;
