@@ -40,16 +40,22 @@ def plot(rows: list[dict], out: Path) -> None:
 
     data = series(rows)
     fig, (by_size, by_length) = plt.subplots(1, 2, figsize=(12, 4.8))
-    styles = {"rlhf_lab": "-", "TRL": "--"}
+    styles = {"rlhf_lab": "-", "TRL": "--"}  # one colour per trainer (left) or shape (right); TRL dashed
+    palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    shapes = sorted({shape for points in data.values() for _, _, shape in points}, key=lambda sh: min(
+        n for points in data.values() for n, _, s in points if s == sh))
+    trainers = sorted({what for what, _ in data})
     for (what, side), points in sorted(data.items()):
         longest = max(p for _, p, _ in points)
         sized = sorted((n, s) for (n, p, _), s in points.items() if p == longest)
         if sized:
-            by_size.plot([n for n, _ in sized], [s for _, s in sized], styles[side], marker="o", label=f"{what}, {side} ({longest} positions)")
-        for shape in sorted({sh for _, _, sh in points}):
+            by_size.plot([n for n, _ in sized], [s for _, s in sized], styles[side], marker="o", color=palette[trainers.index(what) % len(palette)],
+                         label=f"{what}, {side} ({longest} positions)")
+        for shape in shapes:
             lengths = sorted((p, s) for (_, p, sh), s in points.items() if sh == shape)
             if len(lengths) > 1:
-                by_length.plot([p for p, _ in lengths], [s for _, s in lengths], styles[side], marker="o", label=f"{what} {shape}, {side}")
+                by_length.plot([p for p, _ in lengths], [s for _, s in lengths], styles[side], marker="o",
+                               color=palette[(shapes.index(shape) + len(trainers) * trainers.index(what)) % len(palette)], label=f"{what} {shape}, {side}")
     by_size.set(xscale="log", yscale="log", xlabel="parameters", ylabel="seconds per sample", title="time per sample against model size")
     by_length.set(xscale="log", yscale="log", xlabel="positions (records cut to)", ylabel="seconds per sample",
                   title="time per sample against sequence length")

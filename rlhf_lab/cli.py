@@ -113,6 +113,9 @@ def _quiet_libraries() -> None:
     # Lightning prints its own INFO lines; without this they also reach Hydra's root handler twice.
     logging.getLogger("lightning.pytorch").propagate = False
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    # Lightning 2.6's CombinedLoader builds torch's LeafSpec, deprecated from torch 2.13, for every
+    # fit's data loaders: nothing of ours calls it, so only that one message is silenced.
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
     warnings.filterwarnings("ignore", message=".*is smaller than the logging interval.*")
 
 

@@ -88,13 +88,16 @@ class AdapterDisabled(nn.Module):
         self._policy = [peft_model]
         self.config = peft_model.get_base_model().config
 
-    def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None, use_cache=None, logits_to_keep=0, **kwargs: Any):
+    def forward(self, **kwargs: Any):
+        # Passed on as given: naming arguments here (past_key_values, renamed cache in transformers 5.25)
+        # would send deprecated names the caller never used.
         policy = self._policy[0]
         with torch.no_grad(), policy.disable_adapter():
-            return policy(
-                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                past_key_values=past_key_values, use_cache=use_cache, logits_to_keep=logits_to_keep, **kwargs,
-            )
+            return policy(**kwargs)
+
+    def get_base_model(self):
+        """The network under the adapters (what callers inspect for its forward's arguments)."""
+        return self._policy[0].get_base_model()
 
     def parameters(self, recurse: bool = True):
         return self._policy[0].parameters(recurse)
