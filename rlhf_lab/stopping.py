@@ -54,12 +54,14 @@ class _State:
     """The first stop signal received (None: none)."""
     fitting: bool = False
     """A single-process training stage is fitting: it stops at its next batch boundary."""
+    stopped_stage: Optional[tuple] = None
+    """(stage, step, its last.ckpt or None) of a fit that Lightning ended with its own SIGTERMException."""
 
 
 def install() -> dict:
     """Handle SIGTERM and SIGINT as stops (main thread only: Python delivers signals there); returns
     the handlers they had, for :func:`restore`."""
-    _State.signum, _State.fitting = None, False
+    _State.signum, _State.fitting, _State.stopped_stage = None, False, None
     if threading.current_thread() is not threading.main_thread():
         return {}
     previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
@@ -95,10 +97,11 @@ def stop_of(exc: BaseException) -> Optional[RunStopped]:
 
     if isinstance(exc, RunStopped):
         return exc
-    if isinstance(exc, SIGTERMException):
-        return RunStopped(signal.SIGTERM)
-    if isinstance(exc, KeyboardInterrupt):
-        return RunStopped(_State.signum or signal.SIGINT)
+    if isinstance(exc, SIGTERMException):  # after the last batch, at an epoch's end: that epoch's checkpoint
+        stage, step, saved = _State.stopped_stage or (None, None, None)
+        return RunStopped(signal.SIGTERM, stage, step, saved)
+    if isinstance(exc, KeyboardInterrupt):  # Python's own SIGINT handler raised it
+        return RunStopped(signal.SIGINT)
     return None
 
 
@@ -144,4 +147,9 @@ class StopAtBoundary(Callback):
             raise RunStopped(signum, self.stage, trainer.global_step, last if last.exists() else None)
 
     def on_exception(self, trainer, pl_module, exception) -> None:
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
         _State.fitting = False
+        if isinstance(exception, SIGTERMException):
+            last = self.checkpoint.directory / "last.ckpt"
+            _State.stopped_stage = (self.stage, trainer.global_step, last if last.exists() else None)

@@ -26,8 +26,8 @@ def _own_handlers():
     """Each test installs the run's handlers; the test process gets its own back afterwards."""
     saved = {s: signal.getsignal(s) for s in stopping.STOP_SIGNALS}
     yield
-    for signum, handler in saved.items():
-        signal.signal(signum, handler)
+    stopping.restore(saved)
+    stopping._State.signum, stopping._State.fitting, stopping._State.stopped_stage = None, False, None
 
 
 class _Line(LightningModule):
@@ -91,6 +91,27 @@ def test_a_second_signal_or_one_outside_training_stops_at_once(tmp_path):
     with pytest.raises(stopping.RunStopped) as again:
         os.kill(os.getpid(), signal.SIGTERM)  # ...a second does not
     assert again.value.signum == signal.SIGTERM
+
+
+def test_a_sigterm_lightning_ends_at_an_epochs_end_names_the_stage_and_its_checkpoint(tmp_path):
+    """A signal during the last batch's epoch-end work: Lightning raises its own SIGTERMException (an exit 0
+    by itself); the stop names the stage, its step and the epoch's checkpoint."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    class SignalAtEpochEnd(Callback):
+        def on_train_epoch_end(self, trainer, module):
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    stopping.install()
+    last = LastCheckpoint(tmp_path / "checkpoints" / "sft", 100)
+    trainer = Trainer(accelerator="cpu", max_epochs=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                      enable_model_summary=False, callbacks=[last, SignalAtEpochEnd(), stopping.StopAtBoundary(last, "sft")])
+    with pytest.raises(BaseException) as ended:
+        trainer.fit(_Line())
+    stop = stopping.stop_of(ended.value)
+    assert isinstance(ended.value, (SIGTERMException, stopping.RunStopped)) and trainer.current_epoch == 1
+    assert (stop.exit_code, stop.stage, stop.step) == (143, "sft", 10)
+    assert torch.load(stop.saved, weights_only=False)["global_step"] == 10
 
 
 def test_lightnings_own_sigterm_exit_and_keyboard_interrupt_read_as_stops(tmp_path):
