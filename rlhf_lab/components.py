@@ -180,3 +180,15 @@ FEEDBACK_DEFAULTS = {"rounds": 1, "stats": {}}
 def feedback_member(source: Any, member: str) -> Any:
     """An optional member of a feedback source, with its default from :data:`FEEDBACK_DEFAULTS`."""
     return getattr(source, member, FEEDBACK_DEFAULTS[member])
+
+
+def call_factory(kind: str, name: str, plugin: str, factory: Callable[..., Any], *args: Any) -> Any:
+    """``factory(*args)``; a factory that raises stops the run with one message naming the component and
+    its plugin (an :class:`RlhfLabError` passes as it is; a full disk or a memory error is left for
+    :func:`rlhf_lab.errors.resource_failure`)."""
+    try:
+        return factory(*args)
+    except (RlhfLabError, OSError, MemoryError):
+        raise
+    except Exception as exc:
+        raise RlhfLabError(f"{kind} '{name}' (plugin {plugin}): its factory failed: {type(exc).__name__}: {exc}") from exc

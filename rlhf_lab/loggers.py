@@ -76,12 +76,12 @@ def build_logger(cfg: DictConfig, stage: str, run_dir: Path, group: str):
 
 def build_loggers(cfg: DictConfig, stage: str, run_dir: Path, group: str) -> list:
     """The logger ``cfg.logger`` selects plus those plugins add, for one stage."""
-    from rlhf_lab.plugin_manager import call_hook
+    from rlhf_lab.plugin_manager import hook_items
 
-    loggers = [build_logger(cfg, stage, run_dir, group)]
-    for extra in call_hook("rlhf_lab_loggers", cfg=cfg, stage=stage, run_dir=run_dir):
-        loggers.extend(extra)
-    return loggers
+    from lightning.pytorch.loggers import Logger
+
+    return [build_logger(cfg, stage, run_dir, group)] + hook_items("rlhf_lab_loggers", Logger, "lightning.pytorch.loggers.Logger",
+                                                                    cfg=cfg, stage=stage, run_dir=run_dir)
 
 
 def close_loggers(loggers: list) -> None:

@@ -242,6 +242,24 @@ def call_hook(name: str, **kwargs: Any) -> list:
         raise RlhfLabError(f"plugin '{plugin}' ({dist}) failed in its hook {name}: {type(exc).__name__}: {exc}") from exc
 
 
+def hook_items(name: str, expected: type, label: str, **kwargs: Any) -> list:
+    """The items of the lists the run-phase hook ``name`` returns (``rlhf_lab_callbacks``,
+    ``rlhf_lab_loggers``), each checked to be an ``expected``; anything else stops the run with one
+    message naming the hook, what came back and the plugins that implement the hook (pluggy does not
+    say which implementation returned which result)."""
+    items = []
+    for result in call_hook(name, **kwargs):
+        for item in (result if isinstance(result, (list, tuple)) else [result]):
+            if not isinstance(item, expected):
+                pm = get_plugin_manager()
+                dists = _distribution_names(pm)
+                by = ", ".join(f"{p} ({d})" for p, d in (_plugin_label(pm, i, dists) for i in getattr(pm.hook, name).get_hookimpls()))
+                raise RlhfLabError(f"hook {name}({', '.join(f'{k}=...' for k in kwargs)}) returned {item!r} ({type(item).__name__}), "
+                                   f"not a list of {label}; implemented by: {by}")
+            items.append(item)
+    return items
+
+
 _PM: pluggy.PluginManager | None = None
 
 

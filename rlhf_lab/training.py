@@ -16,6 +16,14 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from rlhf_lab.loggers import build_loggers
 
 
+def plugin_callbacks(cfg: DictConfig, stage: str) -> list:
+    """The callbacks plugins add to ``stage``'s ``Trainer`` (hook ``rlhf_lab_callbacks``), each checked to
+    be a Lightning ``Callback``. The pre-flight calls it once for every stage a run trains."""
+    from rlhf_lab.plugin_manager import hook_items
+
+    return hook_items("rlhf_lab_callbacks", Callback, "lightning.pytorch.Callback", cfg=cfg, stage=stage)
+
+
 def build_trainer(cfg: DictConfig, stage: str, run_dir: Path, group: str, on_checkpoint=None, resuming: bool = False, world_size: int = 1, **trainer_kwargs: Any):
     """A Lightning ``Trainer`` for ``stage`` built from ``cfg.trainer``; kwargs set the stage's length.
 
@@ -24,7 +32,6 @@ def build_trainer(cfg: DictConfig, stage: str, run_dir: Path, group: str, on_che
     :param world_size: the run's processes (``check_trainer_config``).
     """
     from lightning.pytorch import Trainer
-    from rlhf_lab.plugin_manager import call_hook
     from rlhf_lab.progress import progress_bar
 
     from rlhf_lab.stopping import StopAtBoundary
@@ -38,8 +45,7 @@ def build_trainer(cfg: DictConfig, stage: str, run_dir: Path, group: str, on_che
         callbacks.append(StopAtBoundary(last, stage))
     if t.progress_bar != "none":
         callbacks.append(progress_bar(t.progress_bar))
-    for extra in call_hook("rlhf_lab_callbacks", cfg=cfg, stage=stage):
-        callbacks.extend(extra)
+    callbacks.extend(plugin_callbacks(cfg, stage))
     plugins = []
     if world_size > 1:
         from lightning.fabric.plugins.environments import LightningEnvironment

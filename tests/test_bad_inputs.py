@@ -14,6 +14,7 @@ import json
 import os
 import socket
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import TINY_ONLINE, TINY_UPSTREAM, run_main
@@ -312,13 +313,85 @@ def test_a_labelling_port_in_use_is_refused_before_training(tmp_path, monkeypatc
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["create", "--redundancy", "0"], "label create: redundancy must be >= 1, got 0"),
+    (["create", "--redundancy", "0"], "label create: redundancy must be a whole number >= 1, got 0"),
+    (["create", "--expert-threshold", "nan"], "label create: expert_threshold is an agreement between 0 and 1, got nan"),
     (["status"], "no such database"),
 ])
 def test_label_commands_name_a_bad_argument(argv, message, tmp_path, monkeypatch, capsys):
     code, err = run_main(["label", *argv, "--db", str(tmp_path / "labels.db")], monkeypatch, capsys)
     assert code == 2 and message in err and "Traceback" not in err, err[-2000:]
     assert not (tmp_path / "labels.db.tokens.json").exists()
+
+
+@pytest.mark.parametrize("host, port, message", [
+    ("127.0.0.1", 70000, "feedback.port=70000: a port is a number from 0 to 65535"),
+    ("127.0.0.1", -1, "feedback.port=-1: a port is a number from 0 to 65535"),
+    ("no-such-host.invalid", 0, "feedback.host=no-such-host.invalid: not an address"),
+    ("192.0.2.1", 0, "feedback.host=192.0.2.1: not an address of this machine"),  # TEST-NET-1: never this machine's
+])
+def test_the_labelling_address_blames_the_key_at_fault(host, port, message):
+    from rlhf_lab.errors import RlhfLabError
+    from rlhf_lab.labelling.addresses import check_address
+
+    with pytest.raises(RlhfLabError, match=message.replace(".", r"\.")):
+        check_address(host, port, "feedback.host", "feedback.port")
+    check_address("127.0.0.1", 0, "feedback.host", "feedback.port")  # any free port of this machine: fine
+
+
+def test_the_public_origin_is_what_a_browser_sends():
+    from rlhf_lab.errors import RlhfLabError
+    from rlhf_lab.labelling.addresses import public_origin
+
+    assert public_origin("HTTPS://Label.Example.org:443/labels/", "k") == "https://label.example.org"
+    assert public_origin("http://[::1]:8765", "k") == "http://[::1]:8765"
+    for bad in ("label.example.org", "ftp://label.example.org", "http://", "http://host:99999"):
+        with pytest.raises(RlhfLabError, match=f"k={bad}"):
+            public_origin(bad, "k")
+
+
+def _dump(db: Path) -> list[str]:
+    import sqlite3
+
+    with sqlite3.connect(db) as connection:
+        return list(connection.iterdump())
+
+
+def _items(path: Path, *rows) -> str:
+    path.write_bytes(rows[0] if isinstance(rows[0], bytes) else _rows(*rows).encode())
+    return str(path)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["create", "--redundancy", "3"], "already holds this campaign, created with {\"aggregation\": \"majority\""),
+    (["add-labeller", "--name", " ann"], "argument --name: ' ann': give a name without leading or trailing spaces"),
+    (["add-items", "--file", "{tmp}/gold.jsonl"], "gold.jsonl:2: 'gold' must rank the response indices 0-1, each once, best first; got [0, \"1\"]"),
+    (["add-items", "--file", "{tmp}/gold_twice.jsonl"], "gold_twice.jsonl:1: 'gold' must rank the response indices 0-1, each once, best first; got [1, 1]"),
+    (["add-items", "--file", "{tmp}/key.jsonl"], "key.jsonl:1: 'key' must be a non-empty text; got [1]"),
+    (["add-items", "--file", "{tmp}/binary.jsonl"], "binary.jsonl:2: not UTF-8 text"),
+    (["add-items", "--file", "{tmp}"], ": a directory, not a file"),
+    (["add-items", "--file", "{tmp}/good.jsonl", "--batch", ""], "argument --batch: '': give a name"),
+    (["serve", "--port", "70000"], "argument --port: '70000' is not a port (a number from 0 to 65535"),
+    (["serve", "--host", "no-such-host.invalid"], "--host=no-such-host.invalid: not an address"),
+    (["serve", "--public-url", "label.example.org"], "--public-url=label.example.org: give the address labellers open"),
+    (["serve", "--public-url", "ftp://label.example.org"], "--public-url=ftp://label.example.org: give the address labellers open"),
+    (["export", "--out", "{tmp}/no/such/dir/out.jsonl"], "/no/such/dir/out.jsonl: no directory"),
+    (["export", "--out", "{tmp}"], ": a directory; give the path of the JSONL file to write"),
+    (["export", "--out", "{tmp}/out.jsonl", "--batch", "mian"], "--batch mian: no such batch in campaign 'default' (batches: main)"),
+], ids=["recreate", "name", "gold", "gold-twice", "key", "binary", "dir", "batch", "port", "host", "public-url", "public-url-scheme", "out-dir", "out-is-dir", "export-batch"])
+def test_every_label_command_names_a_bad_argument_before_it_writes(argv, message, tmp_path, monkeypatch, capsys):
+    db = tmp_path / "labels.db"
+    good = {"prompt": "p", "responses": ["a", "b"], "gold": [1, 0]}
+    _items(tmp_path / "good.jsonl", good)
+    _items(tmp_path / "gold.jsonl", good, {**good, "gold": [0, "1"]})
+    _items(tmp_path / "gold_twice.jsonl", {**good, "gold": [1, 1]})
+    _items(tmp_path / "key.jsonl", {**good, "key": [1]})
+    _items(tmp_path / "binary.jsonl", _rows(good).encode() + b"\xff\xfe")
+    assert run_main(["label", "create", "--db", str(db)], monkeypatch, capsys)[0] == 0
+    assert run_main(["label", "add-items", "--db", str(db), "--file", str(tmp_path / "good.jsonl")], monkeypatch, capsys)[0] == 0
+    before = _dump(db)
+    code, err = run_main(["label", *(a.format(tmp=tmp_path) for a in argv), "--db", str(db)], monkeypatch, capsys)
+    assert code == 2 and message in err and "Traceback" not in err, err[-2000:]
+    assert _dump(db) == before and not (tmp_path / "out.jsonl").exists()
 
 
 def test_resume_names_what_it_cannot_resume(tmp_path, monkeypatch, capsys, no_training):
@@ -396,9 +469,89 @@ def test_a_plugin_that_raises_is_named(plugin, message, tmp_path, monkeypatch, c
     register_engine_schemas()
 
 
+class RaisesForThePolicyStageOnly:
+    @hookimpl
+    def rlhf_lab_callbacks(self, cfg, stage):
+        if stage == "policy":
+            raise KeyError("wandb_project")
+        return []
+
+
+class ReturnsAClassNotACallback:
+    @hookimpl
+    def rlhf_lab_callbacks(self, cfg, stage):
+        from lightning.pytorch.callbacks import ModelCheckpoint
+
+        return [ModelCheckpoint]
+
+
+class TaskFactoryRaises:
+    @hookimpl
+    def rlhf_lab_register_tasks(self, register):
+        from dataclasses import dataclass
+
+        @dataclass
+        class Schema:
+            name: str = "fragile"
+
+        def factory(cfg, seed):
+            raise ValueError("column 'prompt' not found in prompts.csv")
+
+        register("fragile", factory, Schema)
+
+
+@pytest.mark.parametrize(
+    "plugin,extra,message",
+    [
+        (RaisesForThePolicyStageOnly(), [], "failed in its hook rlhf_lab_callbacks: KeyError: 'wandb_project'"),
+        (ReturnsAClassNotACallback(), [], "hook rlhf_lab_callbacks(cfg=..., stage=...) returned <class "
+                                          "'lightning.pytorch.callbacks.model_checkpoint.ModelCheckpoint'> (type), "
+                                          "not a list of lightning.pytorch.Callback; implemented by: "),
+        (TaskFactoryRaises(), ["task=fragile"], "task 'fragile' (plugin "),
+    ],
+    ids=["later-stage-hook", "hook-returns-a-class", "factory-raises"],
+)
+def test_plugin_hooks_and_factories_are_called_before_any_training(plugin, extra, message, tmp_path, monkeypatch, capsys, no_training):
+    build = plugin_manager.build_plugin_manager
+    monkeypatch.setattr(plugin_manager, "_PM", None)
+    monkeypatch.setattr(plugin_manager, "build_plugin_manager", lambda **kw: build(load_entry_points=False, extra_plugins=(plugin,)))
+    try:
+        argv = [*(a for a in TINY if not a.startswith("task.") or not extra), *extra]
+        code, err = run_main([*argv, f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}"], monkeypatch, capsys)
+    finally:
+        monkeypatch.setattr(plugin_manager, "_PM", None)
+        monkeypatch.setattr(plugin_manager, "build_plugin_manager", build)
+        register_engine_schemas()
+    # no_training: a Trainer.fit before the refusal would have failed the run differently
+    assert code == 2 and "Traceback" not in err, err[-2000:]
+    assert message in err, err[-2000:]
+    if extra:
+        assert "its factory failed: ValueError: column 'prompt' not found in prompts.csv" in err
+
+
+def test_a_loggers_hook_that_returns_no_logger_is_named(tmp_path, monkeypatch):
+    from omegaconf import OmegaConf
+
+    from rlhf_lab.errors import RlhfLabError
+    from rlhf_lab.loggers import build_loggers
+
+    class ReturnsAPath:
+        @hookimpl
+        def rlhf_lab_loggers(self, stage, run_dir):
+            return [run_dir / "logs"]
+
+    monkeypatch.setattr(plugin_manager, "_PM", plugin_manager.build_plugin_manager(load_entry_points=False, extra_plugins=(ReturnsAPath(),)))
+    cfg = OmegaConf.create({"logger": {"name": "csv"}, "seed": 0})
+    with pytest.raises(RlhfLabError, match=r"hook rlhf_lab_loggers\(.*\) returned PosixPath\('.*logs'\) \(PosixPath\), not a list of "
+                                           r"lightning.pytorch.loggers.Logger; implemented by: "):
+        build_loggers(cfg, "sft", tmp_path, "group")
+    monkeypatch.setattr(plugin_manager, "_PM", None)
+
+
 @pytest.mark.parametrize("function, message", [
     ("operator:concat", "returned 'What is two plus two?Two plus two is four.' (str); a reward function returns a finite number"),
     ("builtins:print", "returned None (NoneType)"),
+    ("operator:eq", "returned False (bool)"),  # a bool is an int to Python, not a reward
     ("operator:truediv", "raised TypeError: unsupported operand type(s) for /: 'str' and 'str'"),
 ])
 def test_a_rule_reward_that_returns_no_number_is_named_before_any_work(function, message, refused, tmp_path):
@@ -406,6 +559,29 @@ def test_a_rule_reward_that_returns_no_number_is_named_before_any_work(function,
                          f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}"])
     assert code == 2 and "Traceback" not in err, err[-2000:]
     assert f"reward.function {function} on prompt 'What is two plus two?' and response 'Two plus two is four.' {message}" in err, err[-2000:]
+
+
+@pytest.mark.parametrize("value, shown", [
+    ("good", "'good' (str)"), ((1.0, 2.0), "(1.0, 2.0) (tuple)"), (None, "None (NoneType)"), (True, "True (bool)"),
+    (float("nan"), "nan (float)"), (float("-inf"), "-inf (float)"), (10**400, "(int)"),
+])
+def test_rule_score_refuses_anything_but_a_finite_number(value, shown):
+    from rlhf_lab.errors import RlhfLabError
+    from rlhf_lab.rewards.scoring import rule_score
+
+    with pytest.raises(RlhfLabError, match="reward.function mod:fn on prompt 'p' and response 'r' returned") as refused:
+        rule_score(lambda prompt, response: value, "p", "r", {}, name="mod:fn")
+    assert shown in str(refused.value)
+
+
+def test_rule_score_passes_numbers_and_keyword_arguments_through():
+    import numpy as np
+
+    from rlhf_lab.rewards.scoring import rule_score
+
+    assert rule_score(lambda p, r, target: len(r) - target, "p", "four", {"target": 1}) == 3.0
+    score = rule_score(lambda p, r: np.float32(0.25), "p", "r", {})
+    assert score == 0.25 and type(score) is float
 
 
 def test_a_rule_reward_that_fails_mid_run_names_the_function_the_input_and_the_value():

@@ -471,6 +471,10 @@ def test_the_origins_of_a_served_app_are_its_own_addresses_and_the_public_url():
 
     assert served_origins("127.0.0.1", 8765) == {"http://127.0.0.1:8765", "http://localhost:8765", "http://[::1]:8765"}
     public = served_origins("10.1.2.3", 80, "https://label.example.org/")
-    assert public == {"http://10.1.2.3:80", "https://label.example.org"}
+    assert public == {"http://10.1.2.3", "https://label.example.org"}  # as browsers write them: no default port
+    # behind a proxy, under a path and on a port: the Origin a browser sends has neither the path nor a default port
+    assert "https://Label.example.org:8443" not in served_origins("10.1.2.3", 8765, "https://Label.example.org:8443/labels/")
+    assert "https://label.example.org:8443" in served_origins("10.1.2.3", 8765, "https://Label.example.org:8443/labels/")
+    assert "https://label.example.org" in served_origins("10.1.2.3", 8765, "https://label.example.org:443/labels")
     everywhere = served_origins("0.0.0.0", 9000)
     assert "http://localhost:9000" in everywhere and "http://evil.example:9000" not in everywhere

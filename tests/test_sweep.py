@@ -138,6 +138,32 @@ def test_job_end_refreshes_the_comparison_only_in_a_multirun(sweep: Path, monkey
     assert len(read_csv(sweep / "comparison.csv")) == 4
 
 
+def test_jobs_that_did_not_finish_are_listed_with_their_status_and_reason(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from rlhf_lab.sweep import SWEEP_FAILURES, write_job_status
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    make_job(tmp_path, "0", "ppo", PPO)
+    for number, status, reason in (("1", "refused", "algo needs lr > 0"), ("2", "stopped", "stopped by SIGTERM"), ("3", "crashed", "boom")):
+        make_job(tmp_path, number, "ppo", None)
+        write_job_status(tmp_path / number, status, reason)
+    make_job(tmp_path, "4", "ppo", None)  # killed: wrote nothing
+    make_job(tmp_path, "5", "ppo", None)
+    (tmp_path / "5" / "job_status.json").write_text('{"status": "finished", "reason": "a status no job writes"}')
+    with pytest.raises(ValueError, match="status must be one of"):
+        write_job_status(tmp_path / "0", "ok", "")
+
+    jobs = {job.number: (job.status, job.reason) for job in load_jobs(tmp_path)}
+    assert jobs == {"0": ("ok", None), "1": ("refused", "algo needs lr > 0"), "2": ("stopped", "stopped by SIGTERM"), "3": ("crashed", "boom"),
+                    "4": ("failed", "it left no metrics.json (killed, or still running)"), "5": ("failed", "a status no job writes")}
+    ComparisonCallback().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}}))
+    assert SWEEP_FAILURES == ["job 1 (ppo): refused: algo needs lr > 0", "job 2 (ppo): stopped: stopped by SIGTERM",
+                              "job 3 (ppo): crashed: boom", "job 4 (ppo): failed: it left no metrics.json (killed, or still running)",
+                              "job 5 (ppo): failed: a status no job writes"]
+    assert "| 2 | ppo | ppo | **stopped**: stopped by SIGTERM | - |" in (tmp_path / "comparison.md").read_text()
+    assert [r["status"] for r in read_csv(tmp_path / "comparison.csv")] == ["baseline", "ok", "refused", "stopped", "crashed", "failed", "failed"]
+    SWEEP_FAILURES.clear()
+
+
 def test_real_hydra_sweep_with_a_failing_job_still_gets_a_comparison(tmp_path: Path):
     # Hydra's basic sweeper re-raises the failed job before on_multirun_end, so the table must
     # come from the refresh after each job.

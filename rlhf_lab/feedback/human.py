@@ -25,6 +25,7 @@ from typing import ClassVar, Optional
 
 from rlhf_lab import hookimpl
 from rlhf_lab.errors import RlhfLabError
+from rlhf_lab.labelling.addresses import check_address, public_origin
 from rlhf_lab.records import PreferenceRecord
 
 log = logging.getLogger("rlhf_lab")
@@ -107,35 +108,10 @@ class HumanFeedbackConfig:
             if name in seen:  # one identity, one token: two links for it would be one person's
                 raise ValueError(f"labeller '{name}' is listed twice; each person is listed once")
             seen.add(name)
-        if self.public_url is not None and not self.public_url.startswith(("http://", "https://")):
-            raise ValueError(f"public_url must start with http:// or https://, got '{self.public_url}'")
+        if self.public_url is not None:
+            public_origin(self.public_url, "feedback.public_url")
         if not self.labellers and not self.bot_labellers:
             raise ValueError("feedback=human needs at least one labeller or bot labeller")
-
-
-def _check_port_free(host: str, port: int) -> None:
-    """Refuse, before SFT and sampling, an address that is not this machine's (blamed on
-    ``feedback.host``) or a port that another program is serving on (blamed on ``feedback.port``)."""
-    import errno
-    import socket
-
-    try:
-        socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except (socket.gaierror, UnicodeError) as error:
-        raise RlhfLabError(f"feedback.host={host}: not an address ({error}); give an IP address or host name of this machine, "
-                           "e.g. 127.0.0.1 (this machine only) or 0.0.0.0 (every network)") from None
-    probe = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the app binds it: TIME_WAIT is no conflict
-    try:
-        probe.bind((host, port))
-    except OSError as error:
-        if error.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT) or isinstance(error, socket.gaierror):
-            raise RlhfLabError(f"feedback.host={host}: not an address of this machine ({error.strerror or error}); "
-                               "give one of its own, e.g. 127.0.0.1 or 0.0.0.0") from None
-        raise RlhfLabError(f"feedback.port={port}: cannot serve the labelling app on {host}:{port} ({error.strerror or error}); "
-                           "choose another port, or feedback.port=0 for any free one") from None
-    finally:
-        probe.close()
 
 
 class TokenFile:
@@ -170,7 +146,7 @@ class HumanFeedback:
             raise RlhfLabError("feedback.bot_labellers and feedback.gold_fraction need a task with a hidden utility; this task has none")
         if Path(cfg.db).is_dir():
             raise RlhfLabError(f"feedback.db: {cfg.db} is a directory; give the path of the label database file")
-        _check_port_free(cfg.host, cfg.port)  # port 0 (any free one) still checks the host
+        check_address(cfg.host, cfg.port, "feedback.host", "feedback.port")
         self.cfg, self.utility = cfg, task.utility
         self.responses_per_prompt, self.rounds = cfg.responses_per_prompt, cfg.rounds
         self.stats: dict[str, float] = {}

@@ -53,8 +53,10 @@ class CampaignSettings:
     def __post_init__(self) -> None:
         if isinstance(self.thresholds, dict):
             self.thresholds = QualityThresholds(**self.thresholds)
-        if self.redundancy < 1:
-            raise ValueError(f"redundancy must be >= 1, got {self.redundancy}")
+        if not isinstance(self.redundancy, int) or isinstance(self.redundancy, bool) or self.redundancy < 1:
+            raise ValueError(f"redundancy must be a whole number >= 1, got {self.redundancy!r}")
+        if not isinstance(self.expert_threshold, (int, float)) or not 0.0 <= self.expert_threshold <= 1.0:  # NaN fails both
+            raise ValueError(f"expert_threshold is an agreement between 0 and 1, got {self.expert_threshold!r}")
         if self.aggregation not in ("majority", "dawid_skene"):
             raise ValueError(f"aggregation must be 'majority' or 'dawid_skene', got '{self.aggregation}'")
 

@@ -22,6 +22,18 @@ from pathlib import Path
 from rlhf_lab.errors import DataError, RlhfLabError
 
 
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a port (a number from 0 to 65535; 0: any free one)")
+    return int(text)
+
+
+def _name(text: str) -> str:
+    if not text.strip() or text != text.strip():
+        raise argparse.ArgumentTypeError(f"'{text}': give a name without leading or trailing spaces")
+    return text
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m rlhf_lab label", description="Run a labelling campaign.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -29,7 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     def command(name: str, help: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help)
         sub.add_argument("--db", required=True, help="SQLite database of the campaign")
-        sub.add_argument("--campaign", default="default", help="campaign name (default: default)")
+        sub.add_argument("--campaign", default="default", type=_name, help="campaign name (default: default)")
         return sub
 
     create = command("create", "create a campaign with its settings")
@@ -38,14 +50,14 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("--aggregation", choices=["majority", "dawid_skene"], default="majority")
     create.add_argument("--ask-rating", action="store_true")
     labeller = command("add-labeller", "add a labeller and print their token")
-    labeller.add_argument("--name", required=True)
+    labeller.add_argument("--name", required=True, type=_name)
     labeller.add_argument("--role", choices=["crowd", "expert", "admin", "app"], default="crowd")
     items = command("add-items", "add items from a JSONL file")
     items.add_argument("--file", required=True)
-    items.add_argument("--batch", default="main")
+    items.add_argument("--batch", default="main", type=_name)
     serve = command("serve", "serve the labelling app")
     serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8765)
+    serve.add_argument("--port", type=_port, default=8765)
     serve.add_argument("--public-url", help="the address labellers open, when not host:port (a proxy); pages of other origins cannot write")
     terminal = command("terminal", "label in this terminal")
     terminal.add_argument("--labeller", required=True)
@@ -74,18 +86,31 @@ def _open(args, create: bool = False):
                                         ask_rating=args.ask_rating)
         except ValueError as error:  # e.g. "redundancy must be >= 1, got 0"
             raise RlhfLabError(f"label create: {error}") from None
+        stored = store.campaign_settings(args.campaign)
+        if stored is not None and CampaignSettings(**stored) != settings:
+            raise RlhfLabError(f"--campaign {args.campaign}: {args.db} already holds this campaign, created with {json.dumps(stored)}; "
+                               "a campaign keeps its settings: give another --campaign name")
         return Campaign(store, args.campaign, settings)
     if store.campaign_settings(args.campaign) is None:
         raise RlhfLabError(f"--campaign {args.campaign}: no such campaign in {args.db}")
     return Campaign(store, args.campaign)
 
 
+def _is_index(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def read_items(path: Path) -> list[dict]:
     """Items from JSONL: ``prompt``, ``responses`` (2 or more texts), optional ``gold`` ranking and ``key``."""
     if not path.is_file():
-        raise DataError(f"{path}: file not found")
+        raise DataError(f"{path}: {'a directory, not a file' if path.is_dir() else 'file not found'}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        line = path.read_bytes()[:error.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: not UTF-8 text ({error.reason} at byte {error.start}); items are JSON lines") from None
     items = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
@@ -94,8 +119,11 @@ def read_items(path: Path) -> list[dict]:
                 raise ValueError("expected an object with 'prompt', 'responses' and optionally 'gold', 'key'")
             if not isinstance(raw.get("prompt"), str) or not isinstance(raw.get("responses"), list) or len(raw["responses"]) < 2 or not all(isinstance(r, str) for r in raw["responses"]):
                 raise ValueError("'prompt' must be text and 'responses' a list of at least two texts")
-            if "gold" in raw and sorted(raw["gold"]) != list(range(len(raw["responses"]))):
-                raise ValueError("'gold' must rank the response indices, best first")
+            gold = raw.get("gold", [])
+            if "gold" in raw and (not isinstance(gold, list) or not all(_is_index(i) for i in gold) or sorted(gold) != list(range(len(raw["responses"])))):
+                raise ValueError(f"'gold' must rank the response indices 0-{len(raw['responses']) - 1}, each once, best first; got {json.dumps(gold)}")
+            if "key" in raw and (not isinstance(raw["key"], str) or not raw["key"]):
+                raise ValueError(f"'key' must be a non-empty text; got {json.dumps(raw['key'])}")
         except ValueError as error:
             raise DataError(f"{path}:{lineno}: {error}") from None
         items.append(raw)
@@ -173,6 +201,11 @@ def main(argv: list[str]) -> None:
     elif args.command == "serve":
         from rlhf_lab.labelling.server import LabelServer
 
+        from rlhf_lab.labelling.addresses import check_address, public_origin
+
+        if args.public_url is not None:
+            public_origin(args.public_url, "--public-url")
+        check_address(args.host, args.port, "--host", "--port")
         try:
             server = LabelServer(campaign, args.host, args.port, args.public_url)
         except OSError as error:
@@ -187,6 +220,15 @@ def main(argv: list[str]) -> None:
     elif args.command == "status":
         print(json.dumps(campaign.status(), indent=2))
     elif args.command == "export":
+        out = Path(args.out)
+        if out.is_dir() or not out.parent.is_dir():
+            raise RlhfLabError(f"--out {out}: {'a directory' if out.is_dir() else f'no directory {out.parent}'}; give the path of the JSONL file to write")
+        batches = sorted({item.batch for item in campaign.store.items(campaign.name)})
+        if args.batch is not None and args.batch not in batches:
+            raise RlhfLabError(f"--batch {args.batch}: no such batch in campaign '{campaign.name}' (batches: {', '.join(batches) or 'none yet'})")
         result = campaign.export(batch=args.batch, method=args.method, exclude_flagged=not args.keep_flagged)
-        write_jsonl(result.records, Path(args.out))
+        try:
+            write_jsonl(result.records, out)
+        except OSError as error:
+            raise RlhfLabError(f"--out {out}: cannot write ({error.strerror or error})") from None
         print(f"{len(result.records)} records to {args.out} ({result.unresolved} unresolved, {result.by_expert} decided by an expert)")

@@ -10,6 +10,7 @@ from typing import Optional
 
 from starlette.requests import Request
 
+from rlhf_lab.labelling.addresses import public_origin
 from rlhf_lab.labelling.store import Item
 
 MAX_BODY_BYTES = 16 * 1024
@@ -62,9 +63,10 @@ def served_origins(host: str, port: int, public_url: Optional[str] = None) -> fr
             pass
     elif host in ("127.0.0.1", "localhost", "::1"):
         names |= {"localhost", "127.0.0.1", "::1"}
-    origins = {f"http://[{name}]:{port}" if ":" in name else f"http://{name}:{port}" for name in names if name}
+    suffix = "" if port == 80 else f":{port}"  # a browser leaves a scheme's default port out of Origin
+    origins = {f"http://[{name}]{suffix}" if ":" in name else f"http://{name}{suffix}" for name in names if name}
     if public_url:
-        origins.add(public_url.rstrip("/"))
+        origins.add(public_origin(public_url, "public_url"))
     return frozenset(origins)
 
 

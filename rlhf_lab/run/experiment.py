@@ -16,7 +16,7 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf
 
 from rlhf_lab.cache import ArtifactCache
-from rlhf_lab.components import check_built
+from rlhf_lab.components import call_factory, check_built
 from rlhf_lab.distributed import Ranks
 from rlhf_lab.errors import RlhfLabError
 from rlhf_lab.plugin_manager import call_hook, get_plugin_manager
@@ -110,7 +110,8 @@ def build_components(plan: Plan) -> Components:
 def _built(plan: Plan, kind: str, *args):
     """The selected ``kind`` built by its factory and checked against its Protocol."""
     component = plan.components[kind]
-    return check_built(kind, component.name, component.factory(*args), component.plugin, component.traits.get("needs_candidates"))
+    obj = call_factory(kind, component.name, component.plugin, component.factory, *args)
+    return check_built(kind, component.name, obj, component.plugin, component.traits.get("needs_candidates"))
 
 
 def prepare(plan: Plan, trainer_plan, components: Components, run_dir: Path, group: str, ranks: Ranks, timings: dict) -> tuple[RunContext, object, dict]:
@@ -118,6 +119,7 @@ def prepare(plan: Plan, trainer_plan, components: Components, run_dir: Path, gro
     asks for it), the starting model, and the length counts."""
     from rlhf_lab.models.loading import load_tokenizer
 
+    preflight.check_plugin_hooks(plan)
     store = Store(Path(plan.cfg.cache_dir), ranks)
     with timed(timings, "base"):
         base = starting_model(plan, components.task, store)

@@ -194,3 +194,27 @@ def _check_records(plan, task, tokenizer, feedback, check) -> None:
             "learns from %s, but the policy trains and is evaluated on the task's prompts; "
             "for the file's own prompts use task=dataset task.path=%s", total, plan.settings["task"].name, source_path, source_path,
         )
+
+
+def check_plugin_hooks(plan) -> None:
+    """Every plugin's ``rlhf_lab_callbacks`` called once for each stage this run trains, before any of
+    them starts, so a hook that raises or returns something other than Lightning callbacks is named now
+    rather than after hours of SFT (:func:`rlhf_lab.training.plugin_callbacks`). Loggers are checked
+    where each stage builds them: building one may open a run on a tracking server."""
+    from rlhf_lab.training import plugin_callbacks
+
+    for stage in trained_stages(plan):
+        plugin_callbacks(plan.cfg, stage)
+
+
+def trained_stages(plan) -> list[str]:
+    """The ``Trainer`` stages this run fits: SFT unless disabled, the reward model unless given, the policy
+    unless the run stops before it or the algorithm trains nothing (best-of-n)."""
+    from rlhf_lab.run.builders import reward_model
+
+    stages = ["sft"] if "sft" in plan.route and plan.settings["sft"].enabled else []
+    if "reward_model" in plan.route and plan.builders["reward_model"] is not reward_model.given:
+        stages.append("reward_model")
+    if plan.stop_after is None and plan.components["algo"].traits["trains_policy"]:
+        stages.append("policy")
+    return stages

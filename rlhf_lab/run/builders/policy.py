@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from rlhf_lab.cache import artifact_key
+from rlhf_lab.components import call_factory
 from rlhf_lab.errors import RlhfLabError
 from rlhf_lab.run.store import Artifact
 
@@ -89,7 +90,7 @@ def _built(run, inputs):
     import lightning.pytorch as pl
 
     algo = run.plan.components["algo"]
-    result = algo.factory(run.plan.settings["algo"], inputs)
+    result = call_factory("algo", algo.name, algo.plugin, algo.factory, run.plan.settings["algo"], inputs)
     trains = isinstance(result, pl.LightningModule)
     if trains != algo.traits["trains_policy"]:
         raise RlhfLabError(
