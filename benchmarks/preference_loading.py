@@ -4,7 +4,7 @@ Writes a file of synthetic Anthropic HH-RLHF transcripts (multi-turn, a few hund
 shape of the real data) and a byte-level BPE tokenizer with a GPT-2-sized vocabulary trained on it,
 then times each step the pipeline takes before the reward model or DPO trains:
 
-    read + parse   datasets reads the JSONL; the hh format splits prompt and responses (feedback/formats.py)
+    read + parse   datasets reads the JSONL; the hh format splits prompt and responses (preference_formats.py)
     length check   the pre-flight pass over every record (lengths.py)
     reward batches record_loader tokenises every text once and collates all batches (stages/reward.py)
     DPO pairs      the DPO module's (prompt, chosen, rejected) token-id triples (algos/dpo.py)
@@ -71,7 +71,7 @@ def main() -> None:
     from rlhf_lab.algos.dpo import preference_pairs
     from rlhf_lab.data import encode_prompt, encode_responses, record_response_ids
     from rlhf_lab.datafiles import read_table
-    from rlhf_lab.feedback.formats import parse_preferences
+    from rlhf_lab.preference_formats import parse_preferences
     from rlhf_lab.lengths import LengthCheck, LengthLimits
     from rlhf_lab.rewards.pairwise import PairwiseObjective
     from rlhf_lab.rewards.configs import PairwiseRewardConfig

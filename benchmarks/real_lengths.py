@@ -37,6 +37,7 @@ real_lengths_plot.py (time per sample against model size and sequence length).
     python benchmarks/real_lengths.py --shapes 1m,25m --what sft,reward,dpo --trl   # beside TRL's best CPU configuration
     python benchmarks/real_lengths.py --shapes 1m --what grpo,rloo,ppo --trl --trl-python .venv-trl112/bin/python
     python benchmarks/real_lengths.py --shapes 1m,25m,125m --what sft --positions 128,256,512 --trl fastest --json sft.json
+    python benchmarks/real_lengths.py --shapes 125m --what grpo --steps 1 --trl --ckpt          # both sides checkpointed
 """
 
 from __future__ import annotations
@@ -344,6 +345,7 @@ def measure_training(root: Path, shape: str, what: str, steps: int, variant: dic
         tokens_of = lambda b: (int((b["segment_ids"] >= 0).sum()), 0)  # noqa: E731
     elif what in ON_POLICY:
         module = _on_policy_module(root, shape, what, steps, variant)
+        _checkpointing(module.policy, variant)
         tokens_of = lambda b: (0, 0)  # noqa: E731  (a rollout's tokens are counted by the module; figures per sample)
         iteration, rollouts = module.iteration, []
 
@@ -491,7 +493,7 @@ def estimate_mb(root: Path, shape: str, what: str, largest: tuple[int, int, int,
         critic = probe(model_dir, value=True) if ppo else None
         update_rows = min(rows, PPO_MINIBATCH) if ppo else rows  # an update trains one minibatch
         peak = memory.policy_stage_peak(est, profile, critic, rollout_rows=rows, rollout_length=length, update_rows=update_rows,
-                                        update_length=length, read_tokens=read * update_rows // rows)
+                                        update_length=length, read_tokens=read * update_rows // rows, checkpointing=checkpointing)
         return peak.total / 2**20
     peak = memory.training_peak(what, parameters, trainable, "float32", profile, rows=rows, length=length, read_tokens=read,
                                 checkpointing=checkpointing, frozen_copies=1 if what == "dpo" else 0)
@@ -516,13 +518,15 @@ def run_worker(root: str, shape: str, what: str, steps: int, variant: dict, prec
     return {"failed": f"exit {proc.returncode}: {(proc.stderr.strip().splitlines() or ['no output'])[-1]}"}
 
 
-def variants(what: str, all_variants: bool, trl: bool) -> list[tuple[str, dict]]:
+def variants(what: str, all_variants: bool, trl: bool, ckpt: bool = False) -> list[tuple[str, dict]]:
     if what == "rollout":
         return [("engine", {}), ("engine before", {"engine": "before"})]
     rows = [("defaults", {})]
     if all_variants and what in ("sft", "dpo", "grpo"):
         rows += [("group_by_length=false", {"group_by_length": False})]
         rows += [("disable_dropout=false", {"disable_dropout": False})] if what == "sft" else []
+    if ckpt and what in ("grpo", "rloo"):  # checkpointing on both sides: 64-row updates of 125m need it in 23 GB
+        return [("ckpt", {"gradient_checkpointing": True})] + ([("TRL ckpt", {"side": "trl"})] if trl else [])
     if trl == "fastest" and what != "rollout":  # TRL's fastest configuration alone
         return rows + [("TRL no ckpt", {"side": "trl", "gradient_checkpointing": False})]
     if trl and what in ("sft", "reward", "dpo"):
@@ -552,6 +556,8 @@ def main() -> None:
                              "continuous-batching generation; 'fastest' runs only TRL's fastest configuration (no checkpointing)")
     parser.add_argument("--trl-python", default=sys.executable,
                         help="Python of an environment with trl==1.12.0 (and rlhf_lab) for TRL's PPO side: later TRL has no PPOTrainer")
+    parser.add_argument("--ckpt", action="store_true",
+                        help="GRPO and RLOO with activation checkpointing on both sides only (at 125m their 64-row update needs ~36 GB without it)")
     parser.add_argument("--json", help="also write every row's figures to this file (for benchmarks/real_lengths_plot.py)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--root", help=argparse.SUPPRESS)
@@ -590,7 +596,7 @@ def main() -> None:
                   f"{'GFLOP/s':>8s} {'%peak':>7s} {'peak MB':>8s} {'estimate MB':>11s}", flush=True)
             for shape in shapes:
                 for what in whats:
-                    for name, variant in variants(what, args.variants, args.trl):
+                    for name, variant in variants(what, args.variants, args.trl, args.ckpt):
                         python = args.trl_python if what == "ppo" and variant.get("side") == "trl" else sys.executable
                         r = run_worker(str(root), shape, what, args.steps, variant, args.precision, python)
                         rows.append({"positions": positions, "shape": shape, "parameters": _parameters(root / shape), "what": what,

@@ -117,6 +117,9 @@ def _quiet_libraries() -> None:
     # fit's data loaders: nothing of ours calls it, so only that one message is silenced.
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
     warnings.filterwarnings("ignore", message=".*is smaller than the logging interval.*")
+    # peft reads `model.is_gradient_checkpointing`, deprecated in transformers 5, whenever it wraps a
+    # model (every LoRA run): nothing of ours calls it (models/lora.py uses the new name where it exists).
+    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 
 RESUMING_SWEEP = "RLHF_LAB_RESUMING_SWEEP"

@@ -139,9 +139,14 @@ class LengthCheck:
         if len(response_ids) <= limit:
             return response_ids
         if not self.truncate:
+            positions = self.limits.positions
+            if prompt_tokens >= positions:  # no room for any response: the prompt is what is too long
+                self._offend(Offender(where, f"prompt (of a {what})", prompt_tokens, positions - 1,
+                                      f"the model's {positions} positions, less one for the response"))
+                return response_ids
             setting = (f"data.max_response_tokens={self.limits.max_response_tokens}" if self.limits.max_response_tokens
-                       and self.limits.max_response_tokens < self.limits.positions - prompt_tokens
-                       else f"the model's {self.limits.positions} positions less its {prompt_tokens}-token prompt")
+                       and self.limits.max_response_tokens < positions - prompt_tokens
+                       else f"the model's {positions} positions less its {prompt_tokens}-token prompt")
             self._offend(Offender(where, what, len(response_ids), limit, setting))
             return response_ids
         self.counts["data/responses_truncated"] += 1

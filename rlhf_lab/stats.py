@@ -101,13 +101,19 @@ def beyond_noise(delta: float, se: float, z: float = 2.0) -> bool:
     return abs(delta) > z * se
 
 
+STILL_KL = 0.01
+"""A policy whose KL to its reference (nats per response) is under this did not move: a verdict says so
+first, whatever the other figures (their differences are then noise around zero)."""
+
+
 def verdict_lines(metrics: dict, algo: str, baseline: str = "sft") -> list[str]:
     """Plain sentences on what a run achieved against its baseline, with noise taken into account.
 
     Reads the paired differences ``eval/<algo>/<figure>_diff`` and ``eval/<algo>/<figure>_diff_se``
     for ``gold_reward``, ``proxy_reward`` and ``response_length`` (candidate minus baseline), the
     win rate ``eval/<algo>/win_rate`` with ``eval/<algo>/win_rate_low`` / ``_high``, and the mean
-    response lengths ``eval/<algo>/response_length`` and ``eval/<baseline>/response_length``.
+    response lengths ``eval/<algo>/response_length`` and ``eval/<baseline>/response_length``, and the
+    KL to the reference ``eval/<algo>/kl`` (under :data:`STILL_KL`: the policy did not move).
     A difference whose standard error is missing is not judged.
 
     :param metrics: a run's flat ``metrics.json`` dict.
@@ -132,6 +138,12 @@ def verdict_lines(metrics: dict, algo: str, baseline: str = "sft") -> list[str]:
         lines.append(f"{algo} changed proxy reward by {_pm(*proxy)} ({judged} noise); this task has no gold utility, so that is all the run can show.")
     else:
         lines.append(f"No paired gold or proxy reward difference was recorded for {algo}, so there is nothing to judge.")
+    kl = metrics.get(f"eval/{algo}/kl")
+    if kl is not None and abs(kl) < STILL_KL and algo != baseline:
+        lines.insert(0, f"{algo}'s policy barely moved from {baseline}'s (KL {kl:.4f} nats per response, under {STILL_KL}): "
+                        "the run changed nothing it could measure. Give it more to do: a higher algo.lr (LoRA adapters "
+                        "usually need about ten times full fine-tuning's), more steps or epochs, or a smaller KL weight "
+                        "(algo.beta for the DPO family, algo.kl_coef otherwise).")
     candidate_length = metrics.get(f"eval/{algo}/response_length")
     baseline_length = metrics.get(f"eval/{baseline}/response_length")
     if length is not None and beyond_noise(*length) and candidate_length and baseline_length:

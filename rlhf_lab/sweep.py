@@ -36,16 +36,24 @@ COLUMNS = (
     "job", "label", "algo", "status",
     "gold_reward", "gold_reward_se", "proxy_reward", "proxy_reward_se", "kl", "kl_se",
     "win_rate", "win_rate_low", "win_rate_high", "response_length", "response_length_se",
-    "perplexity", "wall_time_s", "reason",
+    "perplexity", "wall_time_s", "reason", "ignored",
 )
 """Keys of every row from :func:`comparison_rows`, and the columns of ``comparison.csv``."""
 JOB_STATUS = "job_status.json"
 """Written into a job's directory by a job that ends without finishing: its status and reason."""
+IGNORED_OVERRIDES = "ignored_overrides.json"
+"""Written into a job's directory by a job that ignores overrides of the sweep it does not use (a
+sweep over dpo and grpo with feedback.path: grpo reads no preferences), each with why."""
 UNFINISHED = ("refused", "crashed", "stopped", "failed")
 """Statuses of a job that left no metrics: a setting refused, an error, a stop signal, or unknown."""
 SWEEP_FAILURES: list[str] = []
 """The jobs of the last multirun (this process) that did not finish, ``"<job>: <status>: <reason>"``;
 the command line exits non-zero when any is listed."""
+
+
+def write_ignored_overrides(job_dir: Path, ignored: list[tuple[str, str]]) -> None:
+    """Record in ``job_dir`` the sweep's overrides its job ignores, as ``(override, why)`` pairs."""
+    write_atomic(Path(job_dir) / IGNORED_OVERRIDES, json.dumps([{"override": o, "why": why} for o, why in ignored]).encode())
 
 
 def write_job_status(job_dir: Path, status: str, reason: str) -> None:
@@ -65,6 +73,9 @@ class Job:
     :param metrics: the job's ``metrics.json``, or ``None`` when the job left none (it failed).
     :param status: ``"ok"`` (metrics written), or one of :data:`UNFINISHED`.
     :param reason: why the job did not finish; ``None`` for a finished one.
+    :param variant: the ``algo`` option the job chose when it is a preset of another algorithm
+        (``algo=ipo`` runs ``dpo`` with the IPO loss), else ``None``.
+    :param ignored: the sweep's overrides this job did not use, with why (:data:`IGNORED_OVERRIDES`).
     """
 
     number: str
@@ -73,6 +84,8 @@ class Job:
     metrics: dict | None
     status: str = "ok"
     reason: str | None = None
+    variant: str | None = None
+    ignored: tuple[tuple[str, str], ...] = ()
 
     @property
     def label(self) -> str:
@@ -109,16 +122,27 @@ def comparison_rows(jobs: list[Job]) -> list[dict[str, Any]]:
         # The baseline is not compared with itself, and its time is part of every job's total.
         baseline.update(win_rate=None, win_rate_low=None, win_rate_high=None, wall_time_s=None)
         rows.append({"job": None, "label": f"{BASELINE} (baseline of job {first.number})", "algo": BASELINE, "status": "baseline",
-                     "reason": None, **baseline})
+                     "reason": None, "ignored": None, **baseline})
     # Settings every job shares (a cache directory, a shortened trainer) say nothing about the difference.
     shared = set.intersection(*(set(job.overrides) for job in jobs)) if len(jobs) > 1 else set()
     for job in jobs:
-        label = " ".join(o for o in job.overrides if o not in shared) or job.algo or job.number
-        row = {"job": job.number, "label": label, "algo": job.algo, "status": job.status, "reason": job.reason}
+        ignored = {o for o, _ in job.ignored}
+        label = " ".join(short_override(o) for o in job.overrides if o not in shared and o not in ignored) or job.variant or job.algo or job.number
+        row = {"job": job.number, "label": label, "algo": job.variant or job.algo, "status": job.status, "reason": job.reason,
+               "ignored": "; ".join(f"{short_override(o)}: {why}" for o, why in job.ignored) or None}
         figures = _figures(job.metrics or {}, job.algo or "")
         figures["wall_time_s"] = _number((job.metrics or {}).get("time/total_seconds"))
         rows.append({**row, **figures})
     return rows
+
+
+def short_override(override: str) -> str:
+    """``key=value`` with a path value cut to its last part (``feedback.path=/data/hh/test.jsonl`` ->
+    ``feedback.path=test.jsonl``): a label tells jobs apart, it need not say where their files are."""
+    key, sep, value = override.partition("=")
+    if sep and ("/" in value or "\\" in value) and not value.startswith("[") and not value.startswith("{"):
+        value = Path(value.rstrip("/\\")).name or value
+    return f"{key}{sep}{value}"
 
 
 def write_markdown(rows: list[dict[str, Any]], path: Path) -> None:
@@ -156,6 +180,9 @@ def write_markdown(rows: list[dict[str, Any]], path: Path) -> None:
         cells = ["-" if row["job"] is None else row["job"], row["label"], row["algo"] or "-", *figures]
         # A "|" inside an override would otherwise split the cell.
         lines.append("| " + " | ".join(str(cell).replace("|", "\\|") for cell in cells) + " |")
+    notes = [f"- job {row['job']} ignored {row['ignored']}" for row in rows if row["ignored"]]
+    if notes:
+        lines += ["", "Overrides a job did not use (the sweep crosses algorithms that read different settings):", *notes]
     write_atomic(path, ("\n".join(lines) + "\n").encode())
 
 
@@ -173,62 +200,6 @@ def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
     for row in rows:
         writer.writerow({key: "" if row[key] is None else row[key] for key in COLUMNS})
     write_atomic(path, buffer.getvalue().encode())
-
-
-def plot_overoptimisation(rows: list[dict[str, Any]], path: Path) -> None:
-    """Scatter gold and proxy reward against KL from the baseline, one colour per run.
-
-    Circles are gold reward, squares proxy reward; error bars are one standard error on both axes.
-    The baseline sits at KL 0 by definition. Failed jobs and runs without KL are left out.
-
-    :param rows: rows from :func:`comparison_rows`.
-    :param path: the PNG file to write.
-    :raises ImportError: when matplotlib is not installed.
-    """
-    # Imported here so the callback costs nothing in single runs; the Agg canvas draws
-    # off-screen without touching pyplot's global backend.
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.lines import Line2D
-
-    figure = Figure(figsize=(8, 5.5), dpi=120)
-    FigureCanvasAgg(figure)
-    axes = figure.add_subplot()
-    plotted = 0
-    for index, row in enumerate(r for r in rows if r["status"] != "failed"):
-        kl, kl_se = (0.0, None) if row["status"] == "baseline" else (row["kl"], row["kl_se"])
-        if kl is None:
-            continue
-        colour = f"C{index % 10}"
-        for figure_name, marker in (("gold_reward", "o"), ("proxy_reward", "s")):
-            value = row[figure_name]
-            if value is None:
-                continue
-            axes.errorbar(
-                kl, value, xerr=kl_se, yerr=row[f"{figure_name}_se"], fmt=marker, color=colour,
-                markerfacecolor=colour if marker == "o" else "white", capsize=3, markersize=7,
-            )
-            if marker == "o" or row["gold_reward"] is None:  # one label per run
-                axes.annotate(row["label"], (kl, value), textcoords="offset points", xytext=(6, 4), fontsize=8, color=colour)
-            plotted += 1
-    if plotted == 0:
-        axes.text(0.5, 0.5, "no finished run reported KL and a reward", ha="center", va="center", transform=axes.transAxes)
-    axes.axvline(0.0, color="grey", linewidth=0.8, linestyle=":")
-    axes.set_title("Gold and proxy reward against KL to sft")
-    axes.set_xlabel("KL(policy ‖ sft) on held-out prompts [nats per response]")
-    axes.set_ylabel("reward per response\n(gold: task utility; proxy: reward function)")
-    axes.legend(
-        handles=[
-            Line2D([], [], marker="o", linestyle="", color="black", label="gold reward (± SE)"),
-            Line2D([], [], marker="s", linestyle="", color="black", markerfacecolor="white", label="proxy reward (± SE)"),
-        ],
-        loc="best",
-    )
-    axes.grid(True, alpha=0.3)
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", bbox_inches="tight")
-    write_atomic(path, buffer.getvalue())
 
 
 def write_comparison(sweep_dir: Path) -> list[Path]:
@@ -249,6 +220,8 @@ def write_comparison(sweep_dir: Path) -> list[Path]:
     write_markdown(rows, written[0])
     write_csv(rows, written[1])
     try:
+        from rlhf_lab.sweep_plot import plot_overoptimisation
+
         plot_overoptimisation(rows, sweep_dir / "overoptimisation.png")
         written.append(sweep_dir / "overoptimisation.png")
     except ImportError as exc:
@@ -314,12 +287,27 @@ def _load_job(job_dir: Path) -> Job:
             log.warning("%s is unreadable (%s); the job is listed as failed", job_dir / "metrics.json", exc)
     algo = (config.get("algo") or {}).get("name") if isinstance(config, dict) else None
     algo = algo or _algo_from_overrides(overrides) or _algo_from_metrics(metrics)
+    hydra = _read_yaml(job_dir / ".hydra" / "hydra.yaml") or {}
+    choice = ((hydra.get("hydra") or {}).get("runtime") or {}).get("choices", {}).get("algo") if isinstance(hydra, dict) else None
+    variant = choice if isinstance(choice, str) and choice != algo else None
     status, reason = "ok", None
     if metrics is None:
         recorded = _read_status(job_dir / JOB_STATUS)
         status = recorded.get("status") if recorded.get("status") in UNFINISHED else "failed"
         reason = str(recorded.get("reason") or "it left no metrics.json (killed, or still running)")
-    return Job(number=job_dir.name, overrides=tuple(str(o) for o in overrides), algo=algo, metrics=metrics, status=status, reason=reason)
+    return Job(number=job_dir.name, overrides=tuple(str(o) for o in overrides), algo=algo, metrics=metrics, status=status, reason=reason,
+               variant=variant, ignored=_read_ignored(job_dir / IGNORED_OVERRIDES))
+
+
+def _read_ignored(path: Path) -> tuple[tuple[str, str], ...]:
+    if not path.is_file():
+        return ()
+    try:
+        entries = json.loads(path.read_text())
+        return tuple((str(e["override"]), str(e["why"])) for e in entries)
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        log.warning("%s is unreadable (%s)", path, exc)
+        return ()
 
 
 def _read_status(path: Path) -> dict:

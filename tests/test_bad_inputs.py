@@ -86,6 +86,7 @@ def files(tmp_path_factory):
         "hh_no_turn.jsonl": _rows(*[{"chosen": f"Human: hi {i}", "rejected": f"Human: bye {i}"} for i in range(5)]),
         "chat_not_assistant.jsonl": _rows(*[{"chosen": [{"role": "user", "content": f"q{i}"}], "rejected": [{"role": "user", "content": "r"}]} for i in range(5)]),
         "no_format.jsonl": _rows(*[{"question": f"q{i}", "answer": "a"} for i in range(5)]),
+        "responses_no_ranking.jsonl": _rows(*[{"prompt": f"q{i}", "responses": ["a", "b"]} for i in range(5)]),
         "one.jsonl": _rows(good[0]),
         "long.jsonl": _rows(*good[:5], {"prompt": "p", "chosen": "word " * 3000, "rejected": "b"}),
         "prompts.jsonl": _rows(*[{"prompt": f"tell me about the tea {i} ."} for i in range(20)]),
@@ -196,6 +197,8 @@ BOUNDS = [
     ("feedback.rounds=0", ["feedback.rounds=0"], {}, "rounds >= 1"),
     ("feedback.responses_per_prompt=1", ["feedback.responses_per_prompt=1"], {}, "responses_per_prompt >= 2"),
     ("feedback.labellers twice", ["feedback=human", "feedback.labellers=[ann,ann]"], {}, "labeller 'ann' is listed twice"),
+    ("feedback.public_url", ["feedback=human", "feedback.public_url=label.example.org"], {},
+     "bad value in config 'feedback': public_url=label.example.org: give the address labellers open"),
     ("feedback.host", ["feedback=human", "feedback.host=no-such-host.invalid", "feedback.port=0", "feedback.db={files}/labels.db"], {},
      "feedback.host=no-such-host.invalid: not an address"),
     ("feedback.num_annotators=0", ["feedback.num_annotators=0"], {}, "num_annotators >= 1"),
@@ -284,6 +287,12 @@ DATA = [
         ("task-no-prompt-column", "prompts_no_column.jsonl", "prompts_no_column.jsonl"),
         ("task-empty-prompt", "prompts_empty.jsonl", "prompts_empty.jsonl:6"),
         ("task-one-prompt", "prompts_one.jsonl", "1 distinct prompt(s) cannot be split"),
+        # a preference file read as the task: the task's key decides, not feedback's
+        ("task-preference-file-bad-row", "pair_identical.jsonl",
+         "pair_identical.jsonl:6: malformed preference record: identical chosen and rejected responses (task.on_bad_record=skip skips such rows)"),
+        ("task-preference-file-no-format", "responses_no_ranking.jsonl", "match no preference format: native (prompt, responses, ranking|scores)"
+         ", pairwise (prompt, chosen, rejected), hh (chosen, rejected transcripts), chat (chosen, rejected message lists) or rating "
+         "(prompt, response, score). Map other names with task.columns.<name>=<column>"),
     ]
 ]
 
@@ -368,7 +377,7 @@ def _items(path: Path, *rows) -> str:
     (["add-items", "--file", "{tmp}/gold_twice.jsonl"], "gold_twice.jsonl:1: 'gold' must rank the response indices 0-1, each once, best first; got [1, 1]"),
     (["add-items", "--file", "{tmp}/key.jsonl"], "key.jsonl:1: 'key' must be a non-empty text; got [1]"),
     (["add-items", "--file", "{tmp}/binary.jsonl"], "binary.jsonl:2: not UTF-8 text"),
-    (["add-items", "--file", "{tmp}"], ": a directory, not a file"),
+    (["add-items", "--file", "{tmp}"], "is a directory but not one written by datasets' save_to_disk"),
     (["add-items", "--file", "{tmp}/good.jsonl", "--batch", ""], "argument --batch: '': give a name"),
     (["serve", "--port", "70000"], "argument --port: '70000' is not a port (a number from 0 to 65535"),
     (["serve", "--host", "no-such-host.invalid"], "--host=no-such-host.invalid: not an address"),

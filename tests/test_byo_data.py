@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from pathlib import Path
 
 import pytest
 
@@ -112,17 +113,42 @@ def test_a_prompt_file_without_demonstrations_asks_for_them_or_sft_disabled(user
     assert "eval/rloo/proxy_reward" in read_metrics(tmp_path / "b")
 
 
+def _generates_from_another_directory(run_dir: Path, monkeypatch) -> None:
+    """The README's promise: the adapters load with plain transformers + peft, and the merged policy with
+    plain transformers, from any working directory."""
+    import torch
+    from peft import AutoPeftModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    elsewhere = run_dir.parent / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    tokenizer = AutoTokenizer.from_pretrained(run_dir / "policy")
+    inputs = tokenizer("tell me about the cat .", return_tensors="pt")
+    adapted = AutoPeftModelForCausalLM.from_pretrained(run_dir / "policy")
+    merged = AutoModelForCausalLM.from_pretrained(run_dir / "policy_merged")
+    with torch.no_grad():
+        for model in (adapted, merged):
+            out = model.generate(**inputs, max_new_tokens=4, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+            assert out.shape[1] > inputs["input_ids"].shape[1]
+        # the merged weights are the adapters' effect folded in: the same next-token distribution
+        torch.testing.assert_close(adapted(**inputs).logits, merged(**inputs).logits, atol=1e-4, rtol=1e-4)
+
+
 @pytest.mark.parametrize("algo", ["ppo", "dpo"])
-def test_lora_runs_save_adapters_and_merged_weights(user_files, tmp_path, algo):
+def test_lora_runs_save_adapters_and_merged_weights(user_files, tmp_path, algo, monkeypatch):
     """LoRA on: SFT, the reward model, the critic and the policy train adapters; the policy is saved as
     an adapter directory and, asked for, as merged weights that plain transformers loads."""
     extra = ["reward.epochs=1", *PPO, "model.gradient_checkpointing=true"] if algo == "ppo" else ["algo=dpo", "algo.epochs=1"]
     args = _args(user_files, tmp_path, *extra, "model.lora.r=4", "model.lora.merge=true", f"hydra.run.dir={tmp_path / 'run'}")
+    # a relative cache, as the default is: the adapter must still name a base that loads from elsewhere
+    args = [a for a in args if not a.startswith("cache_dir=")] + ["cache_dir=cache"]
     result = run_cli(args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     paths = _paths(tmp_path / "run")
     adapter = json.loads((tmp_path / "run" / "policy" / "adapter_config.json").read_text())
-    assert adapter["r"] == 4 and adapter["base_model_name_or_path"] == paths["sft"]
+    assert adapter["r"] == 4 and adapter["base_model_name_or_path"] == paths["sft"] == str(tmp_path / "cache" / "sft" / Path(paths["sft"]).name)
+    _generates_from_another_directory(tmp_path / "run", monkeypatch)
     from rlhf_lab.models.loading import load_policy
 
     merged = load_policy(paths["policy_merged"])

@@ -55,7 +55,8 @@ def test_every_option_composes_and_builds(registry, group, option, tmp_path, mon
     built = to_object(cfg[group], group)
     if group in ("task", "feedback", "reward", "algo"):
         component = registry.get(group, cfg[group].name)
-        assert isinstance(built, component.schema) and built.name == option
+        # a preset (algo=ipo) is another component's schema with one setting chosen
+        assert isinstance(built, component.schema) and (built.name == option or getattr(built, "loss", None) == option)
         task = registry.get("task", cfg.task.name).factory(to_object(cfg.task, "task"), seed=0)
         if group == "task":
             assert task.train_prompts and task.eval_prompts and task.sft_train
@@ -208,6 +209,14 @@ def test_describe_one_option_from_the_command_line(tmp_path):
     result = run_cli(["describe", "algo=dpo"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("algo=dpo: ") and "algo.beta" in result.stdout and "algo.clip_range" not in result.stdout
-    assert "describe [group | group=option]" in run_cli(["--help"], cwd=tmp_path).stdout
+    helped = run_cli(["--help"], cwd=tmp_path).stdout
+    for command in ("describe [group | group=option]", "rlhf_lab plugins", "rlhf_lab label <command>", "rlhf_lab resume=<run dir", "rlhf_lab -m "):
+        assert command in helped, command
     unknown = run_cli(["describe", "algo=nope"], cwd=tmp_path)
     assert unknown.returncode == 2 and "unknown algo 'nope'" in unknown.stderr
+
+
+@pytest.mark.parametrize("preset", ["ipo", "cdpo", "simpo"])
+def test_a_dpo_preset_is_dpo_with_its_loss(registry, preset):
+    built = to_object(_compose([f"algo={preset}", "algo.beta=0.2"])["algo"], "algo")
+    assert (built.name, built.loss, built.beta) == ("dpo", preset, 0.2)

@@ -6,6 +6,8 @@ to csv; the second trains the pointwise reward model on the same SFT policy (and
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from conftest import read_metrics, run_cli
@@ -22,6 +24,9 @@ def shared_cache(tmp_path_factory):
 def test_default_run_meets_targets(tmp_path, shared_cache):
     result = run_cli(["logger=csv", "trainer.progress_bar=none", f"cache_dir={shared_cache}", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
+    # A deprecation the project causes would be seen on every run, and breaks it when the library moves on.
+    warned = [line for line in result.stderr.splitlines() if re.search(r"(Warning|WARNING)\b", line)]
+    assert not warned, "\n".join(warned)
     m = read_metrics(tmp_path / "run")
     assert m["reward/accuracy"] >= 0.80, m
     assert m["eval/ppo/win_rate"] >= 0.75, m

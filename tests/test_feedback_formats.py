@@ -10,7 +10,7 @@ from rlhf_lab.chat import render_prompt
 from rlhf_lab.datafiles import read_table
 from rlhf_lab.errors import DataError
 from rlhf_lab.feedback.dataset import DatasetFeedback, DatasetFeedbackConfig
-from rlhf_lab.feedback.formats import detect_format, parse_preferences
+from rlhf_lab.preference_formats import detect_format, parse_preferences
 
 
 @pytest.fixture(scope="module")

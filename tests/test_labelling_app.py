@@ -478,3 +478,21 @@ def test_the_origins_of_a_served_app_are_its_own_addresses_and_the_public_url():
     assert "https://label.example.org" in served_origins("10.1.2.3", 8765, "https://label.example.org:443/labels")
     everywhere = served_origins("0.0.0.0", 9000)
     assert "http://localhost:9000" in everywhere and "http://evil.example:9000" not in everywhere
+
+
+def test_the_documented_labeller_api_is_what_the_server_answers(app):
+    """docs/labelling.md's worked example: the same fields, the same answers."""
+    from pathlib import Path
+
+    docs = (Path(__file__).parent.parent / "docs" / "labelling.md").read_text()
+    documented = {line.split()[1]: json.loads(line.split("->", 1)[1])
+                  for line in docs.splitlines() if line.strip().startswith(("GET  /api/me", "POST /api/labels"))}
+    add(app, n=1)
+    me = app.get("/api/me", "ann").json()
+    assert set(me) == set(documented["/api/me"]) and me["role"] == "crowd"
+    item = app.next("ann")
+    assert set(item) == {"id", "prompt", "responses", "rating"} and set(item["responses"][0]) == {"index", "text"}
+    saved = app.post("/api/labels", "ann", {"item_id": item["id"], "ranking": [r["index"] for r in item["responses"]], "seconds": 12.5})
+    assert saved.json() == documented["/api/labels"]
+    for status in (401, 403, 404, 409, 422):
+        assert str(status) in docs

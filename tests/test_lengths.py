@@ -66,6 +66,19 @@ def test_without_truncate_the_longest_offender_is_named_with_the_settings(toy):
     assert "data.truncate=true" in str(info.value) and not check.counts
 
 
+def test_a_prompt_longer_than_the_model_is_named_as_the_prompt_with_a_positive_limit(toy):
+    _, tok = toy
+    check = LengthCheck(tok, LengthLimits(positions=16, max_new_tokens=4), truncate=False)
+    prompt = "tell me about the cat . " * 6
+    n = len(encode_prompt(tok, prompt))
+    assert n > 16
+    check.response_ids(prompt, encode_response(tok, "the cat ."), "prefs.jsonl:3", "preference response")
+    with pytest.raises(DataError) as info:
+        check.raise_if_over()
+    assert str(info.value).startswith(f"prefs.jsonl:3: prompt (of a preference response) of {n} tokens is over its limit of 15 "
+                                      "(the model's 16 positions, less one for the response)"), str(info.value)
+
+
 def _hh_file(path, turns: int, rows: int = 30):
     lines = []
     for i in range(rows):

@@ -81,6 +81,21 @@ def test_refusals_the_config_decides_come_from_the_plan(registry, overrides, mes
     assert message in str(info.value)
 
 
+def test_a_sweeps_job_ignores_what_it_does_not_use_and_says_why(registry):
+    """`-m algo=dpo,grpo reward=rule ... feedback=dataset feedback.path=...`: each job takes what it uses."""
+    GlobalHydra.instance().clear()
+    overrides = ("algo=grpo", "reward=rule", "reward.function=rlhf_lab.rewards.rules:word_count", "feedback=dataset", "feedback.path=hh.jsonl")
+    with initialize_config_module(config_module="rlhf_lab.conf", version_base="1.3"):
+        cfg = compose(config_name="config", overrides=list(overrides))
+    with pytest.raises(RlhfLabError, match="'feedback=dataset': algo=grpo does not use preference feedback"):
+        make_plan(cfg, registry, overrides)
+    plan = make_plan(cfg, registry, overrides, in_sweep=True)
+    assert [o for o, _ in plan.ignored] == ["feedback=dataset", "feedback.path=hh.jsonl"]
+    assert plan.ignored[0][1] == "algo=grpo does not use preference feedback (it consumes: reward; the reward rule needs no feedback)"
+    assert "preferences" not in plan.route and plan.in_sweep
+    assert make_plan(cfg, registry, overrides[:3], in_sweep=True).ignored == ()
+
+
 def _sft(run, base):
     return f"sft({base})"
 

@@ -160,3 +160,13 @@ def test_verdict_without_any_difference_says_so():
     assert verdict_lines({"eval/ppo/gold_reward": 1.0}, "ppo") == [
         "No paired gold or proxy reward difference was recorded for ppo, so there is nothing to judge."
     ]
+
+
+def test_verdict_says_first_when_the_policy_did_not_move():
+    still = {**gold(0.02, 0.05), "eval/ppo/kl": 0.0004}
+    lines = verdict_lines(still, "ppo")
+    assert lines[0].startswith("ppo's policy barely moved from sft's (KL 0.0004 nats per response, under 0.01)")
+    assert "algo.lr" in lines[0] and "algo.kl_coef" in lines[0]
+    assert lines[1] == "ppo's gold reward is within noise of sft's (Δ = +0.020 ± 0.050)."
+    moved = verdict_lines({**gold(0.02, 0.05), "eval/ppo/kl": 0.05}, "ppo")
+    assert moved == ["ppo's gold reward is within noise of sft's (Δ = +0.020 ± 0.050)."]

@@ -164,6 +164,40 @@ def test_jobs_that_did_not_finish_are_listed_with_their_status_and_reason(tmp_pa
     SWEEP_FAILURES.clear()
 
 
+def test_a_preset_is_shown_by_its_name_and_labels_leave_out_paths(tmp_path: Path):
+    """``-m algo=dpo,ipo feedback.path=...``: IPO is a preset of dpo (its metrics are eval/dpo/...), shown as
+    ipo; a path that differs between jobs is labelled by its last part."""
+    make_job(tmp_path, "0", "dpo", DPO)
+    make_job(tmp_path, "1", "dpo", {**DPO, "eval/dpo/kl": 2.5})
+    for number, choice, path in (("0", "dpo", "/data/hh/harmless-base/test.jsonl"), ("1", "ipo", "/data/hh/helpful-base/train.jsonl")):
+        (tmp_path / number / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([f"algo={choice}", f"feedback.path={path}", "cache_dir=/scratch/c"]))
+        (tmp_path / number / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump({"hydra": {"runtime": {"choices": {"algo": choice, "task": "dataset"}}}}))
+    jobs = load_jobs(tmp_path)
+    assert [(job.algo, job.variant) for job in jobs] == [("dpo", None), ("dpo", "ipo")]
+    rows = comparison_rows(jobs)
+    assert [(r["label"], r["algo"], r["kl"]) for r in rows[1:]] == [
+        ("algo=dpo feedback.path=test.jsonl", "dpo", 1.25), ("algo=ipo feedback.path=train.jsonl", "ipo", 2.5)]
+
+
+def test_overrides_a_job_ignored_are_left_out_of_its_label_and_listed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from rlhf_lab.sweep import write_ignored_overrides
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    make_job(tmp_path, "0", "dpo", DPO)
+    make_job(tmp_path, "1", "grpo", {**PPO, "eval/grpo/kl": 0.5})
+    for number, algo in (("0", "dpo"), ("1", "grpo")):
+        (tmp_path / number / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([f"algo={algo}", "feedback=dataset", "feedback.path=/d/hh.jsonl"]))
+    write_ignored_overrides(tmp_path / "1", [("feedback=dataset", "algo=grpo does not use preference feedback"),
+                                             ("feedback.path=/d/hh.jsonl", "algo=grpo does not use preference feedback")])
+    rows = comparison_rows(load_jobs(tmp_path))
+    assert [(r["label"], r["ignored"]) for r in rows[1:]] == [
+        ("algo=dpo", None),
+        ("algo=grpo", "feedback=dataset: algo=grpo does not use preference feedback; feedback.path=hh.jsonl: algo=grpo does not use preference feedback")]
+    write_comparison(tmp_path)
+    assert "- job 1 ignored feedback=dataset: algo=grpo does not use preference feedback;" in (tmp_path / "comparison.md").read_text()
+    assert read_csv(tmp_path / "comparison.csv")[2]["ignored"].startswith("feedback=dataset: ")
+
+
 def test_real_hydra_sweep_with_a_failing_job_still_gets_a_comparison(tmp_path: Path):
     # Hydra's basic sweeper re-raises the failed job before on_multirun_end, so the table must
     # come from the refresh after each job.

@@ -1,7 +1,7 @@
 """Offline feedback: preference records read from the files people publish.
 
 The formats (native records, pairwise prompt/chosen/rejected, Anthropic HH-RLHF transcripts, chat
-message pairs, K-wise rankings, per-response ratings) are in :mod:`rlhf_lab.feedback.formats`; the
+message pairs, K-wise rankings, per-response ratings) are in :mod:`rlhf_lab.preference_formats`; the
 file kinds (JSONL, JSON, CSV, Parquet, ``save_to_disk`` directories) in :mod:`rlhf_lab.datafiles`.
 """
 
@@ -16,7 +16,7 @@ from rlhf_lab import hookimpl
 from rlhf_lab.chat import load_chat_tokenizer
 from rlhf_lab.datafiles import FileSourceConfig, read_table
 from rlhf_lab.errors import DataError, RlhfLabError
-from rlhf_lab.feedback.formats import FORMATS, parse_preferences
+from rlhf_lab.preference_formats import FORMATS, parse_preferences
 from rlhf_lab.records import PreferenceRecord
 
 log = logging.getLogger(__name__)

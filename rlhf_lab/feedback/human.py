@@ -109,7 +109,10 @@ class HumanFeedbackConfig:
                 raise ValueError(f"labeller '{name}' is listed twice; each person is listed once")
             seen.add(name)
         if self.public_url is not None:
-            public_origin(self.public_url, "feedback.public_url")
+            try:
+                public_origin(self.public_url, "public_url")
+            except RlhfLabError as error:  # a schema's checks raise ValueError, which names the config group
+                raise ValueError(str(error)) from None
         if not self.labellers and not self.bot_labellers:
             raise ValueError("feedback=human needs at least one labeller or bot labeller")
 

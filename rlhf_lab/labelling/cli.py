@@ -2,7 +2,7 @@
 
     label create       --db D --campaign C [--redundancy 3 --expert-threshold 0.5 --aggregation majority --ask-rating]
     label add-labeller --db D --campaign C --name alice [--role crowd|expert|admin|app]   (prints the token once)
-    label add-items    --db D --campaign C --file items.jsonl [--batch B]   ({"prompt", "responses", "gold"?} per line)
+    label add-items    --db D --campaign C --file items.jsonl [--batch B]   (items, or a preference file in any published format)
     label serve        --db D --campaign C [--host 127.0.0.1 --port 8765 --public-url https://...]
     label terminal     --db D --campaign C --labeller alice   (label in this terminal, no browser)
     label status       --db D --campaign C
@@ -52,9 +52,11 @@ def _parser() -> argparse.ArgumentParser:
     labeller = command("add-labeller", "add a labeller and print their token")
     labeller.add_argument("--name", required=True, type=_name)
     labeller.add_argument("--role", choices=["crowd", "expert", "admin", "app"], default="crowd")
-    items = command("add-items", "add items from a JSONL file")
-    items.add_argument("--file", required=True)
+    items = command("add-items", "add items: a JSONL file of items, or a preference file in any format feedback=dataset reads")
+    items.add_argument("--file", required=True, help="items.jsonl ({\"prompt\", \"responses\", \"gold\"?, \"key\"?} per line), or pairs, HH-RLHF transcripts, chat messages, rankings or ratings (JSONL, CSV, Parquet, save_to_disk)")
     items.add_argument("--batch", default="main", type=_name)
+    items.add_argument("--on-bad-record", choices=["error", "skip"], default="error",
+                       help="a malformed row of a published preference file stops the command (error) or is skipped and counted")
     serve = command("serve", "serve the labelling app")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=_port, default=8765)
@@ -100,22 +102,45 @@ def _is_index(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def read_items(path: Path) -> list[dict]:
-    """Items from JSONL: ``prompt``, ``responses`` (2 or more texts), optional ``gold`` ranking and ``key``."""
-    if not path.is_file():
-        raise DataError(f"{path}: {'a directory, not a file' if path.is_dir() else 'file not found'}")
+LABEL_ITEM_FIELDS = {"prompt", "responses", "gold", "key"}
+
+
+def read_items(path: Path, on_bad_record: str = "error") -> tuple[list[dict], int]:
+    """Items to label, and how many rows were skipped (``on_bad_record="skip"``): from a JSONL file of
+    items (``prompt``, ``responses`` with 2 or more texts, optional ``gold`` ranking and ``key``), or from
+    a preference file in any published format ``feedback=dataset`` reads (pairs, HH-RLHF transcripts,
+    chat messages, rankings, ratings; JSONL, CSV, Parquet or a ``save_to_disk`` directory), whose
+    responses are asked about again with no answer given."""
+    if path.is_file() and path.suffix.lower() == ".jsonl":
+        text = _utf8(path)
+        first = next((line for line in text.splitlines() if line.strip()), None)
+        try:
+            row = json.loads(first) if first is not None else None
+        except ValueError:
+            row = None  # the item reader names the line
+        if first is None or not isinstance(row, dict) or (set(row) <= LABEL_ITEM_FIELDS and "responses" in row):
+            return _label_items(path, text), 0
+    elif not path.exists():
+        raise DataError(f"{path}: file not found")
+    return _published_items(path, on_bad_record)
+
+
+def _utf8(path: Path) -> str:
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as error:
         line = path.read_bytes()[:error.start].count(b"\n") + 1
         raise DataError(f"{path}:{line}: not UTF-8 text ({error.reason} at byte {error.start}); items are JSON lines") from None
+
+
+def _label_items(path: Path, text: str) -> list[dict]:
     items = []
     for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
             raw = json.loads(line)
-            if not isinstance(raw, dict) or set(raw) - {"prompt", "responses", "gold", "key"}:
+            if not isinstance(raw, dict) or set(raw) - LABEL_ITEM_FIELDS:
                 raise ValueError("expected an object with 'prompt', 'responses' and optionally 'gold', 'key'")
             if not isinstance(raw.get("prompt"), str) or not isinstance(raw.get("responses"), list) or len(raw["responses"]) < 2 or not all(isinstance(r, str) for r in raw["responses"]):
                 raise ValueError("'prompt' must be text and 'responses' a list of at least two texts")
@@ -130,6 +155,19 @@ def read_items(path: Path) -> list[dict]:
     if not items:
         raise DataError(f"{path}: no items")
     return items
+
+
+def _published_items(path: Path, on_bad_record: str) -> tuple[list[dict], int]:
+    """One item per preference record of a published file: its prompt and its responses (a rating file's
+    responses to one prompt become one item)."""
+    from rlhf_lab.datafiles import read_table
+    from rlhf_lab.preference_formats import parse_preferences
+
+    records, skipped = parse_preferences(read_table(str(path), "--file"), "auto", None, on_bad_record, None, group="--on-bad-record")
+    items = [{"prompt": r.prompt, "responses": list(r.responses)} for r in records if len(r.responses) >= 2]
+    if not items:
+        raise DataError(f"{path}: no record with two or more responses to compare")
+    return items, sum(skipped.values()) + len(records) - len(items)
 
 
 def terminal_session(campaign, labeller, read=input, write=print) -> int:
@@ -196,8 +234,9 @@ def main(argv: list[str]) -> None:
         print(token)
         print(f"# keep it: only its hash is stored. Link: http://<host>:<port>/{'status' if args.role == 'admin' else ''}#token={token}", file=sys.stderr)
     elif args.command == "add-items":
-        ids = campaign.store.add_items(campaign.name, args.batch, read_items(Path(args.file)))
-        print(f"{len(ids)} items in batch '{args.batch}' ({len(set(ids))} distinct)")
+        items, skipped = read_items(Path(args.file), args.on_bad_record)
+        ids = campaign.store.add_items(campaign.name, args.batch, items)
+        print(f"{len(ids)} items in batch '{args.batch}' ({len(set(ids))} distinct" + (f"; {skipped} rows skipped)" if skipped else ")"))
     elif args.command == "serve":
         from rlhf_lab.labelling.server import LabelServer
 

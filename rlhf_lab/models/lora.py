@@ -15,6 +15,7 @@ With ``model.lora.r > 0``:
 
 from __future__ import annotations
 
+import os
 from typing import Any, Optional
 
 import torch
@@ -37,9 +38,16 @@ def add_policy_adapters(model, cfg):
     from rlhf_lab.errors import RlhfLabError
 
     try:
-        return get_peft_model(model, _peft_config(cfg, "CAUSAL_LM"))
+        peft_model = get_peft_model(model, _peft_config(cfg, "CAUSAL_LM"))
     except ValueError as exc:  # e.g. target modules the architecture does not have
         raise RlhfLabError(f"model.lora: {str(exc).splitlines()[0]}") from None
+    # The saved adapter names its base by this path: a relative one (a relative cache_dir) would load
+    # only from the directory the run started in.
+    for adapter in peft_model.peft_config.values():
+        base = adapter.base_model_name_or_path
+        if base and not os.path.isabs(base) and os.path.isdir(base):
+            adapter.base_model_name_or_path = os.path.abspath(base)
+    return peft_model
 
 
 def add_value_adapters(value_model, cfg) -> None:

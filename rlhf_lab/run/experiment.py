@@ -42,10 +42,10 @@ def run(cfg: DictConfig, run_dir: Optional[Path] = None) -> dict:
     """
     from rlhf_lab.run_lock import RunDirLock
 
-    hydra_dir, group, overrides = _hydra_job()
+    hydra_dir, group, overrides, in_sweep = _hydra_job()
     run_dir = Path(run_dir or hydra_dir or "outputs/run")
     group = cfg.logger.group or group or run_dir.name
-    plan = make_plan(cfg, get_plugin_manager().registry, tuple(overrides))
+    plan = make_plan(cfg, get_plugin_manager().registry, tuple(overrides), in_sweep)
     trainer_plan = preflight.check_trainer(plan, worker=False)
     components = build_components(plan)  # (a component's own checks refuse before anything is written)
     ArtifactCache(Path(cfg.cache_dir)).check_writable()
@@ -55,17 +55,19 @@ def run(cfg: DictConfig, run_dir: Optional[Path] = None) -> dict:
         return _run_as_rank_zero(plan, trainer_plan, components, run_dir, group)
 
 
-def _hydra_job() -> tuple[Optional[Path], Optional[str], list[str]]:
-    """(run directory, sweep-group name, command-line overrides) under Hydra, else (None, None, [])."""
+def _hydra_job() -> tuple[Optional[Path], Optional[str], list[str], bool]:
+    """(run directory, sweep-group name, command-line overrides, a multirun's job) under Hydra, else
+    (None, None, [], False)."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
     if not HydraConfig.initialized():
-        return None, None, []
+        return None, None, [], False
     hydra = HydraConfig.get()
     run_dir = Path(hydra.runtime.output_dir)
-    group = Path(hydra.sweep.dir).name if hydra.mode == RunMode.MULTIRUN else run_dir.name
-    return run_dir, group, list(hydra.overrides.task)
+    multirun = hydra.mode == RunMode.MULTIRUN
+    group = Path(hydra.sweep.dir).name if multirun else run_dir.name
+    return run_dir, group, list(hydra.overrides.task), multirun
 
 
 def _run_as_rank_zero(plan: Plan, trainer_plan, components: "Components", run_dir: Path, group: str) -> dict:
@@ -73,7 +75,7 @@ def _run_as_rank_zero(plan: Plan, trainer_plan, components: "Components", run_di
     composed config, not the command line."""
     config = copy.deepcopy(plan.cfg)
     OmegaConf.resolve(config)  # interpolations that only rank 0 can resolve (Hydra's) resolved here
-    spec = {"config": config, "run_dir": str(run_dir.resolve()), "group": group, "overrides": list(plan.overrides)}
+    spec = {"config": config, "run_dir": str(run_dir.resolve()), "group": group, "overrides": list(plan.overrides), "in_sweep": plan.in_sweep}
     ranks = Ranks.launch(trainer_plan.world_size, trainer_plan.device_type, spec, run_dir)
     try:
         metrics = run_experiment(plan, trainer_plan, components, run_dir, group, ranks)
@@ -139,6 +141,12 @@ def run_experiment(plan: Plan, trainer_plan, components: Components, run_dir: Pa
     if plan.cfg.logger.name == "wandb":
         log.info("wandb group: %s", group)
     started, timings = time.perf_counter(), {}
+    if plan.ignored and ranks.is_main:
+        from rlhf_lab.sweep import write_ignored_overrides
+
+        for override, why in plan.ignored:
+            log.warning("this job of the sweep ignores '%s': %s", override, why)
+        write_ignored_overrides(run_dir, list(plan.ignored))
     run, base, length_counts = prepare(plan, trainer_plan, components, run_dir, group, ranks, timings)
     plan = run.plan  # sized to the task's data where the task asks for it
     stages = Resolver(run, plan.builders, {"base": base}, timings)

@@ -10,7 +10,7 @@ lengths) is the pre-flight's (:mod:`rlhf_lab.run.preflight`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Mapping, Optional
 
 from omegaconf import DictConfig, OmegaConf
@@ -34,6 +34,9 @@ class Plan:
         ``feedback`` where used).
     :param builders: which function builds each artifact on the route.
     :param route: the artifacts this run builds, each after those it needs.
+    :param in_sweep: a job of a multirun: an override this job does not use is ignored (and listed in
+        ``ignored``) rather than refused, so one sweep can cross algorithms that read different groups.
+    :param ignored: the overrides this job ignores, each with why (``in_sweep`` only).
     """
 
     cfg: DictConfig
@@ -42,6 +45,8 @@ class Plan:
     components: Mapping[str, Component]
     builders: Mapping[str, Callable]
     route: tuple[str, ...]
+    in_sweep: bool = False
+    ignored: tuple[tuple[str, str], ...] = ()
 
     @property
     def algo_name(self) -> str:
@@ -102,8 +107,9 @@ class Plan:
         return OmegaConf.to_container(self.cfg[group], resolve=True)
 
 
-def make_plan(cfg: DictConfig, registry: Registry, overrides: tuple[str, ...] = ()) -> Plan:
-    """The plan of the run ``cfg`` describes, or the first refusal (an :class:`RlhfLabError`)."""
+def make_plan(cfg: DictConfig, registry: Registry, overrides: tuple[str, ...] = (), in_sweep: bool = False) -> Plan:
+    """The plan of the run ``cfg`` describes, or the first refusal (an :class:`RlhfLabError`); in a sweep
+    (``in_sweep``) overrides the job does not use are listed in ``Plan.ignored`` instead of refused."""
     _check_values(cfg)
     settings = {"task": _component_settings(cfg, registry, "task"), "algo": _component_settings(cfg, registry, "algo")}
     for group in ("model", "sft", "eval", "loop", "data"):
@@ -124,8 +130,11 @@ def make_plan(cfg: DictConfig, registry: Registry, overrides: tuple[str, ...] = 
     if "preferences" in stages:
         settings["feedback"] = _component_settings(cfg, registry, "feedback")
         components["feedback"] = registry.get("feedback", settings["feedback"].name)
-    plan = Plan(cfg, tuple(overrides), settings, components, {name: chosen[name] for name in stages}, stages)
-    _check_overrides_are_used(plan)
+    plan = Plan(cfg, tuple(overrides), settings, components, {name: chosen[name] for name in stages}, stages, in_sweep)
+    unused = _unused_overrides(plan)
+    if unused and not in_sweep:
+        raise RlhfLabError(f"'{unused[0][0]}': {unused[0][1]}. Drop this override.")
+    plan = replace(plan, ignored=tuple(unused))
     _check_loop(plan)
     return plan
 
@@ -155,9 +164,10 @@ def _component_settings(cfg: DictConfig, registry: Registry, kind: str):
     return to_object(cfg[kind], kind)
 
 
-def _check_overrides_are_used(plan: Plan) -> None:
-    """A setting for a group this run never uses would be silently ignored: refuse it."""
-    unused = {}
+def _unused_overrides(plan: Plan) -> list[tuple[str, str]]:
+    """The overrides of groups this run never uses, each with why: a single run refuses the first (it
+    would be silently ignored); a sweep's job ignores them and says so."""
+    found, unused = [], {}
     if "reward" not in plan.components:
         unused["reward"] = "a reward"
     if not plan.uses_preferences:
@@ -166,12 +176,10 @@ def _check_overrides_are_used(plan: Plan) -> None:
         group = override.lstrip("+~").split("=", 1)[0].split(".", 1)[0]
         # (algo stays: its sampling settings also draw the candidates that annotators label.)
         if plan.stop_after and (group in unused or group == "eval"):
-            raise RlhfLabError(
-                f"'{override}': with stop_after={plan.stop_after} this run builds only {sorted(plan.route)}, "
-                f"so '{group}' is never used. Drop this override."
-            )
-        if group in unused:
-            raise RlhfLabError(f"'{override}': algo={plan.algo_name} does not use {unused[group]} ({_why_unused(plan, group)}). Drop this override.")
+            found.append((override, f"with stop_after={plan.stop_after} this run builds only {sorted(plan.route)}, so '{group}' is never used"))
+        elif group in unused:
+            found.append((override, f"algo={plan.algo_name} does not use {unused[group]} ({_why_unused(plan, group)})"))
+    return found
 
 
 def _why_unused(plan: Plan, group: str) -> str:

@@ -117,4 +117,4 @@ def apply_sizing(plan, task, tokenizer, positions):
         OmegaConf.update(cfg, s.key, s.value, merge=False)
     log.info("settings sized to the data (set any of them to keep your own):\n%s",
              "\n".join(f"    {s.key}={s.value}  ({s.why})" for s in sized))
-    return make_plan(cfg, get_plugin_manager().registry, plan.overrides), sized
+    return make_plan(cfg, get_plugin_manager().registry, plan.overrides, plan.in_sweep), sized

@@ -26,7 +26,7 @@ def main(spec_path: str) -> int:
     logging.basicConfig(level=logging.INFO, format=f"[rank {os.environ.get('RANK')}] %(asctime)s %(name)s %(levelname)s %(message)s")
     spec = pickle.loads(Path(spec_path).read_bytes())
     try:
-        plan = make_plan(spec["config"], get_plugin_manager().registry, tuple(spec["overrides"]))
+        plan = make_plan(spec["config"], get_plugin_manager().registry, tuple(spec["overrides"]), spec.get("in_sweep", False))
         trainer_plan = preflight.check_trainer(plan, worker=True)
         components = build_components(plan)
         ranks = Ranks.join(trainer_plan.device_type)

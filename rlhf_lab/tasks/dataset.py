@@ -8,7 +8,7 @@ this order:
   last message, the demonstration that message when it is the assistant's (else the whole chat is
   the prompt). Rendered by :mod:`rlhf_lab.chat`.
 - ``prompt`` (text or messages), with optional ``response`` and ``reference``.
-- a preference file (any format of :mod:`rlhf_lab.feedback.formats`): its prompts, and its preferred
+- a preference file (any format of :mod:`rlhf_lab.preference_formats`): its prompts, and its preferred
   responses as demonstrations, so one HH-RLHF file can drive SFT, the reward model and PPO.
 
 Held-out rows come from ``heldout_path`` or a seeded ``heldout_fraction`` of ``path``. The task has no
@@ -26,7 +26,7 @@ from rlhf_lab import hookimpl
 from rlhf_lab.chat import check_messages, load_chat_tokenizer, render_prompt, split_reply
 from rlhf_lab.datafiles import FileSourceConfig, Table, check_mapped_columns, read_table
 from rlhf_lab.errors import DataError, RlhfLabError
-from rlhf_lab.feedback.formats import parse_preferences
+from rlhf_lab.preference_formats import parse_preferences
 from rlhf_lab.tasks.base import Task
 
 @dataclass
@@ -87,7 +87,7 @@ def read_examples(table: Table, columns: Optional[dict] = None, on_bad_record: s
             "map yours with task.columns.prompt=<column>, or give a preference file (chosen/rejected)"
         )
     if {"chosen", "rejected"} <= present or "responses" in present:
-        records, skipped = parse_preferences(table, "auto", {}, on_bad_record, chat_tokenizer)
+        records, skipped = parse_preferences(table, "auto", {}, on_bad_record, chat_tokenizer, group="task")
         best = [r.ranking[0] if r.ranking is not None else max(range(len(r.scores)), key=r.scores.__getitem__) for r in records]
         folder = os.path.dirname(table.source)  # records name their file without its folder
         examples = [Example(r.prompt, r.responses[b], where=os.path.join(folder, r.meta["source"])) for r, b in zip(records, best)]

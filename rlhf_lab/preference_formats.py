@@ -40,8 +40,9 @@ HH_ASSISTANT = "\n\nAssistant:"
 NATIVE_FIELDS = set(PreferenceRecord.__dataclass_fields__)
 
 
-def detect_format(columns: set[str], first_row: dict) -> str:
-    """The format whose columns ``columns`` has; ``ValueError`` listing what each format needs."""
+def detect_format(columns: set[str], first_row: dict, group: str = "feedback") -> str:
+    """The format whose columns ``columns`` has; ``ValueError`` listing what each format needs (and the
+    ``<group>.columns`` key that maps other names)."""
     if {"prompt", "responses"} <= columns and columns & {"ranking", "scores"}:
         return "native"
     if {"chosen", "rejected"} <= columns:
@@ -53,47 +54,54 @@ def detect_format(columns: set[str], first_row: dict) -> str:
     raise ValueError(
         f"columns {sorted(columns)} match no preference format: native (prompt, responses, ranking|scores), "
         "pairwise (prompt, chosen, rejected), hh (chosen, rejected transcripts), chat (chosen, rejected message "
-        "lists) or rating (prompt, response, score). Map other names with feedback.columns.<name>=<column>"
+        "lists) or rating (prompt, response, score). "
+        + ("Rename the columns to one of these" if group.startswith("--") else f"Map other names with {group}.columns.<name>=<column>")
     )
 
 
 class BadRecords:
-    """What to do with a malformed row: raise (``"error"``) or skip and count it (``"skip"``)."""
+    """What to do with a malformed row: raise (``"error"``) or skip and count it (``"skip"``). ``group`` is
+    the config group whose ``on_bad_record`` decides (``feedback``, or ``task`` for a task read from a
+    preference file), or a command's option (``--on-bad-record``): what the error tells the user to set."""
 
-    def __init__(self, policy: str) -> None:
+    def __init__(self, policy: str, group: str = "feedback") -> None:
+        self.setting = group if group.startswith("--") else f"{group}.on_bad_record"
         if policy not in ("error", "skip"):
-            raise ValueError(f"on_bad_record must be error or skip, got '{policy}'")
+            raise ValueError(f"{self.setting} must be error or skip, got '{policy}'")
         self.policy = policy
         self.skipped: Counter = Counter()
 
     def handle(self, where: str, problem: str) -> None:
         if self.policy == "error":
-            raise DataError(f"{where}: malformed preference record: {problem} (feedback.on_bad_record=skip skips such rows)")
+            raise DataError(f"{where}: malformed preference record: {problem} ({self.setting}=skip skips such rows)")
         self.skipped[problem] += 1
 
 
 def parse_preferences(
-    table: Table, fmt: str = "auto", columns: Optional[dict] = None, on_bad_record: str = "error", chat_tokenizer=None
+    table: Table, fmt: str = "auto", columns: Optional[dict] = None, on_bad_record: str = "error", chat_tokenizer=None,
+    group: str = "feedback",
 ) -> tuple[list[PreferenceRecord], Counter]:
     """The records in ``table`` and the count of skipped rows by problem.
 
     :param fmt: one of :data:`FORMATS`, or ``auto`` to detect it from the columns.
     :param columns: ``{our name: column name}`` for columns named otherwise.
     :param chat_tokenizer: renders message-list prompts with its chat template (None: plain template).
+    :param group: the config group that reads the file (``feedback``, ``task``), or a command's
+        option prefix (``--``): errors name its keys.
     """
-    check_mapped_columns(table, columns, "feedback")
+    check_mapped_columns(table, columns, group)
     rename = {theirs: ours for ours, theirs in (columns or {}).items() if theirs}
     rows = [{rename.get(k, k): v for k, v in row.items()} for row in table.rows] if rename else table.rows
     # datasets gives every row every column (None where a line lacks it): a column is present if any row fills it.
     present = {k for row in rows for k, v in row.items() if v is not None}
     if fmt == "auto":
         try:
-            fmt = detect_format(present, rows[0])
+            fmt = detect_format(present, rows[0], group)
         except ValueError as exc:
             raise DataError(f"{table.source}: {exc}") from None
     elif fmt not in FORMATS:
-        raise DataError(f"feedback.format must be auto or one of {list(FORMATS)}, got '{fmt}'")
-    bad = BadRecords(on_bad_record)
+        raise DataError(f"{group}.format must be auto or one of {list(FORMATS)}, got '{fmt}'")
+    bad = BadRecords(on_bad_record, group)
     render = lambda messages: render_prompt(messages, chat_tokenizer)  # noqa: E731
     if fmt == "rating":
         records = _ratings(table, rows, bad)
