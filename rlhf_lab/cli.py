@@ -46,7 +46,9 @@ def print_plugins() -> None:
 
 
 def summary_table(metrics: dict, algo: str):
-    """SFT and the optimised policy side by side, as the evaluation measured them, each mean ± its SE."""
+    """SFT and the optimised policy side by side, as the evaluation measured them, each mean ± its SE; the
+    implicit rewards' held-out preference accuracy (SFT's against the starting model), the reward model's,
+    and the win rates against SFT (LC: length-controlled) with their bootstrap intervals."""
     from rich.table import Table
 
     def cell(name: str, figure: str) -> str:
@@ -64,14 +66,21 @@ def summary_table(metrics: dict, algo: str):
             table.add_row(figure, cell("sft", figure), cell(algo, figure))
     if f"eval/{algo}/kl_closed_form" in metrics:
         table.add_row("kl closed form log n - (n-1)/n", "", f"{metrics[f'eval/{algo}/kl_closed_form']:.3f}")
-    if f"eval/{algo}/win_rate" in metrics:
-        low, high = metrics.get(f"eval/{algo}/win_rate_low"), metrics.get(f"eval/{algo}/win_rate_high")
-        interval = f" [{low:.3f}, {high:.3f}]" if low is not None and high is not None else ""
-        table.add_row("win_rate vs sft (95% bootstrap)", "", f"{metrics[f'eval/{algo}/win_rate']:.3f}{interval}")
-    if f"eval/{algo}/proxy_win_rate" in metrics:
-        table.add_row("proxy_win_rate vs sft", "", f"{metrics[f'eval/{algo}/proxy_win_rate']:.3f}")
-    if "reward/accuracy" in metrics:
+    pairs = metrics.get("eval/heldout_preference_pairs")
+    for figure, label in (("pref_accuracy", f"pref. accuracy ({pairs} held-out pairs)"), ("pref_margin", "pref. margin (nats)")):
+        if any(f"eval/{name}/{figure}" in metrics for name in ("sft", algo)):
+            table.add_row(label, cell("sft", figure), cell(algo, figure))
+    if "eval/reward_model/pref_accuracy" in metrics:
+        table.add_row("reward-model pref. accuracy", "", cell("reward_model", "pref_accuracy"))
+    elif "reward/accuracy" in metrics:
         table.add_row("reward-model held-out accuracy", "", f"{metrics['reward/accuracy']:.3f}")
+    for prefix, judged_by in (("", "gold"), ("proxy_", "reward model"), ("judge_", "AI judge")):
+        for kind, label in (("", "win rate"), ("lc_", "LC win rate")):
+            rate = metrics.get(f"eval/{algo}/{prefix}{kind}win_rate")
+            if rate is not None:
+                low, high = metrics.get(f"eval/{algo}/{prefix}{kind}win_rate_low"), metrics.get(f"eval/{algo}/{prefix}{kind}win_rate_high")
+                interval = f" [{low:.3f}, {high:.3f}]" if low is not None and high is not None else ""
+                table.add_row(f"{label} by {judged_by} [95%]", "", f"{rate:.3f}{interval}")
     return table
 
 
@@ -173,7 +182,7 @@ def run_job(cfg) -> float | None:
     from rlhf_lab import stopping
     from rlhf_lab.errors import RlhfLabError, resource_failure
     from rlhf_lab.run.experiment import run
-    from rlhf_lab.stats import verdict_lines
+    from rlhf_lab.verdicts import verdict_lines
 
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     job_dir = Path(HydraConfig.get().runtime.output_dir)

@@ -215,10 +215,24 @@ class EvalConfig:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     """How evaluation samples. KL to the reference is estimated from these samples at temperature 1,
     so keep temperature 1 and no top-k/top-p for an unbiased KL."""
+    preferences: bool = True
+    """Score every policy on the run's held-out preference records (where it collects feedback): how often
+    its implicit reward (log-ratio to its reference; SFT's to the starting model) and the reward model
+    rank the preferred response first, and by what margin."""
+    judge: Optional[str] = None
+    """An AI judge that compares each policy's responses with SFT's, in both orders: a local causal-LM
+    directory or hub name, a plugin's client 'package.module:factory', or 'feedback' (the run's own
+    feedback=ai_judge, its template and constitution); null: none."""
+    judge_batch_size: int = 16
+    """Judge prompts per forward pass of a local judge model."""
 
     def __post_init__(self) -> None:
         if self.samples_per_prompt < 1:
             raise ValueError(f"eval.samples_per_prompt must be >= 1, got {self.samples_per_prompt}")
+        if self.judge is not None and (not isinstance(self.judge, str) or not self.judge.strip()):
+            raise ValueError(f"eval.judge must be a model directory, 'package.module:factory' or 'feedback', got {self.judge!r}")
+        if self.judge_batch_size < 1:
+            raise ValueError(f"eval.judge_batch_size must be >= 1, got {self.judge_batch_size}")
 
 
 @dataclass

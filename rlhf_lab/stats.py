@@ -2,8 +2,8 @@
 
 Every evaluation figure is a mean over a finite set of prompts, so two policies differ by some
 amount even when neither is better. These functions put a standard error or an interval on each
-figure, and :func:`verdict_lines` only calls a change an improvement, a regression or
-over-optimisation when it is larger than that noise. Differences between two policies are taken
+figure, so that a verdict (:mod:`rlhf_lab.verdicts`) only calls a change an improvement, a regression
+or over-optimisation when it is larger than that noise. Differences between two policies are taken
 per prompt (paired), which removes the prompt-to-prompt spread both policies share.
 """
 
@@ -88,6 +88,93 @@ def win_rate_interval(
     return float(low), float(high)
 
 
+def length_controlled_win_rate(
+    candidate: list[float], baseline: list[float], length_difference: list[float],
+    level: float = 0.95, resamples: int = 1000, seed: int = 0,
+) -> tuple[float, float, float]:
+    """Win rate with the effect of response length taken out, and its percentile bootstrap interval.
+
+    As AlpacaEval 2 does (Dubois et al. 2024), each item's outcome (win 1, tie 1/2, loss 0) is regressed on
+    the length difference by logistic regression, ``P(win) = sigmoid(theta_0 + theta_1 * tanh(d / sd(d)))``
+    with ``d`` the candidate's length minus the baseline's, and the win rate is read off at equal lengths:
+    ``sigmoid(theta_0)``. A judge that rewards length alone gets 1/2, however long the candidate's answers.
+
+    :param candidate: one score per item for the policy being judged.
+    :param baseline: the baseline's score on the same items in the same order.
+    :param length_difference: candidate minus baseline response length, per item.
+    :param level: coverage of the interval, strictly between 0 and 1.
+    :param resamples: bootstrap resamples (items drawn with replacement, the regression fitted again).
+    :param seed: seed of the resampling.
+    :returns: ``(rate, low, high)``.
+    :raises ValueError: on unpaired or empty inputs, ``level`` outside (0, 1) or ``resamples < 1``.
+    """
+    _check_paired(candidate, baseline)
+    _check_paired(candidate, length_difference)
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be strictly between 0 and 1, got {level}")
+    if resamples < 1:
+        raise ValueError(f"resamples must be at least 1, got {resamples}")
+    outcomes = _outcomes(candidate, baseline)
+    d = np.asarray(length_difference, dtype=float)
+    spread = d.std(ddof=1) if d.size > 1 else 0.0
+    x = np.tanh(d / spread) if spread > 0 else np.zeros_like(d)
+    rate = float(_logistic_intercept_rate(outcomes[None, :], x[None, :])[0])
+    draws = np.random.default_rng(seed).integers(0, d.size, size=(resamples, d.size))
+    rates = _logistic_intercept_rate(outcomes[draws], x[draws])
+    tail = (1.0 - level) / 2.0
+    low, high = np.quantile(rates, [tail, 1.0 - tail])
+    return rate, float(low), float(high)
+
+
+def _logistic_intercept_rate(y: np.ndarray, x: np.ndarray, iterations: int = 50) -> np.ndarray:
+    """``sigmoid(theta_0)`` of the logistic regression of each row's outcomes ``y`` (in [0, 1]) on ``x``,
+    fitted by Newton's method for all rows at once.
+
+    A tiny ridge keeps the fit finite where the data separate (every item a win): the rate then tends to 1
+    as it should, instead of the parameters diverging.
+    """
+    theta = np.zeros((y.shape[0], 2))
+    ridge = 1e-6 * y.shape[1]
+    for _ in range(iterations):
+        p = 1.0 / (1.0 + np.exp(-np.clip(theta[:, :1] + theta[:, 1:] * x, -30.0, 30.0)))
+        residual, weight = y - p, p * (1.0 - p)
+        gradient = np.stack([residual.sum(1), (residual * x).sum(1)], axis=1) - ridge * theta
+        h00 = weight.sum(1) + ridge
+        h01 = (weight * x).sum(1)
+        h11 = (weight * x * x).sum(1) + ridge
+        det = h00 * h11 - h01 * h01
+        step = np.stack([h11 * gradient[:, 0] - h01 * gradient[:, 1], h00 * gradient[:, 1] - h01 * gradient[:, 0]], axis=1) / det[:, None]
+        theta = theta + step
+        if np.abs(step).max() < 1e-10:
+            break
+    return 1.0 / (1.0 + np.exp(-theta[:, 0]))
+
+
+def preference_outcomes(scores: list[list[float]], pairs: list[list[tuple[int, int]]]) -> tuple[list[float], list[float]]:
+    """How well per-response scores order preference pairs, one value per record.
+
+    A record with K ranked responses gives up to K(K-1)/2 pairs, which share responses and so are not
+    independent: each record contributes the mean over its pairs, and standard errors are then taken over
+    records. A record without a pair contributes nothing.
+
+    :param scores: per record, one score per response (a reward model's, or an implicit reward).
+    :param pairs: per record, its (better, worse) response index pairs.
+    :returns: ``(accuracy, margin)`` per record with a pair: the share of its pairs with the better response
+        scored higher (a tie counts 1/2), and the mean of ``score[better] - score[worse]``.
+    :raises ValueError: if ``scores`` and ``pairs`` differ in length.
+    """
+    if len(scores) != len(pairs):
+        raise ValueError(f"{len(scores)} score lists for {len(pairs)} records")
+    accuracy, margin = [], []
+    for record_scores, record_pairs in zip(scores, pairs):
+        if not record_pairs:
+            continue
+        gaps = [record_scores[better] - record_scores[worse] for better, worse in record_pairs]
+        accuracy.append(sum(1.0 if g > 0 else 0.5 if g == 0 else 0.0 for g in gaps) / len(gaps))
+        margin.append(sum(gaps) / len(gaps))
+    return accuracy, margin
+
+
 def beyond_noise(delta: float, se: float, z: float = 2.0) -> bool:
     """Whether a difference is larger than its noise: ``|delta| > z * se``.
 
@@ -99,91 +186,6 @@ def beyond_noise(delta: float, se: float, z: float = 2.0) -> bool:
     :returns: ``True`` when the difference is beyond noise.
     """
     return abs(delta) > z * se
-
-
-STILL_KL = 0.01
-"""A policy whose KL to its reference (nats per response) is under this did not move: a verdict says so
-first, whatever the other figures (their differences are then noise around zero)."""
-
-
-def verdict_lines(metrics: dict, algo: str, baseline: str = "sft") -> list[str]:
-    """Plain sentences on what a run achieved against its baseline, with noise taken into account.
-
-    Reads the paired differences ``eval/<algo>/<figure>_diff`` and ``eval/<algo>/<figure>_diff_se``
-    for ``gold_reward``, ``proxy_reward`` and ``response_length`` (candidate minus baseline), the
-    win rate ``eval/<algo>/win_rate`` with ``eval/<algo>/win_rate_low`` / ``_high``, and the mean
-    response lengths ``eval/<algo>/response_length`` and ``eval/<baseline>/response_length``, and the
-    KL to the reference ``eval/<algo>/kl`` (under :data:`STILL_KL`: the policy did not move).
-    A difference whose standard error is missing is not judged.
-
-    :param metrics: a run's flat ``metrics.json`` dict.
-    :param algo: the optimised policy's name, as in the metric names.
-    :param baseline: the baseline policy's name.
-    :returns: one sentence per finding.
-    """
-    gold = _difference(metrics, algo, "gold_reward")
-    proxy = _difference(metrics, algo, "proxy_reward")
-    length = _difference(metrics, algo, "response_length")
-    lines = []
-    if gold is not None:
-        lines.append(_gold_line(metrics, algo, baseline, *gold))
-        if proxy is not None and proxy[0] > 0 and beyond_noise(*proxy):
-            proxy_text = f"Proxy reward rose by {_pm(*proxy)}"
-            if gold[0] < 0 and beyond_noise(*gold):
-                lines.append(f"{proxy_text} while gold reward fell: the policy is exploiting the reward model (over-optimisation).")
-            elif not beyond_noise(*gold):
-                lines.append(f"{proxy_text} but gold reward did not move beyond noise: the reward model's gain did not transfer to gold reward.")
-    elif proxy is not None:
-        judged = "beyond" if beyond_noise(*proxy) else "within"
-        lines.append(f"{algo} changed proxy reward by {_pm(*proxy)} ({judged} noise); this task has no gold utility, so that is all the run can show.")
-    else:
-        lines.append(f"No paired gold or proxy reward difference was recorded for {algo}, so there is nothing to judge.")
-    kl = metrics.get(f"eval/{algo}/kl")
-    if kl is not None and abs(kl) < STILL_KL and algo != baseline:
-        lines.insert(0, f"{algo}'s policy barely moved from {baseline}'s (KL {kl:.4f} nats per response, under {STILL_KL}): "
-                        "the run changed nothing it could measure. Give it more to do: a higher algo.lr (LoRA adapters "
-                        "usually need about ten times full fine-tuning's), more steps or epochs, or a smaller KL weight "
-                        "(algo.beta for the DPO family, algo.kl_coef otherwise).")
-    candidate_length = metrics.get(f"eval/{algo}/response_length")
-    baseline_length = metrics.get(f"eval/{baseline}/response_length")
-    if length is not None and beyond_noise(*length) and candidate_length and baseline_length:
-        ratio = candidate_length / baseline_length
-        if ratio > 1.2:
-            lines.append(
-                f"Responses are {ratio:.2f}× longer than {baseline}'s (Δ = {_pm(*length, digits=2)} tokens): "
-                "part of any reward gain may come from length alone."
-            )
-    return lines
-
-
-def _gold_line(metrics: dict, algo: str, baseline: str, delta: float, se: float) -> str:
-    if not beyond_noise(delta, se):
-        return f"{algo}'s gold reward is within noise of {baseline}'s (Δ = {_pm(delta, se)})."
-    suffix = _win_rate_text(metrics, algo)
-    if delta > 0:
-        return f"{algo} improved gold reward over {baseline} by {_pm(delta, se)}{suffix}."
-    return f"{algo} made gold reward worse than {baseline}'s: Δ = {_pm(delta, se)}{suffix}."
-
-
-def _win_rate_text(metrics: dict, algo: str) -> str:
-    rate = metrics.get(f"eval/{algo}/win_rate")
-    if rate is None:
-        return ""
-    low, high = metrics.get(f"eval/{algo}/win_rate_low"), metrics.get(f"eval/{algo}/win_rate_high")
-    if low is None or high is None:
-        return f" (win rate {rate:.3f})"
-    return f" (win rate {rate:.3f} [{low:.3f}, {high:.3f}])"
-
-
-def _difference(metrics: dict, algo: str, figure: str) -> tuple[float, float] | None:
-    delta, se = metrics.get(f"eval/{algo}/{figure}_diff"), metrics.get(f"eval/{algo}/{figure}_diff_se")
-    if delta is None or se is None:
-        return None
-    return float(delta), float(se)
-
-
-def _pm(delta: float, se: float, digits: int = 3) -> str:
-    return f"{delta:+.{digits}f} ± {se:.{digits}f}"
 
 
 def _outcomes(candidate: list[float], baseline: list[float]) -> np.ndarray:

@@ -31,12 +31,15 @@ from rlhf_lab.files import write_atomic
 log = logging.getLogger("rlhf_lab.sweep")
 
 BASELINE = "sft"
-FIGURES_WITH_SE = ("gold_reward", "proxy_reward", "kl", "response_length")
+FIGURES_WITH_SE = ("gold_reward", "proxy_reward", "pref_accuracy", "kl", "response_length")
+WIN_RATES = ("win_rate", "proxy_win_rate", "proxy_lc_win_rate", "judge_win_rate", "judge_lc_win_rate")
+"""Win rates against the baseline (by gold reward, the reward model, an AI judge; raw and length-controlled),
+each a column with its ``_low`` and ``_high``."""
 COLUMNS = (
     "job", "label", "algo", "status",
-    "gold_reward", "gold_reward_se", "proxy_reward", "proxy_reward_se", "kl", "kl_se",
-    "win_rate", "win_rate_low", "win_rate_high", "response_length", "response_length_se",
-    "perplexity", "wall_time_s", "reason", "ignored",
+    "gold_reward", "gold_reward_se", "proxy_reward", "proxy_reward_se", "pref_accuracy", "pref_accuracy_se", "kl", "kl_se",
+    *(f"{rate}{end}" for rate in WIN_RATES for end in ("", "_low", "_high")),
+    "response_length", "response_length_se", "perplexity", "wall_time_s", "reason", "ignored",
 )
 """Keys of every row from :func:`comparison_rows`, and the columns of ``comparison.csv``."""
 JOB_STATUS = "job_status.json"
@@ -120,7 +123,7 @@ def comparison_rows(jobs: list[Job]) -> list[dict[str, Any]]:
     if first is not None and any(key.startswith(f"eval/{BASELINE}/") for key in first.metrics):
         baseline = _figures(first.metrics, BASELINE)
         # The baseline is not compared with itself, and its time is part of every job's total.
-        baseline.update(win_rate=None, win_rate_low=None, win_rate_high=None, wall_time_s=None)
+        baseline.update({f"{rate}{end}": None for rate in WIN_RATES for end in ("", "_low", "_high")}, wall_time_s=None)
         rows.append({"job": None, "label": f"{BASELINE} (baseline of job {first.number})", "algo": BASELINE, "status": "baseline",
                      "reason": None, "ignored": None, **baseline})
     # Settings every job shares (a cache directory, a shortened trainer) say nothing about the difference.
@@ -152,31 +155,35 @@ def write_markdown(rows: list[dict[str, Any]], path: Path) -> None:
     :param rows: rows from :func:`comparison_rows`.
     :param path: the file to write.
     """
-    header = [
-        "job", "label", "algo", "gold reward ± SE", "proxy reward ± SE", "KL (nats) ± SE",
-        "win rate vs sft [low, high]", "response length (tokens) ± SE", "perplexity", "wall time (s)",
+    columns = [  # (heading, cell of a finished row); a column no row has a figure in is left out
+        ("gold reward ± SE", lambda row: _with_se(row["gold_reward"], row["gold_reward_se"], 3)),
+        ("proxy reward ± SE", lambda row: _with_se(row["proxy_reward"], row["proxy_reward_se"], 3)),
+        ("held-out preference accuracy ± SE", lambda row: _with_se(row["pref_accuracy"], row["pref_accuracy_se"], 3)),
+        ("KL (nats) ± SE", lambda row: _with_se(row["kl"], row["kl_se"], 3)),
+        *((f"{WIN_RATE_HEADINGS[rate]} vs {BASELINE} [low, high]", _interval_cell(rate)) for rate in WIN_RATES),
+        ("response length (tokens) ± SE", lambda row: _with_se(row["response_length"], row["response_length_se"], 2)),
+        ("perplexity", lambda row: _with_se(row["perplexity"], None, 2)),
+        ("wall time (s)", lambda row: _with_se(row["wall_time_s"], None, 1)),
     ]
+    finished = [row for row in rows if row["status"] not in UNFINISHED]
+    columns = [(heading, cell) for heading, cell in columns if any(cell(row) != "-" for row in finished)]
+    columns = columns or [("figures", lambda row: "-")]  # every job unfinished: the status still gets its cell
+    header = ["job", "label", "algo", *(heading for heading, _ in columns)]
     lines = [
         "# Sweep comparison",
         "",
-        "Held-out evaluation of every job; ± is one standard error over evaluation prompts.",
+        "Held-out evaluation of every job; ± is one standard error over evaluation prompts (held-out preference",
+        f"records for the preference accuracy: each policy's implicit reward against its reference, {BASELINE}'s against",
+        "the starting model); intervals are 95% bootstrap intervals.",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "|".join("---" for _ in header) + "|",
     ]
     for row in rows:
         if row["status"] in UNFINISHED:
-            figures = [f"**{row['status']}**" + (f": {row['reason']}" if row["reason"] else "")] + ["-"] * (len(header) - 4)
+            figures = [f"**{row['status']}**" + (f": {row['reason']}" if row["reason"] else "")] + ["-"] * (len(columns) - 1)
         else:
-            figures = [
-                _with_se(row["gold_reward"], row["gold_reward_se"], 3),
-                _with_se(row["proxy_reward"], row["proxy_reward_se"], 3),
-                _with_se(row["kl"], row["kl_se"], 3),
-                _with_interval(row["win_rate"], row["win_rate_low"], row["win_rate_high"]),
-                _with_se(row["response_length"], row["response_length_se"], 2),
-                _with_se(row["perplexity"], None, 2),
-                _with_se(row["wall_time_s"], None, 1),
-            ]
+            figures = [cell(row) for _, cell in columns]
         cells = ["-" if row["job"] is None else row["job"], row["label"], row["algo"] or "-", *figures]
         # A "|" inside an override would otherwise split the cell.
         lines.append("| " + " | ".join(str(cell).replace("|", "\\|") for cell in cells) + " |")
@@ -351,7 +358,7 @@ def _figures(metrics: dict, policy: str) -> dict[str, float | None]:
     for name in FIGURES_WITH_SE:
         figures[name] = _number(metrics.get(f"eval/{policy}/{name}"))
         figures[f"{name}_se"] = _number(metrics.get(f"eval/{policy}/{name}_se"))
-    for name in ("win_rate", "win_rate_low", "win_rate_high", "perplexity"):
+    for name in (*(f"{rate}{end}" for rate in WIN_RATES for end in ("", "_low", "_high")), "perplexity"):
         figures[name] = _number(metrics.get(f"eval/{policy}/{name}"))
     return figures
 
@@ -366,6 +373,16 @@ def _with_se(value: float | None, se: float | None, digits: int) -> str:
     if value is None:
         return "-"
     return f"{value:.{digits}f}" if se is None else f"{value:.{digits}f} ± {se:.{digits}f}"
+
+
+WIN_RATE_HEADINGS = {
+    "win_rate": "win rate", "proxy_win_rate": "reward-model win rate", "proxy_lc_win_rate": "reward-model LC win rate",
+    "judge_win_rate": "judge win rate", "judge_lc_win_rate": "judge LC win rate",
+}
+
+
+def _interval_cell(rate: str):
+    return lambda row: _with_interval(row[rate], row[f"{rate}_low"], row[f"{rate}_high"])
 
 
 def _with_interval(value: float | None, low: float | None, high: float | None) -> str:

@@ -13,7 +13,8 @@ import torch
 from conftest import TINY_UPSTREAM, read_metrics, run_cli
 
 from rlhf_lab.errors import RlhfLabError
-from rlhf_lab.feedback.ai_judge import AIJudgeConfig, AIJudgeFeedback, LocalJudge, load_client, pair_preferences
+from rlhf_lab.feedback.ai_judge import AIJudgeConfig, AIJudgeFeedback, pair_preferences
+from rlhf_lab.feedback.judges import LocalJudge, load_client
 
 
 def sigmoid(x: float) -> float:

@@ -51,10 +51,47 @@ def _paths(run_dir) -> dict:
     return json.loads((run_dir / "paths.json").read_text())
 
 
+JUDGE_CLIENT = """
+class WordCountJudge:
+    # Prefers the response with more words: P(A) = 0.9 when A is longer, 0.1 when shorter.
+    def label_probabilities(self, texts, labels):
+        out = []
+        for text in texts:
+            a = text.split("Response A: ")[1].split("Response B: ")[0]
+            b = text.split("Response B: ")[1].split("Following the principles")[0]
+            p = 0.9 if len(a.split()) > len(b.split()) else 0.1 if len(a.split()) < len(b.split()) else 0.5
+            out.append([p, 1 - p])
+        return out
+
+    def generate(self, texts, max_new_tokens):
+        return ["" for _ in texts]
+
+
+def make(cfg):
+    return WordCountJudge()
+"""
+
+
 def test_sft_reward_model_ppo_on_the_users_files(user_files, tmp_path):
-    result = run_cli(_args(user_files, tmp_path, "reward.epochs=1", *PPO, f"hydra.run.dir={tmp_path / 'run'}"), cwd=tmp_path)
+    # The evaluation's AI judge is a plugin's client, found on PYTHONPATH as a user's package would be.
+    (tmp_path / "word_count_judge.py").write_text(JUDGE_CLIENT)
+    args = _args(user_files, tmp_path, "reward.epochs=1", *PPO, "eval.judge=word_count_judge:make", f"hydra.run.dir={tmp_path / 'run'}")
+    result = run_cli(args, cwd=tmp_path, env={"PYTHONPATH": str(tmp_path)})
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = read_metrics(tmp_path / "run")
+    # Held-out preferences: the 6 held-out transcripts score the reward model, SFT (against the starting
+    # model) and PPO (against SFT); the judge and the reward model each give a win rate with its interval.
+    assert metrics["eval/heldout_preference_records"] == metrics["feedback/heldout_records"] == 6
+    for name in ("reward_model", "sft", "ppo"):
+        assert 0.0 <= metrics[f"eval/{name}/pref_accuracy"] <= 1.0 and metrics[f"eval/{name}/pref_accuracy_se"] >= 0.0
+    # The reward stage measured its own held-out accuracy on the same pairs, by its own code.
+    assert metrics["eval/reward_model/pref_accuracy"] == pytest.approx(metrics["reward/accuracy"], abs=1e-6)
+    for prefix in ("proxy_", "judge_", "proxy_lc_", "judge_lc_"):
+        low, rate, high = (metrics[f"eval/ppo/{prefix}win_rate{end}"] for end in ("_low", "", "_high"))
+        assert 0.0 <= low <= rate <= high <= 1.0
+    assert abs(metrics["eval/ppo/judge_position_bias"]) < 1e-9  # the word counter has no position bias
+    said = " ".join(result.stdout.split())  # the verdict lines wrap at the console's width
+    assert "held-out preference pairs" in said and "By the AI judge (both orders), ppo's responses beat sft's in" in said
     assert metrics["feedback/train_records"] + metrics["feedback/heldout_records"] == 60
     assert 0.0 <= metrics["reward/accuracy"] <= 1.0
     assert "eval/ppo/proxy_reward" in metrics and "eval/ppo/perplexity" in metrics
@@ -73,6 +110,10 @@ def test_sft_then_dpo_on_the_users_files(user_files, tmp_path):
     metrics = read_metrics(tmp_path / "run")
     assert metrics["feedback/train_pairs"] == metrics["feedback/train_records"]
     assert "reward/accuracy" not in metrics and "eval/dpo/kl" in metrics
+    # No gold utility and no reward model: the held-out transcripts are what the run is judged by.
+    assert metrics["eval/heldout_preference_pairs"] == metrics["feedback/heldout_records"] == 6
+    assert "eval/dpo/pref_accuracy_diff" in metrics and "eval/reward_model/pref_accuracy" not in metrics
+    assert "dpo's implicit reward (log-ratio to sft) ranks the preferred response first" in " ".join(result.stdout.split())
 
 
 def test_stages_one_command_at_a_time(user_files, tmp_path, refused):

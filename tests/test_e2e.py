@@ -36,7 +36,7 @@ def test_tiny_pipeline_writes_metrics_models_and_checkpoints(tmp_path, tiny_run_
     assert metrics["time/total_seconds"] >= metrics["time/policy_seconds"] > 0
     # The summary table prints the same figures as metrics.json.
     assert f"{metrics['eval/ppo/gold_reward']:.3f}" in result.stdout
-    assert "win_rate vs sft" in result.stdout
+    assert "win rate by gold [95%]" in result.stdout and "reward-model pref. accuracy" in result.stdout
 
     # The final policy and the reward model load with plain transformers.
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
@@ -257,7 +257,7 @@ def test_rule_reward_kwargs_the_function_does_not_take_fail_before_any_work(tmp_
 def test_a_step_limit_stops_sft_and_dpo_before_their_epochs_end(tmp_path):
     """``sft.max_steps`` and ``algo.max_steps`` (likewise ``reward.max_steps``) bound a stage whatever the
     size of the data: SFT's epoch here is 7 steps, DPO's two epochs more than 3."""
-    args = [*TINY_UPSTREAM, "algo=dpo", "sft.max_steps=2", "algo.max_steps=3", "logger=csv",
+    args = [*TINY_UPSTREAM, "feedback.rounds=1", "algo=dpo", "sft.max_steps=2", "algo.max_steps=3", "logger=csv",
             f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}"]
     result = run_cli(args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]

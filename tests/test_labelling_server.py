@@ -185,3 +185,68 @@ def test_a_labeller_labels_with_a_click_and_a_key_in_a_real_browser(tmp_path, br
     assert second_item.responses[second.ranking[0]] == shown_second  # key b: B is best
     assert [third_item.responses[i] for i in third.ranking] == [shown[2], shown[0], shown[1]]
     assert all(l.seconds is not None and l.seconds >= 0 for l in (first, second, third))
+
+
+HH_PROMPT = "".join(
+    f"\n\nHuman: question {i}: " + "a long question that goes on " * 12 + f"\n\nAssistant: answer {i}: " + "a long answer " * 20
+    for i in range(5)
+) + "\n\nHuman: and the last question, the one to answer?\n\nAssistant:"
+
+
+def _screenshot(page, tmp_path: Path, name: str) -> Path:
+    """A screenshot of the page into the test's directory, and into $RLHF_LAB_SCREENSHOT_DIR when set (the
+    pictures in docs/labelling.md come from there)."""
+    path = tmp_path / f"{name}.png"
+    page.screenshot(path=str(path), full_page=False)
+    if os.environ.get("RLHF_LAB_SCREENSHOT_DIR"):
+        shutil.copy(path, Path(os.environ["RLHF_LAB_SCREENSHOT_DIR"]) / path.name)
+    assert path.read_bytes().startswith(b"\x89PNG") and path.stat().st_size > 5_000
+    return path
+
+
+@pytest.mark.parametrize("ask_rating", [False, True])
+def test_a_long_dialogue_opens_at_its_last_turn_with_only_the_controls_the_item_needs(tmp_path, browser, ask_rating):
+    from playwright.sync_api import expect
+
+    store = LabelStore(tmp_path / "labels.db")
+    campaign = Campaign(store, "c", CampaignSettings(redundancy=1, ask_rating=ask_rating))
+    token = store.add_labeller("c", "ann")
+    store.add_items("c", "b", [
+        {"prompt": HH_PROMPT, "responses": ["a helpful answer " * 60, "an unhelpful answer " * 60]},
+        {"prompt": "rank these", "responses": ["one", "two", "three"]},
+    ])
+    with LabelServer(campaign) as server:
+        for viewport, name in (({"width": 1280, "height": 720}, "desktop"), ({"width": 375, "height": 667}, "phone")):
+            page = browser.new_page(viewport=viewport)
+            page.goto(f"{server.url}/#token={token}")
+            page.wait_for_selector("#task:not([hidden])")
+            # A pair: the pair's answers, no ranking controls; the rating only where the campaign asks for it.
+            assert page.is_visible("#choose-a") and page.is_visible("#choose-tie")
+            assert not page.is_visible("#submit-ranking") and not page.is_visible("#reset-ranking") and not page.is_visible("#rank-skip")
+            assert page.is_visible("#rating") == ask_rating
+            # The turn the responses answer is on screen; the five earlier exchanges are folded above it.
+            assert page.text_content("#last-turn") == "Humanand the last question, the one to answer?"
+            assert page.is_visible("#last-turn") and _in_view(page, "#last-turn", viewport)
+            assert page.text_content("#earlier-turns summary") == "10 earlier turns of the conversation"
+            assert not page.is_visible("#earlier-turns .turn")
+            # The answer buttons are on screen without scrolling, at phone width too.
+            for button in ("#choose-a", "#choose-b"):
+                assert _in_view(page, button, viewport), (name, button, page.locator(button).bounding_box())
+            if not ask_rating:
+                _screenshot(page, tmp_path, f"labelling_{name}")
+            page.click("#earlier-turns summary")
+            expect(page.locator("#earlier-turns .turn").first).to_be_visible()
+            assert page.text_content("#earlier-turns .turn") .startswith("Humanquestion 0:")
+            page.close()
+        page = browser.new_page()
+        page.goto(f"{server.url}/#token={token}")
+        page.click("#choose-b")
+        expect(page.locator("#prompt")).to_have_text("rank these")  # a plain prompt stays plain text
+        assert page.is_visible("#submit-ranking") and not page.is_visible("#choose-a") and not page.is_visible("#choose-tie")
+    (label,) = [l for l in store.labels("c")]
+    assert (label.rating is None) and len(label.ranking) == 2
+
+
+def _in_view(page, selector: str, viewport: dict) -> bool:
+    box = page.locator(selector).bounding_box()
+    return box is not None and box["y"] >= 0 and box["y"] + box["height"] <= viewport["height"] and box["x"] + box["width"] <= viewport["width"] + 1

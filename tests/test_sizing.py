@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import pytest
 
 from rlhf_lab.data import encode_prompt, encode_response
+from rlhf_lab.records import PreferenceRecord
 from rlhf_lab.run import sizing
 
 
@@ -55,7 +56,9 @@ def test_lengths_epochs_and_episodes_by_hand(toy):
     assert sized["data.max_prompt_tokens"] == 99 + c_p and sized["data.truncate"] is True
     # 90 demonstrations in batches of 64: 2 steps an epoch; 2 epochs would be 4 steps, so raised to the toy default of 8
     assert sized["sft.epochs"] == 8
-    assert sized["reward.epochs"] == 12  # 90 records in batches of 32: 3 steps an epoch; capped at the toy default
+    # The simulated annotators label each of the 90 training prompts 6 times (feedback.rounds): 540 records in
+    # batches of 32 are 17 steps an epoch, so 3 epochs make 50 steps.
+    assert sized["reward.epochs"] == 3
     assert sized["algo.total_episodes"] == 64  # one pass over 90 prompts, in whole rollouts of 64
     # few positions: responses at most half of them, prompts within what they leave
     small = {s.key: s.value for s in sizing.sized_settings(_plan("task=dataset", "task.path=x.jsonl"), task, tok, positions=64)}
@@ -77,8 +80,33 @@ def test_what_the_user_sets_is_kept_and_the_toy_task_is_not_sized(toy):
     # the prompts leave room for the longest response the run samples: the user's 40 is shorter than the sized one
     assert sized["data.max_prompt_tokens"] == min(sized["data.max_prompt_tokens"], 1024 - sized["eval.sampling.max_new_tokens"])
     dpo = {s.key: s.value for s in sizing.sized_settings(_plan("task=dataset", "task.path=x.jsonl", "algo=dpo"), _task(100), tok, 1024)}
-    assert dpo["algo.epochs"] == 2 and "algo.total_episodes" not in dpo and "algo.sampling.max_new_tokens" not in dpo
+    # 90 prompts x 6 rounds x 6 pairs of 4 candidates = 3240 pairs: 51 steps in one epoch, the recipe's one
+    assert dpo["algo.epochs"] == 1 and "algo.total_episodes" not in dpo and "algo.sampling.max_new_tokens" not in dpo
     assert sizing.sized_settings(_plan(), _task(100, sized=False), tok, positions=1024) == []
+
+
+def test_a_preference_file_sizes_dpo_by_its_pairs_and_lora_gets_ten_times_each_rate(toy):
+    _, tok = toy
+    records = [PreferenceRecord("p", ["a", "b", "c"], ranking=[0, 1, 2])] * 20 + [PreferenceRecord("q", ["a", "b"], ranking=[1, 0])] * 10
+
+    class File:
+        def collect(self, prompts, candidates, kind, seed, split="train"):
+            assert prompts is None and split == "train"
+            return records
+
+    plan = _plan("task=dataset", "task.path=x.jsonl", "algo=dpo", "feedback=dataset", "feedback.path=x.jsonl", "algo.batch_size=1")
+    sized = {s.key: s.value for s in sizing.sized_settings(plan, _task(100), tok, 1024, feedback=File())}
+    # 20 x 3 + 10 x 1 = 70 pairs (not 30 records) one at a time: 70 steps an epoch, one epoch is enough.
+    assert sized["algo.epochs"] == 1 and "algo.lr" not in sized
+    plan = _plan("task=dataset", "task.path=x.jsonl", "algo=dpo", "feedback=dataset", "feedback.path=x.jsonl", "algo.batch_size=70",
+                 "algo.epochs=9", "model.lora.r=8", "sft.lr=0.002")
+    sized = {s.key: s.value for s in sizing.sized_settings(plan, _task(100), tok, 1024, feedback=File())}
+    assert "algo.epochs" not in sized and sized["algo.lr"] == pytest.approx(10 * plan.settings["algo"].lr)
+    assert "sft.lr" not in sized  # the user's own rate is kept
+    ppo = _plan("task=dataset", "task.path=x.jsonl", "model.lora.r=8")
+    sized = {s.key: s.value for s in sizing.sized_settings(ppo, _task(100), tok, 1024)}
+    assert sized["sft.lr"] == pytest.approx(10 * ppo.settings["sft"].lr) and sized["reward.lr"] == pytest.approx(10 * ppo.settings["reward"].lr)
+    assert sized["algo.lr"] == pytest.approx(10 * ppo.settings["algo"].lr)
 
 
 def test_cli_a_dataset_run_starts_from_sized_settings_and_prints_them(toy, tmp_path, refused, monkeypatch):

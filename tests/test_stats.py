@@ -6,7 +6,9 @@ import math
 
 import pytest
 
-from rlhf_lab.stats import beyond_noise, mean_and_se, paired_difference, verdict_lines, win_rate, win_rate_interval
+from rlhf_lab.stats import (
+    beyond_noise, length_controlled_win_rate, mean_and_se, paired_difference, preference_outcomes, win_rate, win_rate_interval,
+)
 
 
 def test_mean_and_se_of_four_values():
@@ -88,85 +90,38 @@ def test_beyond_noise_compares_with_two_standard_errors():
     assert not beyond_noise(0.0, 0.0)
 
 
-LONGER = {
-    "eval/sft/response_length": 10.0, "eval/ppo/response_length": 13.0,
-    "eval/ppo/response_length_diff": 3.0, "eval/ppo/response_length_diff_se": 0.5,
-}
-PROXY_UP = {"eval/ppo/proxy_reward_diff": 1.5, "eval/ppo/proxy_reward_diff_se": 0.2}
-WIN = {"eval/ppo/win_rate": 0.7, "eval/ppo/win_rate_low": 0.62, "eval/ppo/win_rate_high": 0.78}
+def test_length_controlled_win_rate_reads_the_regression_off_at_equal_lengths():
+    # Longer answers (+10 tokens) win 9 of 10, shorter ones (-10) 5 of 10: raw 0.70. With two points the
+    # logistic fit is exact, sigmoid(theta_0 +- theta_1 t) = 0.9 and 0.5, so theta_0 = (logit 0.9 + logit 0.5) / 2
+    # = 1.0986 and the length-controlled rate is sigmoid(1.0986) = 0.75.
+    candidate = [1] * 9 + [0] + [1] * 5 + [0] * 5
+    baseline = [0.5] * 20
+    longer = [10] * 10 + [-10] * 10
+    rate, low, high = length_controlled_win_rate(candidate, baseline, longer, seed=3)
+    assert win_rate(candidate, baseline) == pytest.approx(0.70)
+    assert rate == pytest.approx(0.75, abs=1e-4)
+    assert low < rate < high
+    assert (rate, low, high) == length_controlled_win_rate(candidate, baseline, longer, seed=3)
 
 
-def gold(delta: float, se: float) -> dict:
-    return {"eval/ppo/gold_reward_diff": delta, "eval/ppo/gold_reward_diff_se": se}
+def test_length_controlled_win_rate_is_the_raw_rate_when_lengths_do_not_differ_and_half_when_length_explains_all():
+    candidate, baseline = [1, 0, 0.5, 1], [0, 1, 0.5, 0]
+    assert length_controlled_win_rate(candidate, baseline, [0, 0, 0, 0])[0] == pytest.approx(win_rate(candidate, baseline), abs=1e-6)
+    # Every longer answer wins, every shorter one loses, in equal numbers: a pure length judge.
+    rate, low, high = length_controlled_win_rate([1, 1, 0, 0] * 5, [0.5] * 20, [5, 5, -5, -5] * 5)
+    assert win_rate([1, 1, 0, 0] * 5, [0.5] * 20) == 0.5 and rate == pytest.approx(0.5, abs=1e-6)
+    # Each resample refits the regression on its own items' outcomes and lengths: a pure length judge stays
+    # near 1/2 in every resample (outcomes drawn apart from their lengths would spread to about [0.43, 0.57]).
+    rate, low, high = length_controlled_win_rate([1, 1, 0, 0] * 50, [0.5] * 200, [5, 5, -5, -5] * 50)
+    assert low < 0.5 < high and high - low < 0.1
+    with pytest.raises(ValueError):
+        length_controlled_win_rate([1, 0], [0, 1], [1])
 
 
-def test_verdict_improvement_with_longer_responses():
-    assert verdict_lines({**gold(0.8, 0.1), **PROXY_UP, **WIN, **LONGER}, "ppo") == [
-        "ppo improved gold reward over sft by +0.800 ± 0.100 (win rate 0.700 [0.620, 0.780]).",
-        "Responses are 1.30× longer than sft's (Δ = +3.00 ± 0.50 tokens): part of any reward gain may come from length alone.",
-    ]
-
-
-def test_verdict_regression_with_proxy_gain_is_over_optimisation():
-    metrics = {**gold(-0.3, 0.1), **PROXY_UP, "eval/ppo/win_rate": 0.31, "eval/ppo/win_rate_low": 0.25, "eval/ppo/win_rate_high": 0.37}
-    assert verdict_lines(metrics, "ppo") == [
-        "ppo made gold reward worse than sft's: Δ = -0.300 ± 0.100 (win rate 0.310 [0.250, 0.370]).",
-        "Proxy reward rose by +1.500 ± 0.200 while gold reward fell: the policy is exploiting the reward model (over-optimisation).",
-    ]
-
-
-def test_verdict_small_gold_difference_is_within_noise_not_over_optimisation():
-    lines = verdict_lines({**gold(0.02, 0.05), **PROXY_UP, **WIN}, "ppo")
-    assert lines == [
-        "ppo's gold reward is within noise of sft's (Δ = +0.020 ± 0.050).",
-        "Proxy reward rose by +1.500 ± 0.200 but gold reward did not move beyond noise: the reward model's gain did not transfer to gold reward.",
-    ]
-    assert not any("over-optimisation" in line for line in lines)
-
-
-def test_verdict_small_gold_drop_is_not_over_optimisation():
-    # -0.08 is negative but within 2 x 0.05 of zero.
-    lines = verdict_lines({**gold(-0.08, 0.05), **PROXY_UP}, "ppo")
-    assert lines[0] == "ppo's gold reward is within noise of sft's (Δ = -0.080 ± 0.050)."
-    assert not any("over-optimisation" in line for line in lines)
-
-
-def test_verdict_proxy_gain_within_noise_says_nothing_about_the_reward_model():
-    metrics = {**gold(-0.3, 0.1), "eval/ppo/proxy_reward_diff": 0.3, "eval/ppo/proxy_reward_diff_se": 0.2}
-    assert verdict_lines(metrics, "ppo") == ["ppo made gold reward worse than sft's: Δ = -0.300 ± 0.100."]
-
-
-def test_verdict_without_gold_utility_reports_the_proxy_change():
-    assert verdict_lines(PROXY_UP, "ppo") == [
-        "ppo changed proxy reward by +1.500 ± 0.200 (beyond noise); this task has no gold utility, so that is all the run can show."
-    ]
-    small = {"eval/ppo/proxy_reward_diff": 0.1, "eval/ppo/proxy_reward_diff_se": 0.2}
-    assert verdict_lines(small, "ppo")[0].startswith("ppo changed proxy reward by +0.100 ± 0.200 (within noise)")
-
-
-def test_verdict_length_needs_both_a_real_difference_and_a_large_ratio():
-    noisy = {**LONGER, "eval/ppo/response_length_diff_se": 2.0}  # 3.0 is within 2 x 2.0
-    slightly = {**LONGER, "eval/ppo/response_length": 11.5}  # ratio 1.15
-    assert len(verdict_lines({**gold(0.8, 0.1), **noisy}, "ppo")) == 1
-    assert len(verdict_lines({**gold(0.8, 0.1), **slightly}, "ppo")) == 1
-
-
-def test_verdict_names_the_baseline_and_copes_without_an_interval():
-    metrics = {"eval/dpo/gold_reward_diff": 0.5, "eval/dpo/gold_reward_diff_se": 0.1, "eval/dpo/win_rate": 0.66}
-    assert verdict_lines(metrics, "dpo", baseline="base") == ["dpo improved gold reward over base by +0.500 ± 0.100 (win rate 0.660)."]
-
-
-def test_verdict_without_any_difference_says_so():
-    assert verdict_lines({"eval/ppo/gold_reward": 1.0}, "ppo") == [
-        "No paired gold or proxy reward difference was recorded for ppo, so there is nothing to judge."
-    ]
-
-
-def test_verdict_says_first_when_the_policy_did_not_move():
-    still = {**gold(0.02, 0.05), "eval/ppo/kl": 0.0004}
-    lines = verdict_lines(still, "ppo")
-    assert lines[0].startswith("ppo's policy barely moved from sft's (KL 0.0004 nats per response, under 0.01)")
-    assert "algo.lr" in lines[0] and "algo.kl_coef" in lines[0]
-    assert lines[1] == "ppo's gold reward is within noise of sft's (Δ = +0.020 ± 0.050)."
-    moved = verdict_lines({**gold(0.02, 0.05), "eval/ppo/kl": 0.05}, "ppo")
-    assert moved == ["ppo's gold reward is within noise of sft's (Δ = +0.020 ± 0.050)."]
+def test_preference_outcomes_average_each_records_pairs():
+    # Record 1: 3 responses ranked 2 > 0 > 1, scores (1.0, 3.0, 2.0): pairs (2,0) +1 right, (2,1) -1 wrong,
+    # (0,1) -2 wrong -> accuracy 1/3, margin -2/3. Record 2: a tie, accuracy 1/2, margin 0. Record 3: no pair.
+    accuracy, margin = preference_outcomes([[1.0, 3.0, 2.0], [4.0, 4.0], [1.0]], [[(2, 0), (2, 1), (0, 1)], [(0, 1)], []])
+    assert accuracy == pytest.approx([1 / 3, 0.5]) and margin == pytest.approx([-2 / 3, 0.0])
+    with pytest.raises(ValueError):
+        preference_outcomes([[1.0]], [])

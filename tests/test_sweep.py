@@ -232,3 +232,41 @@ def test_real_hydra_sweep_with_a_failing_job_still_gets_a_comparison(tmp_path: P
         ("1", "+algo.name=boom", "failed", ""),
         ("2", "+algo.name=dpo", "ok", "1.5"),
     ]
+
+
+def test_without_gold_the_table_shows_preference_accuracy_and_win_rates_and_leaves_out_empty_columns(tmp_path: Path):
+    sft = {"eval/sft/pref_accuracy": 0.52, "eval/sft/pref_accuracy_se": 0.03, "eval/sft/kl": 0.0, "eval/sft/kl_se": 0.0}
+    dpo = {**sft, "eval/dpo/pref_accuracy": 0.61, "eval/dpo/pref_accuracy_se": 0.03, "eval/dpo/kl": 0.4, "eval/dpo/kl_se": 0.05}
+    grpo = {**sft, "eval/grpo/pref_accuracy": 0.55, "eval/grpo/pref_accuracy_se": 0.03, "eval/grpo/kl": 0.2, "eval/grpo/kl_se": 0.02,
+            "eval/grpo/proxy_win_rate": 0.66, "eval/grpo/proxy_win_rate_low": 0.6, "eval/grpo/proxy_win_rate_high": 0.72,
+            "eval/grpo/proxy_lc_win_rate": 0.58, "eval/grpo/proxy_lc_win_rate_low": 0.51, "eval/grpo/proxy_lc_win_rate_high": 0.65}
+    make_job(tmp_path, "0", "dpo", dpo)
+    make_job(tmp_path, "1", "grpo", grpo)
+    write_comparison(tmp_path)
+    markdown = (tmp_path / "comparison.md").read_text()
+    header = next(line for line in markdown.splitlines() if line.startswith("| job"))
+    assert header == ("| job | label | algo | held-out preference accuracy ± SE | KL (nats) ± SE | reward-model win rate vs sft [low, high] "
+                      "| reward-model LC win rate vs sft [low, high] |")
+    assert "| - | sft (baseline of job 0) | sft | 0.520 ± 0.030 | 0.000 ± 0.000 | - | - |" in markdown
+    assert "| 0 | algo=dpo | dpo | 0.610 ± 0.030 | 0.400 ± 0.050 | - | - |" in markdown
+    assert "| 1 | algo=grpo | grpo | 0.550 ± 0.030 | 0.200 ± 0.020 | 0.660 [0.600, 0.720] | 0.580 [0.510, 0.650] |" in markdown
+    rows = read_csv(tmp_path / "comparison.csv")
+    assert float(rows[2]["proxy_lc_win_rate_low"]) == 0.51 and rows[1]["judge_win_rate"] == ""
+
+
+def test_the_plot_draws_every_finished_job_and_sft_in_the_panels_that_have_their_figures(tmp_path: Path):
+    pytest.importorskip("matplotlib")
+    from rlhf_lab.sweep_plot import plot_overoptimisation
+
+    with_preferences = {**PPO, "eval/sft/pref_accuracy": 0.52, "eval/sft/pref_accuracy_se": 0.03,
+                        "eval/ppo/pref_accuracy": 0.6, "eval/ppo/pref_accuracy_se": 0.03}
+    jobs = [Job("0", ("algo=ppo",), "ppo", with_preferences), Job("1", ("algo=dpo",), "dpo", DPO), Job("2", ("algo=grpo",), "grpo", None)]
+    marks = plot_overoptimisation(comparison_rows(jobs), tmp_path / "both.png")
+    assert marks == {"Reward against KL to sft": ["sft", "0", "1"], "Held-out preferences against KL to sft": ["sft", "0"]}
+    # Real data, no gold utility and no reward model (DPO): the preference panel alone, SFT at its origin.
+    # (SFT sits at KL 0 by definition, whether or not its run recorded its KL to itself.)
+    dpo_only = {"eval/sft/pref_accuracy": 0.5, "eval/sft/pref_accuracy_se": 0.03,
+                "eval/dpo/pref_accuracy": 0.6, "eval/dpo/pref_accuracy_se": 0.03, "eval/dpo/kl": 0.3, "eval/dpo/kl_se": 0.02}
+    marks = plot_overoptimisation(comparison_rows([Job("0", ("algo=dpo",), "dpo", dpo_only)]), tmp_path / "dpo.png")
+    assert marks == {"Held-out preferences against KL to sft": ["sft", "0"]}
+    assert plot_overoptimisation(comparison_rows([Job("0", (), "dpo", None)]), tmp_path / "none.png") == {}

@@ -22,9 +22,7 @@ labels)`` and ``generate(texts, max_new_tokens)``, the two methods of :class:`Lo
 
 from __future__ import annotations
 
-import importlib
 import logging
-import math
 import random
 import string
 from dataclasses import dataclass, field
@@ -33,6 +31,7 @@ from typing import Optional
 
 from rlhf_lab import hookimpl
 from rlhf_lab.errors import RlhfLabError
+from rlhf_lab.feedback.judges import CLIENT_SPEC, LocalJudge, load_client
 from rlhf_lab.records import PreferenceRecord
 
 log = logging.getLogger("rlhf_lab")
@@ -126,147 +125,6 @@ def read_principles(path: str) -> list[str]:
     if not principles:
         raise RlhfLabError(f"feedback.principles_file: {path} holds no principle")
     return principles
-
-
-class LocalJudge:
-    """A local causal LM as judge: label probabilities at the end of a prompt, and greedy generation."""
-
-    def __init__(self, name_or_path: str, dtype: str = "float32", batch_size: int = 16, device=None) -> None:
-        from rlhf_lab.models.loading import load_policy, load_tokenizer, resolve_model_path
-
-        path = resolve_model_path(name_or_path, "feedback.model")
-        self.tokenizer = load_tokenizer(path, key="feedback.model")
-        self.model = load_policy(path, dtype, key="feedback.model").eval().requires_grad_(False)
-        if device is not None:
-            self.model.to(device)
-        self.batch_size = batch_size
-        self.positions = getattr(self.model.config, "max_position_embeddings", None) or getattr(self.model.config, "n_positions", None)
-
-    def _encode(self, texts: list[str], room: int) -> list[list[int]]:
-        from rlhf_lab.data import encode_prompt
-
-        encoded = [encode_prompt(self.tokenizer, t) for t in texts]
-        if self.positions is not None:
-            longest = max(range(len(encoded)), key=lambda i: len(encoded[i]))
-            if len(encoded[longest]) + room > self.positions:
-                raise RlhfLabError(
-                    f"feedback=ai_judge: a judge prompt is {len(encoded[longest])} tokens (+{room} to generate), over the judge model's "
-                    f"{self.positions} positions (feedback.model). Shorten feedback.template or the principles, or use a larger judge. "
-                    f"The prompt begins: {texts[longest][:120]!r}"
-                )
-        return encoded
-
-    def label_sequences(self, labels: list[str]) -> list[list[int]]:
-        """The token ids of each label; they must be non-empty and differ."""
-        ids = [self.tokenizer(label, add_special_tokens=False)["input_ids"] for label in labels]
-        if any(not i for i in ids) or len({tuple(i) for i in ids}) != len(ids):
-            raise RlhfLabError(f"feedback.labels {labels}: their tokens under the judge's tokenizer must exist and differ, got {ids}")
-        return ids
-
-    def label_probabilities(self, texts: list[str], labels: list[str]) -> list[list[float]]:
-        """For each text, the probabilities of continuing it with each label, renormalised over the labels.
-
-        Labels of one token each need one forward per text (the next-token distribution); longer labels
-        (" A" is two tokens for some tokenizers) are scored whole, one forward per (text, label).
-        """
-        import torch
-
-        from rlhf_lab.data import pad_left
-        from rlhf_lab.ops.sequence import position_ids_from_mask
-
-        sequences = self.label_sequences(labels)
-        longest = max(len(s) for s in sequences)
-        encoded = self._encode(texts, room=longest)
-        device = next(self.model.parameters()).device
-        single = longest == 1
-        out: list[list[float]] = []
-        with torch.no_grad():
-            for start in range(0, len(encoded), self.batch_size):
-                chunk = encoded[start : start + self.batch_size]
-                rows = chunk if single else [ids + label for ids in chunk for label in sequences]
-                ids, mask = pad_left(rows, self.tokenizer.pad_token_id)
-                ids, mask = ids.to(device), mask.to(device)
-                logits = self.model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask)).logits.float()
-                if single:
-                    scores = logits[:, -1, [s[0] for s in sequences]]
-                else:
-                    logprobs = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None])[..., 0]
-                    lengths = [len(s) for s in sequences] * len(chunk)
-                    scores = torch.stack([row[-n:].sum() for row, n in zip(logprobs, lengths)]).view(len(chunk), len(sequences))
-                out.extend(torch.softmax(scores, dim=-1).tolist())
-        return out
-
-    def generate(self, texts: list[str], max_new_tokens: int) -> list[str]:
-        """Greedy continuations of each text, up to EOS or ``max_new_tokens``."""
-        from rlhf_lab.config import SamplingConfig
-        from rlhf_lab.data import decode_response
-        from rlhf_lab.rollout import sample_responses
-
-        self._encode(texts, room=max_new_tokens)
-        sampling = SamplingConfig(temperature=0.0, max_new_tokens=max_new_tokens, batch_size=self.batch_size)
-        grouped = sample_responses(self.model, self.tokenizer, texts, sampling, samples_per_prompt=1, seed=0)
-        return [decode_response(self.tokenizer, group[0]) for group in grouped]
-
-
-def load_client(spec: str, cfg):
-    """A plugin's judge client from 'package.module:factory', tried once on a tiny input (a client
-    that raises or answers in the wrong shape is named before any work), its answers checked on every
-    call after (:class:`CheckedClient`)."""
-    module_name, _, attr = spec.partition(":")
-    try:
-        factory = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError, ValueError) as error:
-        raise RlhfLabError(f"feedback.client '{spec}': cannot import it ({error}); give 'package.module:factory'") from None
-    try:
-        client = factory(cfg)
-    except Exception as error:
-        raise RlhfLabError(f"feedback.client '{spec}': its factory raised {type(error).__name__}: {error}") from error
-    for method in ("label_probabilities", "generate"):
-        if not callable(getattr(client, method, None)):
-            raise RlhfLabError(f"feedback.client '{spec}': the client has no {method}() method")
-    checked = CheckedClient(client, spec)
-    if cfg is not None:  # the run's own templates, filled with a tiny example
-        example = dict(prompt="What is two plus two?", response="Four.", principle="Be accurate.")
-        checked.label_probabilities([cfg.template.format(principles="- Be accurate.", prompt=example["prompt"], response_a="Four.",
-                                                         response_b="Five.")], list(cfg.labels))
-        checked.generate([cfg.critique_template.format(**example)], 4)
-    return checked
-
-
-class CheckedClient:
-    """A plugin's judge client whose answers are checked: one probability per label for every text
-    (finite, in [0, 1]), one string per prompt. A wrong answer, or an exception, names the client, the
-    input and what came back."""
-
-    def __init__(self, client, spec: str) -> None:
-        self.client, self.spec = client, spec
-
-    def _call(self, method: str, texts: list[str], *args):
-        try:
-            return getattr(self.client, method)(texts, *args)
-        except Exception as error:
-            raise RlhfLabError(f"feedback.client '{self.spec}': {method}() raised {type(error).__name__}: {error} "
-                               f"(first input {texts[0][:80]!r} of {len(texts)})") from error
-
-    def label_probabilities(self, texts: list[str], labels: list[str]) -> list[list[float]]:
-        out = self._call("label_probabilities", texts, labels)
-        rows = list(out) if isinstance(out, (list, tuple)) else None
-        good = rows is not None and len(rows) == len(texts) and all(
-            isinstance(row, (list, tuple)) and len(row) == len(labels)
-            and all(isinstance(p, (int, float)) and not isinstance(p, bool) and math.isfinite(p) and 0 <= p <= 1 for p in row)
-            for row in rows
-        )
-        if not good:
-            raise RlhfLabError(f"feedback.client '{self.spec}': label_probabilities() returned {str(out)[:200]} for {len(texts)} text(s) "
-                               f"(first {texts[0][:80]!r}); it returns, per text, one probability in [0, 1] for each of the labels {labels}")
-        return [[float(p) for p in row] for row in rows]
-
-    def generate(self, prompts: list[str], max_new_tokens: int) -> list[str]:
-        out = self._call("generate", prompts, max_new_tokens)
-        if not (isinstance(out, (list, tuple)) and len(out) == len(prompts) and all(isinstance(t, str) for t in out)):
-            raise RlhfLabError(f"feedback.client '{self.spec}': generate() returned {str(out)[:200]} for {len(prompts)} prompt(s) "
-                               f"(first {prompts[0][:80]!r}); it returns one string per prompt")
-        return list(out)
 
 
 def pair_preferences(judge, cfg: AIJudgeConfig, principles: str, prompt_pairs: list[tuple[str, str, str]]) -> tuple[list[float], list[float]]:
@@ -373,6 +231,51 @@ class AIJudgeFeedback:
         if not records:
             raise RlhfLabError(f"feedback=ai_judge (critique_revise): the judge revised none of the {len(jobs)} {split} responses")
         return records
+
+
+class PairJudge:
+    """An AI judge as evaluation uses it: for (prompt, first, second) triples, P(first is better), asked
+    in both orders (:func:`pair_preferences`), and the mean P(label A) over both orders.
+
+    Built by :func:`evaluation_judge` before any work, so a judge that cannot load is named first.
+    """
+
+    def __init__(self, cfg: AIJudgeConfig, principles: list[str], load) -> None:
+        self.cfg, self._load, self._judge = cfg, load, None
+        self.constitution = "\n".join(f"- {p}" for p in principles)
+
+    @property
+    def judge(self):
+        """The client or local model, loaded on first use (a local model only when evaluation needs it)."""
+        if self._judge is None:
+            self._judge = self._load()
+        return self._judge
+
+    def __call__(self, triples: list[tuple[str, str, str]]) -> tuple[list[float], list[float]]:
+        return pair_preferences(self.judge, self.cfg, self.constitution, triples)
+
+
+def evaluation_judge(spec: str, feedback, batch_size: int = 16) -> PairJudge:
+    """The judge ``eval.judge`` names: 'feedback' (the run's feedback=ai_judge in compare mode, with its
+    template, labels and constitution), a plugin's client 'package.module:factory', or a local causal-LM
+    directory or hub name (the default template and constitution).
+
+    :raises RlhfLabError: naming ``eval.judge`` when the judge cannot be found or loaded.
+    """
+    if spec == "feedback":
+        if not isinstance(feedback, AIJudgeFeedback) or feedback.cfg.mode != "compare":
+            raise RlhfLabError("eval.judge=feedback reuses the run's AI judge, but the run's feedback is not feedback=ai_judge "
+                               "in compare mode; give eval.judge a model directory or 'package.module:factory' instead")
+        return PairJudge(feedback.cfg, feedback.principles, lambda: feedback.judge)
+    if CLIENT_SPEC.fullmatch(spec) and not Path(spec).exists():
+        cfg = AIJudgeConfig(client=spec, batch_size=batch_size)
+        client = load_client(spec, cfg, key="eval.judge")
+        return PairJudge(cfg, cfg.principles, lambda: client)
+    from rlhf_lab.models.loading import resolve_model_path
+
+    resolve_model_path(spec, "eval.judge")
+    cfg = AIJudgeConfig(model=spec, batch_size=batch_size)
+    return PairJudge(cfg, cfg.principles, lambda: LocalJudge(spec, cfg.dtype, cfg.batch_size, key="eval.judge"))
 
 
 @hookimpl

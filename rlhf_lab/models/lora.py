@@ -22,12 +22,16 @@ import torch
 from torch import nn
 
 
-def _peft_config(cfg, task_type: Optional[str]):
+def _peft_config(cfg, task_type: Optional[str], model: nn.Module):
     from peft import LoraConfig
+    from transformers.pytorch_utils import Conv1D
 
     return LoraConfig(
         r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, task_type=task_type,
         target_modules=list(cfg.target_modules) if cfg.target_modules else None,
+        # GPT-2's projections are Conv1D, which store the weight transposed: peft must know (it would
+        # otherwise correct the setting itself and warn on every run).
+        fan_in_fan_out=any(isinstance(module, Conv1D) for module in model.modules()),
     )
 
 
@@ -38,7 +42,7 @@ def add_policy_adapters(model, cfg):
     from rlhf_lab.errors import RlhfLabError
 
     try:
-        peft_model = get_peft_model(model, _peft_config(cfg, "CAUSAL_LM"))
+        peft_model = get_peft_model(model, _peft_config(cfg, "CAUSAL_LM", model))
     except ValueError as exc:  # e.g. target modules the architecture does not have
         raise RlhfLabError(f"model.lora: {str(exc).splitlines()[0]}") from None
     # The saved adapter names its base by this path: a relative one (a relative cache_dir) would load
@@ -56,7 +60,7 @@ def add_value_adapters(value_model, cfg) -> None:
     from peft import inject_adapter_in_model
 
     backbone = value_model.model.base_model
-    inject_adapter_in_model(_peft_config(cfg, None), backbone)
+    inject_adapter_in_model(_peft_config(cfg, None, backbone), backbone)
     for name, parameter in backbone.named_parameters():
         parameter.requires_grad_("lora_" in name)
     value_model.head.requires_grad_(True)

@@ -24,6 +24,7 @@ class RunContext:
     :param limits: the length limits when ``data.truncate`` cuts, else None.
     :param feedback: the feedback source, where the route collects preferences.
     :param reward: the reward component, where the algorithm consumes a reward.
+    :param judge: the evaluation's AI judge (``eval.judge``), else None.
     """
 
     plan: Plan
@@ -36,6 +37,7 @@ class RunContext:
     limits: Optional[Any] = None
     feedback: Any = None
     reward: Any = None
+    judge: Any = None
 
     @property
     def cfg(self):

@@ -94,11 +94,13 @@ def _run_as_rank_zero(plan: Plan, trainer_plan, components: "Components", run_di
 @dataclass(frozen=True)
 class Components:
     """The selected components, built and checked against their Protocols: the task, and the reward
-    component and feedback source where the route uses them (else None)."""
+    component and feedback source where the route uses them (else None); the evaluation's AI judge
+    where ``eval.judge`` names one."""
 
     task: Any
     reward: Any = None
     feedback: Any = None
+    judge: Any = None
 
 
 def build_components(plan: Plan) -> Components:
@@ -106,7 +108,13 @@ def build_components(plan: Plan) -> Components:
     task = _built(plan, "task", plan.settings["task"], plan.cfg.seed)
     reward = _built(plan, "reward", plan.settings["reward"]) if "reward" in plan.components else None
     feedback = _built(plan, "feedback", plan.settings["feedback"], task) if "feedback" in plan.components else None
-    return Components(task, reward, feedback)
+    evaluation = plan.settings["eval"]
+    judge = None
+    if evaluation.judge is not None and plan.stop_after is None:
+        from rlhf_lab.feedback.ai_judge import evaluation_judge
+
+        judge = evaluation_judge(evaluation.judge, feedback, evaluation.judge_batch_size)
+    return Components(task, reward, feedback, judge)
 
 
 def _built(plan: Plan, kind: str, *args):
@@ -127,12 +135,13 @@ def prepare(plan: Plan, trainer_plan, components: Components, run_dir: Path, gro
         base = starting_model(plan, components.task, store)
         tokenizer = load_tokenizer(str(base.path))
         preflight.check_model(base.path, tokenizer)
-        plan, _ = apply_sizing(plan, components.task, tokenizer, preflight.positions_of(base.path))
+        plan, _ = apply_sizing(plan, components.task, tokenizer, preflight.positions_of(base.path), components.feedback)
         preflight.check_memory(plan, trainer_plan, base.path)
         fitted = preflight.check_lengths(plan, components.task, tokenizer, components.feedback, base.path)
         if ranks.is_main:
             log_stage_peaks(plan, trainer_plan, fitted.longest, base.path)
-    run = RunContext(plan, run_dir, group, store, trainer_plan, fitted.task, tokenizer, fitted.limits, components.feedback, components.reward)
+    run = RunContext(plan, run_dir, group, store, trainer_plan, fitted.task, tokenizer, fitted.limits, components.feedback, components.reward,
+                     components.judge)
     return run, base, fitted.counts
 
 
@@ -161,7 +170,7 @@ def run_experiment(plan: Plan, trainer_plan, components: Components, run_dir: Pa
     else:
         trained = _optimise(run, stages, timings)
         if ranks.is_main:
-            figures, samples = evaluate(run, stages.get("reference"), trained.handle, trained.device, stages.built_artifact("reward"), timings)
+            figures, samples = evaluate(run, stages, trained.handle, trained.device, stages.built_artifact("reward"), timings)
     if not ranks.is_main:
         return {}  # rank 0 evaluates and writes the outputs
     metrics = {**run.task.stats, **length_counts, **outputs.artifact_figures(stages.built), **figures, **timings}

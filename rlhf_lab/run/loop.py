@@ -86,7 +86,7 @@ def run_rounds(run, stages, timings: dict) -> tuple[dict, list, object]:
         with timed(timings, run.trainer_stage("policy", round_)):
             trained = policy_stage.optimise(run, start, reference, reward, reward_model, preferences, round_)
         stage = "eval" if round_ == rounds else f"eval_round{round_}"
-        figures, samples = evaluate(run, reference, trained.handle, trained.device, reward, timings, stage=stage)
+        figures, samples = evaluate(run, stages, trained.handle, trained.device, reward, timings, stage=stage)
         figures.update(preferences.metrics)
         if reward_model is not None:
             figures.update(reward_model.metrics)

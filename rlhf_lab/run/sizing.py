@@ -15,6 +15,14 @@ training, and the run prints them at its start:
   the usual recipe: a reward model overfits after one, Ouyang et al. 2022), each raised to make at
   least ``MIN_STEPS`` optimiser steps on a small set, never above the toy default;
 - an on-policy ``algo.total_episodes``: one pass over the training prompts.
+
+The reward model's and DPO's items are the training records and pairs of a preference file where the
+feedback reads one (``feedback=dataset``), else one record per training prompt (and its pairs).
+
+With LoRA adapters (``model.lora.r > 0``), every learning rate the command line leaves unset (``sft.lr``,
+``reward.lr``, ``algo.lr``, ``algo.critic_lr``) is :data:`LORA_LR_FACTOR` times its full fine-tuning
+default: a LoRA update is scaled down (its B matrix starts at zero, and alpha / r scales it), and at the
+full fine-tuning rate a run on real data moves its policy by less than it can measure.
 """
 
 from __future__ import annotations
@@ -28,6 +36,9 @@ from omegaconf import OmegaConf
 log = logging.getLogger(__name__)
 
 MIN_STEPS = 50
+LORA_LR_FACTOR = 10
+"""LoRA's best learning rate is about ten times full fine-tuning's, across model sizes and data (Schulman
+et al. 2025, "LoRA Without Regret", Thinking Machines Lab)."""
 MIN_NEW_TOKENS = 16
 _ABSENT = object()
 
@@ -56,9 +67,35 @@ def _epochs(base: int, cap: int, items: int, batch_size: int) -> tuple[int, str]
     return epochs, f"{items} items, {steps_per_epoch} step{'s' if steps_per_epoch > 1 else ''} an epoch"
 
 
-def sized_settings(plan, task, tokenizer, positions) -> list[Sized]:
+def _preference_items(plan, task, feedback) -> tuple[int, int]:
+    """(records, pairs) the reward model and DPO train on: a preference file's training split where the
+    feedback reads one, else one record per training prompt, each with K(K-1)/2 pairs."""
+    prompts = max(1, len(task.train_prompts))
+    if feedback is not None and "feedback" in plan.components and not plan.components["feedback"].traits["needs_candidates"]:
+        records = feedback.collect(None, None, plan.preference_kind, plan.cfg.seed, "train")
+        return max(1, len(records)), max(1, sum(len(r.preference_pairs()) for r in records))
+    k = getattr(plan.settings.get("feedback"), "responses_per_prompt", 2) or 2
+    rounds = getattr(plan.settings.get("feedback"), "rounds", 1) or 1
+    return prompts * rounds, prompts * rounds * k * (k - 1) // 2
+
+
+def _lora_rates(plan, offer) -> None:
+    """With adapters, each learning rate at :data:`LORA_LR_FACTOR` times its default."""
+    if plan.lora is None:
+        return
+    why = f"LoRA adapters: {LORA_LR_FACTOR}x the full fine-tuning rate"
+    for group, name in (("sft", "lr"), ("reward", "lr"), ("algo", "lr"), ("algo", "critic_lr")):
+        value = getattr(plan.settings.get(group), name, None)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and (group != "sft" or plan.settings["sft"].enabled):
+            offer(f"{group}.{name}", float(value) * LORA_LR_FACTOR, why)
+
+
+def sized_settings(plan, task, tokenizer, positions, feedback=None) -> list[Sized]:
     """What :mod:`this module <rlhf_lab.run.sizing>` would set for ``plan`` on ``task`` (nothing for a
-    task that is not ``sized_to_data``); keys the command line sets are left out."""
+    task that is not ``sized_to_data``); keys the command line sets are left out.
+
+    :param feedback: the built feedback source: a preference file's records size the reward model and DPO.
+    """
     from rlhf_lab.data import encode_responses
 
     if not getattr(task, "sized_to_data", False):
@@ -92,24 +129,26 @@ def sized_settings(plan, task, tokenizer, positions) -> list[Sized]:
     if plan.settings["sft"].enabled and task.sft_train:
         offer("sft.epochs", *_epochs(2, settings["sft"].epochs, len(task.sft_train), settings["sft"].batch_size))
     algo = settings["algo"]
-    if "reward" in settings and hasattr(settings["reward"], "epochs") and "reward_model" in plan.route:
-        records = max(1, len(task.train_prompts))  # one record per training prompt when candidates are labelled
-        offer("reward.epochs", *_epochs(1, settings["reward"].epochs, records, settings["reward"].batch_size))
-    if "preferences" in plan.consumes and hasattr(algo, "epochs"):
-        offer("algo.epochs", *_epochs(1, algo.epochs, max(1, len(task.train_prompts)), algo.batch_size))
+    if plan.uses_preferences:
+        records, pairs = _preference_items(plan, task, feedback)
+        if "reward" in settings and hasattr(settings["reward"], "epochs") and "reward_model" in plan.route:
+            offer("reward.epochs", *_epochs(1, settings["reward"].epochs, records, settings["reward"].batch_size))
+        if "preferences" in plan.consumes and hasattr(algo, "epochs"):
+            offer("algo.epochs", *_epochs(1, algo.epochs, pairs, algo.batch_size))
     if hasattr(algo, "total_episodes") and task.train_prompts:
         episodes = max(algo.rollout_batch_size, len(task.train_prompts) // algo.rollout_batch_size * algo.rollout_batch_size)
         offer("algo.total_episodes", episodes, f"one pass over {len(task.train_prompts)} training prompts, in whole rollouts of {algo.rollout_batch_size}")
+    _lora_rates(plan, offer)
     return sized
 
 
-def apply_sizing(plan, task, tokenizer, positions):
+def apply_sizing(plan, task, tokenizer, positions, feedback=None):
     """``plan`` with the sized settings set (re-planned, so every check and cache key sees them), and
     the settings, printed at the start of the run."""
     from rlhf_lab.plugin_manager import get_plugin_manager
     from rlhf_lab.run.plan import make_plan
 
-    sized = sized_settings(plan, task, tokenizer, positions)
+    sized = sized_settings(plan, task, tokenizer, positions, feedback)
     if not sized:
         return plan, sized
     cfg = plan.cfg.copy()

@@ -6,8 +6,10 @@ policy: gold reward (where the task knows its utility), proxy reward (where the 
 function), KL to the reference, response length, EOS rate, perplexity on held-out demonstrations
 (where the policy is one network), BLEU and ROUGE-L against reference answers (where the task has
 them), distinct-1 and distinct-2. Every mean comes with its standard error; each policy is compared
-with the baseline on the same prompts and seeds (paired differences, win rate with a bootstrap
-interval), so a verdict can tell a real change from noise.
+with the baseline on the same prompts and seeds (paired differences, win rates by gold reward, by the
+reward function and by an AI judge, raw and length-controlled, each with a bootstrap interval), so a
+verdict can tell a real change from noise. Held-out preference records score every policy's implicit
+reward and the reward model (:mod:`rlhf_lab.stages.preference_eval`).
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ import torch
 
 from rlhf_lab.data import batched_pairs, decode_response
 from rlhf_lab.stages.sft import demonstration_loader, response_nll, tokenize_demonstrations
-from rlhf_lab.stats import mean_and_se, paired_difference, win_rate, win_rate_interval
+from rlhf_lab.stages.preference_eval import Yardsticks
+from rlhf_lab.stats import length_controlled_win_rate, mean_and_se, paired_difference, win_rate, win_rate_interval
 from rlhf_lab.text_metrics import corpus_bleu, distinct_n, rouge_l
 
 
@@ -112,8 +115,19 @@ class _Evaluation:
         return texts, figures
 
 
+def win_rate_figures(metrics: dict, prefix: str, candidate: list[float], baseline: list[float], length_difference: list[float], seed: int) -> None:
+    """``<prefix>win_rate`` with its 95% bootstrap interval (``_low``, ``_high``), and the length-controlled
+    win rate ``<prefix>lc_win_rate`` with its own (:func:`~rlhf_lab.stats.length_controlled_win_rate`)."""
+    metrics[f"{prefix}win_rate"] = win_rate(candidate, baseline)
+    metrics[f"{prefix}win_rate_low"], metrics[f"{prefix}win_rate_high"] = win_rate_interval(candidate, baseline, seed=seed)
+    rate, low, high = length_controlled_win_rate(candidate, baseline, length_difference, seed=seed)
+    metrics[f"{prefix}lc_win_rate"], metrics[f"{prefix}lc_win_rate_low"], metrics[f"{prefix}lc_win_rate_high"] = rate, low, high
+
+
 def _compare_with_baseline(metrics: dict, per_sample: dict[str, dict[str, list[float]]], baseline: str, seed: int) -> None:
-    """Paired differences and win rates of every policy against the baseline, on the same prompts and seeds."""
+    """Paired differences and win rates (raw and length-controlled, with intervals) of every policy against
+    the baseline, on the same prompts and seeds: by gold reward (``win_rate``) and by the reward function
+    (``proxy_win_rate``)."""
     base = per_sample[baseline]
     for name, figures in per_sample.items():
         if name == baseline:
@@ -121,12 +135,25 @@ def _compare_with_baseline(metrics: dict, per_sample: dict[str, dict[str, list[f
         for figure in ("gold_reward", "proxy_reward", "response_length", "rouge_l"):
             if figure in figures:
                 metrics[f"eval/{name}/{figure}_diff"], metrics[f"eval/{name}/{figure}_diff_se"] = paired_difference(figures[figure], base[figure])
-        if "gold_reward" in figures:
-            metrics[f"eval/{name}/win_rate"] = win_rate(figures["gold_reward"], base["gold_reward"])
-            low, high = win_rate_interval(figures["gold_reward"], base["gold_reward"], seed=seed)
-            metrics[f"eval/{name}/win_rate_low"], metrics[f"eval/{name}/win_rate_high"] = low, high
-        if "proxy_reward" in figures:
-            metrics[f"eval/{name}/proxy_win_rate"] = win_rate(figures["proxy_reward"], base["proxy_reward"])
+        longer = [c - b for c, b in zip(figures["response_length"], base["response_length"])]
+        for figure, prefix in (("gold_reward", ""), ("proxy_reward", "proxy_")):
+            if figure in figures:
+                win_rate_figures(metrics, f"eval/{name}/{prefix}", figures[figure], base[figure], longer, seed)
+
+
+def _judge_against_baseline(metrics: dict, judge, prompts: list[str], texts: dict[str, list[str]],
+                            per_sample: dict[str, dict[str, list[float]]], baseline: str, seed: int) -> None:
+    """The AI judge's verdict on each policy's response against the baseline's to the same prompt and seed,
+    asked in both orders: ``judge_win_rate`` (raw and length-controlled, with intervals) and the judge's
+    position bias (its mean P(label A) over both orders, less 1/2)."""
+    base = per_sample[baseline]
+    for name in texts:
+        if name == baseline:
+            continue
+        better, label_a = judge(list(zip(prompts, texts[name], texts[baseline])))
+        longer = [c - b for c, b in zip(per_sample[name]["response_length"], base["response_length"])]
+        win_rate_figures(metrics, f"eval/{name}/judge_", better, [1.0 - p for p in better], longer, seed)
+        metrics[f"eval/{name}/judge_position_bias"] = sum(label_a) / len(label_a) - 0.5
 
 
 def _sample_rows(prompts: list[str], texts: dict[str, list[str]], per_sample: dict[str, dict[str, list[float]]], references: dict) -> list[dict]:
@@ -143,13 +170,15 @@ def _sample_rows(prompts: list[str], texts: dict[str, list[str]], per_sample: di
     ]
 
 
-def evaluate_policies(policies: dict, reference, reward_fn, tokenizer, task, eval_cfg, seed: int, baseline: str = "sft", limits=None):
+def evaluate_policies(policies: dict, reference, reward_fn, tokenizer, task, eval_cfg, seed: int, baseline: str = "sft", limits=None,
+                      yardsticks: Optional[Yardsticks] = None):
     """Score every policy handle in ``policies`` on the task's held-out prompts.
 
     :param policies: name -> policy handle; must include ``baseline``.
     :param reference: the reference as a :class:`~rlhf_lab.policy.ModelPolicy` (KL is measured to it).
     :param reward_fn: the run's reward function (proxy reward), or None.
     :param limits: length limits that demonstrations are cut to (``data.truncate=true``), or None.
+    :param yardsticks: held-out preferences and an AI judge to score the policies with, where the run has them.
     :returns: ``(metrics, samples)``: metrics named ``eval/<policy>/<figure>`` (see the module docstring),
         samples are dicts (prompt, response, gold and proxy reward per policy, the reference answer).
     """
@@ -162,4 +191,8 @@ def evaluate_policies(policies: dict, reference, reward_fn, tokenizer, task, eva
     for name, policy in policies.items():
         texts[name], per_sample[name] = evaluation.score(metrics, name, policy)
     _compare_with_baseline(metrics, per_sample, baseline, seed)
+    if yardsticks is not None:
+        yardsticks.score_preferences(metrics, policies, reward_fn, tokenizer, device, baseline)
+        if yardsticks.judge is not None:
+            _judge_against_baseline(metrics, yardsticks.judge, prompts, texts, per_sample, baseline, seed)
     return metrics, _sample_rows(prompts, texts, per_sample, task.references)

@@ -61,7 +61,7 @@ function render(next) {
   }
   say("");
   $("task").hidden = false;
-  $("prompt").textContent = item.prompt;
+  showPrompt(item.prompt);
   const box = $("responses");
   box.replaceChildren();
   item.responses.forEach(function (response, position) {
@@ -91,6 +91,57 @@ function render(next) {
     ? "Which response is better? Click or press a / b, t for a tie, s to skip."
     : "Rank the responses: press their numbers (or click them) best first, or drag one onto another; Enter submits.";
   shownAt = performance.now();
+}
+
+// A dialogue ("\n\nHuman: ... \n\nAssistant: ...") is shown as turns: the last human turn, the one the
+// responses answer, in view; the earlier turns folded above it, one click away.
+const TURN = /(?:^|\n\n)(Human|Assistant|User|System):[ \t]?/g;
+
+function turnsOf(prompt) {
+  const marks = [...prompt.matchAll(TURN)];
+  if (marks.length < 2) return null;
+  if (prompt.slice(0, marks[0].index).trim()) return null;  // text before the first speaker: not a dialogue
+  return marks.map(function (mark, i) {
+    const end = i + 1 < marks.length ? marks[i + 1].index : prompt.length;
+    return { role: mark[1], text: prompt.slice(mark.index + mark[0].length, end).trim() };
+  });
+}
+
+function turnBlock(turn) {
+  const block = document.createElement("div");
+  block.className = "turn " + turn.role.toLowerCase();
+  const who = document.createElement("strong");
+  who.textContent = turn.role;
+  const text = document.createElement("div");
+  text.textContent = turn.text;
+  block.append(who, text);
+  return block;
+}
+
+function showPrompt(prompt) {
+  const box = $("prompt");
+  box.replaceChildren();
+  box.classList.remove("dialogue");
+  const turns = turnsOf(prompt);
+  if (!turns) {
+    box.textContent = prompt;
+    return;
+  }
+  // The turn answered: the last one with text from anyone but the assistant (a trailing "Assistant:" is the cue).
+  let last = turns.length - 1;
+  while (last > 0 && (turns[last].role === "Assistant" || !turns[last].text)) last--;
+  box.classList.add("dialogue");
+  if (last > 0) {
+    const earlier = document.createElement("details");
+    earlier.id = "earlier-turns";
+    const summary = document.createElement("summary");
+    summary.textContent = last + " earlier turn" + (last > 1 ? "s" : "") + " of the conversation";
+    earlier.append(summary, ...turns.slice(0, last).map(turnBlock));
+    box.append(earlier);
+  }
+  const answered = turnBlock(turns[last]);
+  answered.id = "last-turn";
+  box.append(answered, ...turns.slice(last + 1).filter(function (t) { return t.text; }).map(turnBlock));
 }
 
 function markRanking() {
