@@ -119,12 +119,12 @@ def comparison_rows(jobs: list[Job]) -> list[dict[str, Any]]:
     :returns: dicts with exactly the keys in :data:`COLUMNS`.
     """
     rows = []
-    first = next((job for job in jobs if job.metrics is not None), None)
-    if first is not None and any(key.startswith(f"eval/{BASELINE}/") for key in first.metrics):
-        baseline = _figures(first.metrics, BASELINE)
+    baseline, sources = _baseline_figures(jobs)
+    if sources:
         # The baseline is not compared with itself, and its time is part of every job's total.
         baseline.update({f"{rate}{end}": None for rate in WIN_RATES for end in ("", "_low", "_high")}, wall_time_s=None)
-        rows.append({"job": None, "label": f"{BASELINE} (baseline of job {first.number})", "algo": BASELINE, "status": "baseline",
+        of = f"job {sources[0]}" if len(sources) == 1 else f"jobs {', '.join(sources)}"
+        rows.append({"job": None, "label": f"{BASELINE} (baseline of {of})", "algo": BASELINE, "status": "baseline",
                      "reason": None, "ignored": None, **baseline})
     # Settings every job shares (a cache directory, a shortened trainer) say nothing about the difference.
     shared = set.intersection(*(set(job.overrides) for job in jobs)) if len(jobs) > 1 else set()
@@ -137,6 +137,27 @@ def comparison_rows(jobs: list[Job]) -> list[dict[str, Any]]:
         figures["wall_time_s"] = _number((job.metrics or {}).get("time/total_seconds"))
         rows.append({**row, **figures})
     return rows
+
+
+def _baseline_figures(jobs: list[Job]) -> tuple[dict[str, float | None], list[str]]:
+    """The baseline's figures, each from the first job that has it, and those jobs' numbers.
+
+    Every job evaluates the same SFT policy on the same prompts and seed, but only a job whose algorithm
+    consumes a reward scores it with the reward model (a sweep over dpo and grpo: the proxy reward of sft
+    comes from the grpo job)."""
+    figures: dict[str, float | None] = {}
+    sources: list[str] = []
+    for job in jobs:
+        if job.metrics is None or not any(key.startswith(f"eval/{BASELINE}/") for key in job.metrics):
+            continue
+        found = _figures(job.metrics, BASELINE)
+        added = [key for key, value in found.items() if value is not None and figures.get(key) is None]
+        if not sources or added:
+            for key, value in found.items():
+                if figures.get(key) is None:
+                    figures[key] = value
+            sources.append(str(job.number))
+    return figures, sources
 
 
 def short_override(override: str) -> str:

@@ -27,6 +27,8 @@ def test_two_rounds_of_ppo_sample_from_the_current_policy_and_retrain_on_all_lab
     for round_ in (1, 2):
         assert 0 <= metrics[f"round{round_}/win_rate"] <= 1 and f"round{round_}/gold_reward_se" in metrics
         assert f"round{round_}/accuracy" in metrics  # each round's reward model accuracy
+        assert 0 <= metrics[f"round{round_}/pref_accuracy"] <= 1  # each round's policy on round 1's held-out pairs
+    assert metrics["eval/heldout_preference_records"] == metrics["feedback/heldout_records"]  # one record per held-out prompt
     assert metrics["round2/gold_reward"] == metrics["eval/ppo/gold_reward"]  # the run's figures are the last round's
     rows = list(csv.DictReader((tmp_path / "run" / "rounds.csv").open()))
     assert [int(r["round"]) for r in rows] == [1, 2]

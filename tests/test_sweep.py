@@ -270,3 +270,14 @@ def test_the_plot_draws_every_finished_job_and_sft_in_the_panels_that_have_their
     marks = plot_overoptimisation(comparison_rows([Job("0", ("algo=dpo",), "dpo", dpo_only)]), tmp_path / "dpo.png")
     assert marks == {"Held-out preferences against KL to sft": ["sft", "0"]}
     assert plot_overoptimisation(comparison_rows([Job("0", (), "dpo", None)]), tmp_path / "none.png") == {}
+
+
+def test_the_baseline_takes_each_figure_from_the_first_job_that_measured_it():
+    # DPO consumes no reward, so its run has no proxy reward for sft; the GRPO job's run does.
+    dpo = {"eval/sft/kl": 0.0, "eval/sft/kl_se": 0.0, "eval/sft/pref_accuracy": 0.5, "eval/sft/pref_accuracy_se": 0.03, "eval/dpo/kl": 0.4}
+    grpo = {"eval/sft/kl": 0.0, "eval/sft/proxy_reward": -0.2, "eval/sft/proxy_reward_se": 0.05, "eval/grpo/kl": 0.1}
+    rows = comparison_rows([Job("0", ("algo=dpo",), "dpo", dpo), Job("1", ("algo=grpo",), "grpo", grpo)])
+    assert rows[0]["label"] == "sft (baseline of jobs 0, 1)"
+    assert (rows[0]["pref_accuracy"], rows[0]["proxy_reward"], rows[0]["proxy_reward_se"]) == (0.5, -0.2, 0.05)
+    rows = comparison_rows([Job("0", ("algo=grpo",), "grpo", grpo), Job("1", ("algo=grpo", "seed=1"), "grpo", grpo)])
+    assert rows[0]["label"] == "sft (baseline of job 0)"

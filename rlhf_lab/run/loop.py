@@ -25,8 +25,9 @@ from rlhf_lab.run.resolver import inputs_of, timed
 
 log = logging.getLogger("rlhf_lab")
 
-ROUND_FIGURES = ("gold_reward", "proxy_reward", "kl", "win_rate", "response_length")
-"""The evaluation figures kept per round (each with its standard error where it has one)."""
+ROUND_FIGURES = ("gold_reward", "proxy_reward", "kl", "win_rate", "pref_accuracy", "response_length")
+"""The evaluation figures kept per round (each with its standard error where it has one); the held-out
+preference accuracy is on the first round's held-out records, so rounds are compared on the same pairs."""
 
 
 def round_row(round_: int, algo: str, metrics: dict) -> dict:
