@@ -14,7 +14,8 @@ import yaml
 from hydra.types import RunMode
 from omegaconf import OmegaConf
 
-from rlhf_lab.sweep import COLUMNS, ComparisonCallback, Job, comparison_rows, load_jobs, write_comparison
+from rlhf_lab.sweep import ComparisonCallback, load_jobs, write_comparison
+from rlhf_lab.sweep_tables import COLUMNS, Job, comparison_rows
 
 from conftest import SUBPROCESS_TIMEOUT
 
