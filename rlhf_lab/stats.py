@@ -74,18 +74,12 @@ def win_rate_interval(
     :raises ValueError: on unpaired or empty inputs, ``level`` outside (0, 1) or ``resamples < 1``.
     """
     _check_paired(candidate, baseline)
-    if not 0.0 < level < 1.0:
-        raise ValueError(f"level must be strictly between 0 and 1, got {level}")
-    if resamples < 1:
-        raise ValueError(f"resamples must be at least 1, got {resamples}")
+    _check_bootstrap(level, resamples)
     outcomes = _outcomes(candidate, baseline)
     n = len(outcomes)
     shares = [float(np.mean(outcomes == value)) for value in (1.0, 0.5, 0.0)]
     counts = np.random.default_rng(seed).multinomial(n, shares, size=resamples)
-    rates = (counts[:, 0] + 0.5 * counts[:, 1]) / n
-    tail = (1.0 - level) / 2.0
-    low, high = np.quantile(rates, [tail, 1.0 - tail])
-    return float(low), float(high)
+    return _percentile_interval((counts[:, 0] + 0.5 * counts[:, 1]) / n, level)
 
 
 def length_controlled_win_rate(
@@ -110,20 +104,15 @@ def length_controlled_win_rate(
     """
     _check_paired(candidate, baseline)
     _check_paired(candidate, length_difference)
-    if not 0.0 < level < 1.0:
-        raise ValueError(f"level must be strictly between 0 and 1, got {level}")
-    if resamples < 1:
-        raise ValueError(f"resamples must be at least 1, got {resamples}")
+    _check_bootstrap(level, resamples)
     outcomes = _outcomes(candidate, baseline)
     d = np.asarray(length_difference, dtype=float)
     spread = d.std(ddof=1) if d.size > 1 else 0.0
     x = np.tanh(d / spread) if spread > 0 else np.zeros_like(d)
     rate = float(_logistic_intercept_rate(outcomes[None, :], x[None, :])[0])
     draws = np.random.default_rng(seed).integers(0, d.size, size=(resamples, d.size))
-    rates = _logistic_intercept_rate(outcomes[draws], x[draws])
-    tail = (1.0 - level) / 2.0
-    low, high = np.quantile(rates, [tail, 1.0 - tail])
-    return rate, float(low), float(high)
+    low, high = _percentile_interval(_logistic_intercept_rate(outcomes[draws], x[draws]), level)
+    return rate, low, high
 
 
 def _logistic_intercept_rate(y: np.ndarray, x: np.ndarray, iterations: int = 50) -> np.ndarray:
@@ -191,6 +180,19 @@ def beyond_noise(delta: float, se: float, z: float = 2.0) -> bool:
 def _outcomes(candidate: list[float], baseline: list[float]) -> np.ndarray:
     c, b = np.asarray(candidate, dtype=float), np.asarray(baseline, dtype=float)
     return np.where(c > b, 1.0, np.where(c == b, 0.5, 0.0))
+
+
+def _check_bootstrap(level: float, resamples: int) -> None:
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be strictly between 0 and 1, got {level}")
+    if resamples < 1:
+        raise ValueError(f"resamples must be at least 1, got {resamples}")
+
+
+def _percentile_interval(draws: np.ndarray, level: float) -> tuple[float, float]:
+    tail = (1.0 - level) / 2.0
+    low, high = np.quantile(draws, [tail, 1.0 - tail])
+    return float(low), float(high)
 
 
 def _check_paired(candidate: list[float], baseline: list[float]) -> None:
