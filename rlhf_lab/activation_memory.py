@@ -22,9 +22,11 @@ from typing import Optional
 PROBE_VOCAB = 128
 PROBE_LENGTHS = (32, 64)
 LOGIT_COPIES = 3
-CHECKPOINTED_LAYER_COPIES = 3
 """Vocabulary-sized rows alive at once per position a loss reads: the fp32 logits, their
 log-softmax (kept for the backward) and the gradient flowing back."""
+CHECKPOINTED_LAYER_COPIES = 3
+"""Layers' worth of activations alive at the peak of a checkpointed backward (see
+:meth:`ActivationProfile.training`): measured on the benchmark's ladder, not derived."""
 
 
 @dataclass(frozen=True)
