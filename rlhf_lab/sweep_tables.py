@@ -23,7 +23,8 @@ COLUMNS = (
     "job", "label", "algo", "status",
     "gold_reward", "gold_reward_se", "proxy_reward", "proxy_reward_se", "pref_accuracy", "pref_accuracy_se", "kl", "kl_se",
     *(f"{rate}{end}" for rate in WIN_RATES for end in ("", "_low", "_high")),
-    "response_length", "response_length_se", "perplexity", "wall_time_s", "reason", "ignored",
+    "response_length", "response_length_se", "perplexity", "wall_time_s",
+    "gold_reward_diff", "gold_reward_diff_se", "proxy_reward_diff", "proxy_reward_diff_se", "reason", "ignored",
 )
 """Keys of every row from :func:`comparison_rows`, and the columns of ``comparison.csv``."""
 UNFINISHED = ("refused", "crashed", "stopped", "failed")
@@ -163,7 +164,43 @@ def write_markdown(rows: list[dict[str, Any]], path: Path) -> None:
     notes = [f"- job {row['job']} ignored {row['ignored']}" for row in rows if row["ignored"]]
     if notes:
         lines += ["", "Overrides a job did not use (the sweep crosses algorithms that read different settings):", *notes]
+    fits = overoptimisation_lines(rows)
+    if fits:
+        lines += ["", "Over-optimisation (Gao et al. 2022: gain over sft against d = sqrt(KL); best-of-n d(a - b d), "
+                  "RL d(a - b log d); peak interval: parametric bootstrap over each job's paired SE):", *fits]
     write_atomic(path, ("\n".join(lines) + "\n").encode())
+
+
+MIN_FIT_JOBS = 3
+"""Finished jobs of one algorithm, at different KLs, that an over-optimisation fit needs."""
+
+
+def overoptimisation_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """One line per (algorithm, reward) with at least :data:`MIN_FIT_JOBS` finished jobs: the fitted
+    coefficients and the KL at which that reward's gain peaks, with its interval, or that it does not turn."""
+    from rlhf_lab.overoptimisation import fit_overoptimisation
+
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        if row["status"] == "ok" and row["kl"] is not None:
+            groups.setdefault(row["algo"], []).append(row)
+    lines = []
+    for algo, members in groups.items():
+        form = "best_of_n" if algo == "best_of_n" else "rl"
+        for reward in ("gold_reward", "proxy_reward"):
+            points = [r for r in members if r[f"{reward}_diff"] is not None]
+            if len(points) < MIN_FIT_JOBS or len({r["kl"] for r in points}) < 2:
+                continue
+            fit = fit_overoptimisation([max(r["kl"], 0.0) for r in points], [r[f"{reward}_diff"] for r in points],
+                                       [r[f"{reward}_diff_se"] or 0.0 for r in points], form)
+            where = (f"peaks at KL {fit.peak_kl:.2f}" + (f" [{fit.peak_low:.2f}, {fit.peak_high:.2f}]" if fit.peak_low is not None else "")
+                     if fit.peak_kl is not None else "does not turn within the fitted form (b <= 0): still rising")
+            measured = max(r["kl"] for r in points)
+            if fit.peak_kl is not None and fit.peak_kl > measured:
+                where += f", beyond the largest KL measured ({measured:.2f}): an extrapolation"
+            lines.append(f"- {algo}, {reward.replace('_', ' ')} ({len(points)} jobs): a = {fit.alpha:.3f}, b = {fit.beta:.3f}; {where}"
+                         f" ({fit.turned:.0%} of refits turn)")
+    return lines
 
 
 def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
@@ -184,7 +221,7 @@ def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
 
 def _figures(metrics: dict, policy: str) -> dict[str, float | None]:
     figures: dict[str, float | None] = {}
-    for name in FIGURES_WITH_SE:
+    for name in (*FIGURES_WITH_SE, "gold_reward_diff", "proxy_reward_diff"):
         figures[name] = _number(metrics.get(f"eval/{policy}/{name}"))
         figures[f"{name}_se"] = _number(metrics.get(f"eval/{policy}/{name}_se"))
     for name in (*(f"{rate}{end}" for rate in WIN_RATES for end in ("", "_low", "_high")), "perplexity"):

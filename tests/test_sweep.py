@@ -282,3 +282,42 @@ def test_the_baseline_takes_each_figure_from_the_first_job_that_measured_it():
     assert (rows[0]["pref_accuracy"], rows[0]["proxy_reward"], rows[0]["proxy_reward_se"]) == (0.5, -0.2, 0.05)
     rows = comparison_rows([Job("0", ("algo=grpo",), "grpo", grpo), Job("1", ("algo=grpo", "seed=1"), "grpo", grpo)])
     assert rows[0]["label"] == "sft (baseline of job 0)"
+
+
+def test_a_sweep_over_kl_budgets_gets_gao_fits_and_the_peak_kl_of_gold_reward(tmp_path: Path):
+    import math
+
+    # Gold gain d (1 - 0.5 log d): peaks at KL e^2 = 7.39; proxy gain 0.8 d keeps rising (b = 0).
+    for number, kl in enumerate((1.0, 4.0, 9.0, 16.0)):
+        d = math.sqrt(kl)
+        make_job(tmp_path, str(number), "grpo", {
+            "eval/sft/gold_reward": 0.0, "eval/grpo/kl": kl, "eval/grpo/kl_se": 0.1, "eval/grpo/gold_reward": d * (1 - 0.5 * math.log(d)),
+            "eval/grpo/gold_reward_diff": d * (1 - 0.5 * math.log(d)), "eval/grpo/gold_reward_diff_se": 0.01,
+            "eval/grpo/proxy_reward_diff": 0.8 * d, "eval/grpo/proxy_reward_diff_se": 0.01,
+        })
+    make_job(tmp_path, "4", "dpo", {**DPO, "eval/dpo/gold_reward_diff": 0.3, "eval/dpo/gold_reward_diff_se": 0.05})
+    make_job(tmp_path, "5", "dpo", {**DPO, "eval/dpo/kl": 2.0, "eval/dpo/gold_reward_diff": 0.4, "eval/dpo/gold_reward_diff_se": 0.05})
+    write_comparison(tmp_path)
+    markdown = (tmp_path / "comparison.md").read_text()
+    gold = next(line for line in markdown.splitlines() if line.startswith("- grpo, gold reward (4 jobs)"))
+    assert "a = 1.000, b = 0.500; peaks at KL 7.39 [" in gold and "extrapolation" not in gold  # measured up to KL 16
+    low, high = (float(x) for x in gold.split("peaks at KL 7.39 [")[1].split("]")[0].split(", "))
+    assert low < math.e ** 2 < high
+    assert "- grpo, proxy reward (4 jobs): a = 0.800, b = " in markdown and "still rising" in markdown
+    assert "- dpo" not in markdown  # two jobs: too few to fit two coefficients and judge them
+    rows = read_csv(tmp_path / "comparison.csv")
+    assert float(rows[1]["gold_reward_diff_se"]) == 0.01
+
+
+def test_a_peak_beyond_the_measured_kls_is_called_an_extrapolation():
+    import math
+
+    from rlhf_lab.sweep_tables import overoptimisation_lines
+
+    jobs = []
+    for number, kl in enumerate((0.25, 1.0, 2.25)):
+        d = math.sqrt(kl)
+        jobs.append(Job(str(number), (f"algo.kl_coef={number}",), "grpo", {
+            "eval/grpo/kl": kl, "eval/grpo/gold_reward_diff": d * (1 - 0.5 * math.log(d)), "eval/grpo/gold_reward_diff_se": 0.01}))
+    (line,) = overoptimisation_lines(comparison_rows(jobs))
+    assert "peaks at KL 7.39" in line and "beyond the largest KL measured (2.25): an extrapolation" in line
