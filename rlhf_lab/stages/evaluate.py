@@ -20,9 +20,9 @@ from typing import Optional
 
 import torch
 
-from rlhf_lab.data import batched_pairs, decode_response
+from rlhf_lab.data import decode_response
 from rlhf_lab.stages.sft import demonstration_loader, response_nll, tokenize_demonstrations
-from rlhf_lab.stages.preference_eval import Yardsticks
+from rlhf_lab.stages.preference_eval import Yardsticks, reward_scores
 from rlhf_lab.stats import length_controlled_win_rate, mean_and_se, paired_difference, win_rate, win_rate_interval
 from rlhf_lab.text_metrics import corpus_bleu, distinct_n, rouge_l
 
@@ -39,12 +39,6 @@ def perplexity(policy, tokenizer, demonstrations, limits=None) -> float:
         count += nll.numel()
     mean_nll = total / max(count, 1)
     return math.exp(mean_nll) if mean_nll < 709.0 else math.inf  # exp overflows a float past ~709.78
-
-
-@torch.no_grad()
-def _proxy_scores(reward_fn, tokenizer, prompts, responses, device) -> list[float]:
-    reward_fn.to(device)
-    return torch.cat([reward_fn(batch).cpu() for batch in batched_pairs(tokenizer, prompts, responses, 128, device)]).tolist()
 
 
 def _figure(metrics: dict, name: str, figure: str, values: list[float]) -> None:
@@ -81,7 +75,7 @@ class _Evaluation:
             "response_length": [float(len(response)) for response in responses],
         }
         if self.reward_fn is not None:
-            figures["proxy_reward"] = _proxy_scores(self.reward_fn, self.tokenizer, self.prompts, responses, self.device)
+            figures["proxy_reward"] = reward_scores(self.reward_fn, self.tokenizer, self.prompts, responses, self.device)
         if self.task.utility is not None:
             figures["gold_reward"] = [self.task.utility(prompt, text) for prompt, text in zip(self.prompts, texts)]
         return figures

@@ -75,11 +75,15 @@ def implicit_rewards(policy, reference, heldout: HeldOutPreferences) -> list[flo
 
 
 @torch.no_grad()
-def reward_model_scores(reward_fn, tokenizer, heldout: HeldOutPreferences, device, batch_size: int = 128) -> list[float]:
-    """The run's reward function on every held-out response."""
+def reward_scores(reward_fn, tokenizer, prompts: list[str], responses: list[list[int]], device, batch_size: int = 128) -> list[float]:
+    """The run's reward function on each (prompt, response ids): a policy's samples, or held-out responses."""
     reward_fn.to(device)
-    batches = batched_pairs(tokenizer, heldout.prompts, heldout.responses, batch_size, device)
-    return torch.cat([reward_fn(batch).float().cpu() for batch in batches]).tolist()
+    return torch.cat([reward_fn(batch).float().cpu() for batch in batched_pairs(tokenizer, prompts, responses, batch_size, device)]).tolist()
+
+
+def reward_model_scores(reward_fn, tokenizer, heldout: HeldOutPreferences, device) -> list[float]:
+    """The run's reward function on every held-out response."""
+    return reward_scores(reward_fn, tokenizer, heldout.prompts, heldout.responses, device)
 
 
 @dataclass
