@@ -62,11 +62,12 @@ def count_parameters(model_dir: str, lora=None) -> tuple[int, int]:
         return total, sum(p.numel() for p in adapted.parameters() if p.requires_grad)
 
 
-def estimate(parameters: int, trainable: int, dtype: str, *, reference: bool, reward_model: bool, critic: bool, shards: int = 1) -> MemoryEstimate:
+def estimate(parameters: int, trainable: int, dtype: str, *, reference: bool, reward_model: int, critic: bool, shards: int = 1) -> MemoryEstimate:
     """Lower bound on the policy stage's memory on one device.
 
     :param trainable: parameters that train (all, or LoRA's adapters).
     :param reference: whether a separate reference copy is held (not with LoRA).
+    :param reward_model: how many learned reward models are held (an ensemble's members; a bool counts 0 or 1).
     :param shards: over how many devices every model is sharded (``trainer.strategy=fsdp``).
     """
     size = BYTES[dtype]
@@ -76,7 +77,7 @@ def estimate(parameters: int, trainable: int, dtype: str, *, reference: bool, re
     if reference:
         parts["reference weights"] = parameters * size
     if reward_model:
-        parts["reward model weights"] = parameters * size
+        parts["reward model weights"] = int(reward_model) * parameters * size
     if critic:
         parts["critic weights"] = parameters * size
         parts["critic gradients and AdamW state"] = train_state

@@ -10,7 +10,7 @@ group ids when each prompt is sampled k times. Algorithms differ only in what th
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
@@ -18,6 +18,7 @@ import torch
 from rlhf_lab.data import accepts_logits_to_keep, join, response_logprobs
 from rlhf_lab.ops.sampling import filter_logits, gumbel_noise
 from rlhf_lab.ops.sequence import position_ids_from_mask, truncate_after_eos
+from rlhf_lab.rewards.function import scored
 
 FINISHED_CHECK_EVERY = 4
 """Tokens between checks that every row has ended: each check is a host sync, an extra step is not."""
@@ -191,6 +192,9 @@ class Experience:
     """(B,) index of the prompt each row answers: the k samples of a prompt are consecutive rows."""
     values: Optional[torch.Tensor] = None
     """(B, R) critic values V(s_t) of the state before each response token; None without a critic."""
+    reward_details: dict = field(default_factory=dict)
+    """(B,) per-row figures the reward function gives beside its scores (a reward-model ensemble's
+    ``reward_mean`` and ``reward_spread``; :func:`rlhf_lab.rewards.function.scored`)."""
 
     @property
     def response_ids(self) -> torch.Tensor:
@@ -254,8 +258,9 @@ def collect_experience(
     if critic is not None:
         p = batch["prompt_len"]
         values = critic(batch["input_ids"], batch["attention_mask"], batch["position_ids"])[:, p - 1 : -1] * mask
-    scores = reward_fn(batch).float()
+    scores, details = scored(reward_fn, batch)
+    scores = scores.float()
     if missing_eos_penalty is not None:
         scores = torch.where(gen.has_eos, scores, scores - missing_eos_penalty)
     group_ids = torch.arange(prompt_ids.shape[0] // samples_per_prompt, device=prompt_ids.device).repeat_interleave(samples_per_prompt)
-    return Experience(batch, mask, gen.logprobs, ref_logprobs, scores, gen.has_eos, group_ids, values)
+    return Experience(batch, mask, gen.logprobs, ref_logprobs, scores, gen.has_eos, group_ids, values, details)

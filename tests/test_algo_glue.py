@@ -158,6 +158,7 @@ def fake_experience():
         response_mask=torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]]),
         has_eos=torch.tensor([True, False]),
         values=torch.tensor([[0.5, 0.25, 0.0], [-0.5, 0.0, 0.0]]),
+        reward_details={"reward_mean": torch.tensor([2.0, 3.0]), "reward_spread": torch.tensor([0.5, 1.5])},
     )
 
 
@@ -166,7 +167,8 @@ def test_training_step_logs_the_rollout_statistics():
     mask, a wrong response length or EOS rate, and logging with the wrong batch size or flags.
 
     Sequence KLs: 0.5 - 1 = -0.5 and 1.5, mean 0.5; lengths 2 and 1, mean 1.5; EOS rate 1/2; proxy
-    reward (1 + 2) / 2 = 1.5; batch size 2 (rows, not the 3 positions)."""
+    reward (1 + 2) / 2 = 1.5; an ensemble's mean and spread averaged over rows (2.5, 1.0); batch size 2
+    (rows, not the 3 positions)."""
     exp = fake_experience()
     module = bare(OnPolicyModule)
     module.rollout = lambda ids, mask: exp
@@ -178,7 +180,8 @@ def test_training_step_logs_the_rollout_statistics():
     (kind, values, kw), (name, reward, reward_kw) = logged
     assert kind == "dict" and kw == {"batch_size": 2}
     assert values == pytest.approx({"losses/extra": 0.25, "rollout/proxy_reward": 1.5, "rollout/kl": 0.5,
-                                    "rollout/response_length": 1.5, "rollout/eos_rate": 0.5})
+                                    "rollout/response_length": 1.5, "rollout/eos_rate": 0.5,
+                                    "rollout/reward_mean": 2.5, "rollout/reward_spread": 1.0})
     assert (name, reward) == ("reward", pytest.approx(1.5))
     assert reward_kw == {"prog_bar": True, "logger": False, "batch_size": 2}
 

@@ -203,6 +203,7 @@ class OnPolicyModule(ShardedTraining, ResumableModule, pl.LightningModule):
             "rollout/kl": ((exp.logprobs - exp.ref_logprobs) * mask).sum(1).mean(),
             "rollout/response_length": mask.sum(1).mean(),
             "rollout/eos_rate": exp.has_eos.float().mean(),
+            **{f"rollout/{name}": values.mean() for name, values in exp.reward_details.items()},
         })
         # One host transfer for every figure of the iteration.
         names = list(stats)

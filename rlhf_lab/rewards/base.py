@@ -69,12 +69,21 @@ class RewardObjective:
         raise NotImplementedError
 
     def reward_function(self, inputs: dict, tokenizer, dtype: str = "float32"):
-        """The trained model in ``inputs["reward_model"]`` with its normaliser, frozen."""
+        """The trained model in ``inputs["reward_model"]`` with its normaliser, frozen; for an ensemble
+        (``reward.ensemble_size`` > 1) every member's, combined by ``reward.ensemble_objective``."""
+        from rlhf_lab.rewards.ensemble_files import member_dirs
+        from rlhf_lab.rewards.function import EnsembleReward
+
+        members = [self._learned(path, dtype) for path in member_dirs(inputs["reward_model"].path)]
+        if len(members) == 1:
+            return members[0]
+        return EnsembleReward(members, getattr(self.cfg, "ensemble_objective", "mean"), getattr(self.cfg, "ensemble_coef", 1.0))
+
+    def _learned(self, path, dtype: str):
         from rlhf_lab.models.loading import load_value_model
         from rlhf_lab.models.value_model import RewardNormaliser
         from rlhf_lab.rewards.function import LearnedReward
 
-        path = inputs["reward_model"].path
         # A reward model given by path may come from elsewhere, without our normaliser: scores stay raw.
         normaliser = RewardNormaliser.load(path, missing_ok=bool(getattr(self.cfg, "path", None)))
         return LearnedReward(load_value_model(str(path), dtype, key=f"reward model {path}"), normaliser)

@@ -7,6 +7,9 @@ from typing import Optional
 
 from rlhf_lab.config import check_step_limit
 
+ENSEMBLE_OBJECTIVES = ("mean", "mean_minus_std", "worst_case", "uncertainty_weighted")
+"""The values of ``reward.ensemble_objective`` (implemented in :mod:`rlhf_lab.ops.ensemble`)."""
+
 
 @dataclass
 class RewardConfig:
@@ -39,8 +42,28 @@ class RewardConfig:
     """Train with every dropout probability at 0, as TRL's RewardTrainer does by default (and Huang et
     al. 2024 for every RLHF stage): scores then do not depend on a dropout draw, and on a CPU each step
     costs 2-4x less. false: the model's own dropout."""
+    ensemble_size: int = 1
+    """Reward models trained on the same records (K): member k starts from the same backbone with its
+    own head initialisation and data order (seed + k). Each member is its own cached artifact, so K = 5
+    reuses the K = 1 run's model as member 0. The policy is optimised against ``ensemble_objective`` of
+    the members' normalised scores, and every rollout logs the members' spread (``rollout/reward_spread``)."""
+    ensemble_objective: str = "mean"
+    """How the members' scores become the reward (``rlhf_lab.ops.ensemble``): ``mean``;
+    ``mean_minus_std`` (mean - ensemble_coef x spread); ``worst_case`` (the lowest member);
+    ``uncertainty_weighted`` (mean - ensemble_coef x variance, Coste et al. 2023). Every algorithm
+    that consumes a reward (PPO, A2C, REINFORCE, RLOO, GRPO, best-of-n) optimises this."""
+    ensemble_coef: float = 1.0
+    """The spread's weight in ``mean_minus_std`` and the variance's in ``uncertainty_weighted``."""
 
     def __post_init__(self) -> None:
+        if self.ensemble_size < 1:
+            raise ValueError(f"reward.ensemble_size must be >= 1, got {self.ensemble_size}")
+        if self.ensemble_objective not in ENSEMBLE_OBJECTIVES:
+            raise ValueError(f"reward.ensemble_objective must be one of {', '.join(ENSEMBLE_OBJECTIVES)}, got {self.ensemble_objective!r}")
+        if self.ensemble_objective != "mean" and self.ensemble_size < 2:
+            raise ValueError(f"reward.ensemble_objective={self.ensemble_objective} needs a spread: set reward.ensemble_size >= 2")
+        if self.ensemble_coef < 0:
+            raise ValueError(f"reward.ensemble_coef must be >= 0, got {self.ensemble_coef}")
         if self.lr <= 0 or self.epochs < 1 or self.batch_size < 1 or self.weight_decay < 0:
             raise ValueError(
                 f"reward needs lr > 0, epochs >= 1, batch_size >= 1, weight_decay >= 0; got lr={self.lr}, epochs={self.epochs}, "

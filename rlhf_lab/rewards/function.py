@@ -12,6 +12,7 @@ from typing import Callable, Protocol
 import torch
 
 from rlhf_lab.models.value_model import RewardNormaliser
+from rlhf_lab.ops.ensemble import ensemble_reward, member_spread
 from rlhf_lab.rewards.scoring import rule_score
 
 
@@ -41,6 +42,50 @@ class LearnedReward:
     def to(self, device) -> "LearnedReward":
         self.model.to(device)
         return self
+
+
+class EnsembleReward:
+    """K learned rewards combined by a conservative objective (:func:`rlhf_lab.ops.ensemble.ensemble_reward`).
+
+    Each member has its own normaliser (mean 0, std 1 on the SFT policy's samples), so the members'
+    scores are on one scale before they are combined and their spread is comparable across runs.
+
+    :param members: the :class:`LearnedReward` of each member.
+    :param objective: a name of :data:`rlhf_lab.ops.ensemble.OBJECTIVES`.
+    :param coef: the spread's (or variance's) weight in the objective.
+    """
+
+    def __init__(self, members: list[LearnedReward], objective: str = "mean", coef: float = 1.0) -> None:
+        if len(members) < 2:
+            raise ValueError(f"an ensemble needs two or more members, got {len(members)}")
+        self.members, self.objective, self.coef = members, objective, coef
+
+    @torch.no_grad()
+    def member_scores(self, batch: dict) -> torch.Tensor:
+        """(K, B) each member's normalised scores."""
+        return torch.stack([member(batch).float() for member in self.members])
+
+    def __call__(self, batch: dict) -> torch.Tensor:
+        return self.detailed(batch)[0]
+
+    def detailed(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The objective's scores, and per row the members' mean (``reward_mean``) and spread (``reward_spread``)."""
+        scores = self.member_scores(batch)
+        return ensemble_reward(scores, self.objective, self.coef), {"reward_mean": scores.mean(0), "reward_spread": member_spread(scores)}
+
+    def to(self, device) -> "EnsembleReward":
+        for member in self.members:
+            member.to(device)
+        return self
+
+
+def scored(reward_fn, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """``reward_fn``'s (B,) scores of ``batch`` and its per-row details (an ensemble's mean and spread;
+    empty for a reward function that has none), from one scoring pass."""
+    detailed = getattr(reward_fn, "detailed", None)
+    if detailed is not None:
+        return detailed(batch)
+    return reward_fn(batch), {}
 
 
 class RuleReward:

@@ -130,6 +130,7 @@ def prepare(plan: Plan, trainer_plan, components: Components, run_dir: Path, gro
     from rlhf_lab.models.loading import load_tokenizer
 
     preflight.check_plugin_hooks(plan)
+    preflight.check_given_reward(plan)
     store = Store(Path(plan.cfg.cache_dir), ranks)
     with timed(timings, "base"):
         base = starting_model(plan, components.task, store)

@@ -73,7 +73,7 @@ def _policy_peak(plan, trainer_plan, parameters, trainable, policy, per_process,
     algo, model = plan.settings["algo"], plan.settings["model"]
     critic = hasattr(algo, "critic_init")
     est = memory.estimate(parameters, trainable, model.dtype, reference=plan.lora is None,
-                          reward_model=plan.learned_reward and "reward" in plan.consumes, critic=critic,
+                          reward_model=plan.reward_models_held, critic=critic,
                           shards=trainer_plan.world_size if plan.shards_weights else 1)
     rollout_rows = per_process(algo.rollout_batch_size * getattr(algo, "samples_per_prompt", 1))
     update_rows = min(rollout_rows, per_process(getattr(algo, "minibatch_size", rollout_rows)))

@@ -72,6 +72,14 @@ class Plan:
         return "reward" in self.components and "reward_model" in self.components["reward"].traits["consumes"]
 
     @property
+    def reward_models_held(self) -> int:
+        """Learned reward models the policy stage holds: the ensemble's members (``reward.ensemble_size``),
+        one, or none (a rule, or an algorithm that consumes no reward)."""
+        if not (self.learned_reward and "reward" in self.consumes):
+            return 0
+        return getattr(self.settings["reward"], "ensemble_size", 1)
+
+    @property
     def preference_kind(self) -> str:
         """Rankings, or ratings when a pointwise reward model is what consumes the records."""
         kind = self.components["reward"].traits["feedback_kind"] if "reward" in self.components else None

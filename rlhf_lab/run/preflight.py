@@ -84,7 +84,7 @@ def check_memory(plan, trainer_plan, base: Path) -> None:
     parameters, trainable = memory.count_parameters(str(base), lora)
     est = memory.estimate(
         parameters, trainable, dtype, reference=lora is None,
-        reward_model=plan.learned_reward and "reward" in plan.consumes, critic=hasattr(plan.settings["algo"], "critic_init"),
+        reward_model=plan.reward_models_held, critic=hasattr(plan.settings["algo"], "critic_init"),
         shards=trainer_plan.world_size if plan.shards_weights else 1,
     )
     device = inference_device(plan.cfg)
@@ -207,14 +207,24 @@ def check_plugin_hooks(plan) -> None:
         plugin_callbacks(plan.cfg, stage)
 
 
+def check_given_reward(plan) -> None:
+    """A reward model (or ensemble) given by ``reward.path``: there, and holding ``reward.ensemble_size``
+    members if that is set; before any work (the model is loaded only when the policy stage starts)."""
+    from rlhf_lab.run.builders import reward_model
+
+    if "reward_model" in plan.route and plan.builders["reward_model"] is reward_model.given:
+        reward_model.given_members(plan.settings["reward"])
+
+
 def trained_stages(plan) -> list[str]:
-    """The ``Trainer`` stages this run fits: SFT unless disabled, the reward model unless given, the policy
-    unless the run stops before it or the algorithm trains nothing (best-of-n)."""
+    """The ``Trainer`` stages this run fits: SFT unless disabled, the reward model (each member of an
+    ensemble) unless given, the policy unless the run stops before it or the algorithm trains nothing (best-of-n)."""
     from rlhf_lab.run.builders import reward_model
 
     stages = ["sft"] if "sft" in plan.route and plan.settings["sft"].enabled else []
     if "reward_model" in plan.route and plan.builders["reward_model"] is not reward_model.given:
         stages.append("reward_model")
+        stages += [f"reward_model_member{k}" for k in range(1, getattr(plan.settings["reward"], "ensemble_size", 1))]
     if plan.stop_after is None and plan.components["algo"].traits["trains_policy"]:
         stages.append("policy")
     return stages

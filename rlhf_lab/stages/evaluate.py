@@ -22,7 +22,7 @@ import torch
 
 from rlhf_lab.data import decode_response
 from rlhf_lab.stages.sft import demonstration_loader, response_nll, tokenize_demonstrations
-from rlhf_lab.stages.preference_eval import Yardsticks, reward_scores
+from rlhf_lab.stages.preference_eval import Yardsticks, reward_figures
 from rlhf_lab.stats import length_controlled_win_rate, mean_and_se, paired_difference, win_rate, win_rate_interval
 from rlhf_lab.text_metrics import corpus_bleu, distinct_n, rouge_l
 
@@ -75,7 +75,7 @@ class _Evaluation:
             "response_length": [float(len(response)) for response in responses],
         }
         if self.reward_fn is not None:
-            figures["proxy_reward"] = reward_scores(self.reward_fn, self.tokenizer, self.prompts, responses, self.device)
+            figures.update(reward_figures(self.reward_fn, self.tokenizer, self.prompts, responses, self.device))
         if self.task.utility is not None:
             figures["gold_reward"] = [self.task.utility(prompt, text) for prompt, text in zip(self.prompts, texts)]
         return figures

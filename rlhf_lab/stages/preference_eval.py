@@ -75,10 +75,23 @@ def implicit_rewards(policy, reference, heldout: HeldOutPreferences) -> list[flo
 
 
 @torch.no_grad()
+def reward_figures(reward_fn, tokenizer, prompts: list[str], responses: list[list[int]], device, batch_size: int = 128) -> dict[str, list[float]]:
+    """The run's reward function on each (prompt, response ids): ``proxy_reward``, and the per-response
+    details it gives (an ensemble's ``reward_mean`` and ``reward_spread``)."""
+    from rlhf_lab.rewards.function import scored
+
+    reward_fn.to(device)
+    parts: dict[str, list[torch.Tensor]] = {}
+    for batch in batched_pairs(tokenizer, prompts, responses, batch_size, device):
+        scores, details = scored(reward_fn, batch)
+        for name, values in {"proxy_reward": scores, **details}.items():
+            parts.setdefault(name, []).append(values.float().cpu())
+    return {name: torch.cat(values).tolist() for name, values in parts.items()}
+
+
 def reward_scores(reward_fn, tokenizer, prompts: list[str], responses: list[list[int]], device, batch_size: int = 128) -> list[float]:
     """The run's reward function on each (prompt, response ids): a policy's samples, or held-out responses."""
-    reward_fn.to(device)
-    return torch.cat([reward_fn(batch).float().cpu() for batch in batched_pairs(tokenizer, prompts, responses, batch_size, device)]).tolist()
+    return reward_figures(reward_fn, tokenizer, prompts, responses, device, batch_size)["proxy_reward"]
 
 
 def reward_model_scores(reward_fn, tokenizer, heldout: HeldOutPreferences, device) -> list[float]:

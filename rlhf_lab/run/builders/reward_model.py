@@ -1,5 +1,6 @@
 """The reward model: a value model trained on the preference records with the reward component as its
-objective, its normaliser fitted on the training responses (or the trained model ``reward.path`` names)."""
+objective, its normaliser fitted on the training responses (or the trained model ``reward.path`` names);
+with ``reward.ensemble_size`` K > 1, K such members, each cached on its own, and the ensemble that lists them."""
 
 from __future__ import annotations
 
@@ -10,12 +11,35 @@ from rlhf_lab.cache import artifact_key
 from rlhf_lab.run.store import Artifact
 
 
-def given(run) -> Artifact:
-    """The reward model ``reward.path`` names (trained elsewhere)."""
-    from rlhf_lab.models.loading import model_fingerprint, resolve_model_path
+# Settings that choose how members are combined, not how one is trained: a member's key leaves them out.
+ENSEMBLE_FIELDS = ("ensemble_size", "ensemble_objective", "ensemble_coef")
 
-    path = resolve_model_path(run.plan.settings["reward"].path, "reward.path")
-    return Artifact(Path(path), f"model:{model_fingerprint(path)}")
+
+def given(run) -> Artifact:
+    """The reward model (or ensemble) ``reward.path`` names (trained elsewhere)."""
+    from rlhf_lab.models.loading import model_fingerprint
+
+    path, members = given_members(run.plan.settings["reward"])
+    return Artifact(Path(path), "model:" + "+".join(model_fingerprint(str(m)) for m in members))
+
+
+def given_members(settings) -> tuple[str, list[Path]]:
+    """``reward.path`` and the model directories it holds (its members for an ensemble), checked
+    against ``reward.ensemble_size``; reads no weights, so the pre-flight calls it before any work."""
+    from rlhf_lab.errors import RlhfLabError
+    from rlhf_lab.models.loading import resolve_model_path
+    from rlhf_lab.rewards.ensemble_files import member_dirs
+
+    path = resolve_model_path(settings.path, "reward.path")
+    try:
+        members = member_dirs(path)
+    except (OSError, ValueError) as exc:
+        raise RlhfLabError(f"reward.path: {exc}") from None
+    size = getattr(settings, "ensemble_size", 1)
+    if size > 1 and len(members) != size:
+        raise RlhfLabError(f"reward.ensemble_size={size}, but reward.path={settings.path} holds {len(members)} "
+                           "reward model(s); leave reward.ensemble_size out to use what it holds")
+    return path, members
 
 
 def train_from_sft(run, preferences: Artifact, sft: Artifact) -> Artifact:
@@ -29,14 +53,40 @@ def train_from_base(run, preferences: Artifact, base: Artifact) -> Artifact:
 
 
 def train(run, preferences: Artifact, init: Artifact, round_: int = 1) -> Artifact:
-    """The reward model of round ``round_`` trained on ``preferences`` from ``init`` (cached)."""
-    config = {"reward": run.plan.section("reward"), "plugin": run.plan.distribution("reward"), **run.key_fields()}
+    """The reward model of round ``round_`` trained on ``preferences`` from ``init`` (cached); with
+    ``reward.ensemble_size`` K > 1, the ensemble of K members (members 1.. with seeds seed + k)."""
+    size = getattr(run.plan.settings["reward"], "ensemble_size", 1)  # a plugin's schema may not have it
+    members = [_member(run, preferences, init, round_, k) for k in range(size)]
+    if size == 1:
+        return members[0]
+    key = artifact_key("reward_ensemble", {"members": size}, [m.key for m in members])
+    return run.store.cached("reward_ensemble", key, lambda out: _ensemble(members, out))
+
+
+def _member(run, preferences: Artifact, init: Artifact, round_: int, k: int) -> Artifact:
+    """Member ``k`` of the ensemble (member 0 is the single reward model ``ensemble_size=1`` trains)."""
+    section = {name: value for name, value in run.plan.section("reward").items() if name not in ENSEMBLE_FIELDS}
+    config = {"reward": section, "plugin": run.plan.distribution("reward"), **run.key_fields(), **({"member": k} if k else {})}
     key = artifact_key("reward_model", config, [preferences.key, init.key])
-    stage = run.trainer_stage("reward_model", round_)
-    return run.store.cached("reward_model", key, lambda out: _train(run, preferences, init, key, stage, out), collective=True)
+    stage = run.trainer_stage("reward_model", round_) + (f"_member{k}" if k else "")
+    return run.store.cached("reward_model", key, lambda out: _train(run, preferences, init, key, stage, out, run.cfg.seed + k),
+                            collective=True)
 
 
-def _train(run, preferences: Artifact, init: Artifact, key: str, stage: str, out: Optional[Path]) -> dict:
+def _ensemble(members: list[Artifact], out: Optional[Path]) -> dict:
+    """List ``members`` in ``out``; the figures are the members' means, and each member's accuracy."""
+    from rlhf_lab.rewards.ensemble_files import write_members
+
+    write_members(out, [m.path for m in members])
+    names = sorted(set.intersection(*(set(m.metrics) for m in members)))
+    figures = {name: sum(m.metrics[name] for m in members) / len(members) for name in names}
+    for k, member in enumerate(members):
+        if "reward/accuracy" in member.metrics:
+            figures[f"reward/member{k}_accuracy"] = member.metrics["reward/accuracy"]
+    return {**figures, "reward/ensemble_size": len(members)}
+
+
+def _train(run, preferences: Artifact, init: Artifact, key: str, stage: str, out: Optional[Path], seed: int) -> dict:
     """Train, then (rank 0) fit the normaliser and save into ``out``; returns the ``reward/`` figures."""
     from lightning.pytorch import seed_everything
 
@@ -48,7 +98,7 @@ def _train(run, preferences: Artifact, init: Artifact, key: str, stage: str, out
     from rlhf_lab.stages.reward import RewardModule, record_loader, score_records, shares_prompt
     from rlhf_lab.training import checkpoint_dir
 
-    seed, settings, objective, tokenizer = run.cfg.seed, run.plan.settings["reward"], run.reward, run.tokenizer
+    settings, objective, tokenizer = run.plan.settings["reward"], run.reward, run.tokenizer
     seed_everything(seed, verbose=False)
     train_records, heldout = read_jsonl(preferences.path / "train.jsonl"), read_jsonl(preferences.path / "heldout.jsonl")
     model = load_value_model(str(init.path), run.dtype)
