@@ -366,8 +366,13 @@ def measure_training(root: Path, shape: str, what: str, steps: int, variant: dic
     real, read = (sum(t[0] for t in timer.tokens) / len(timer.tokens), sum(t[1] for t in timer.tokens) / len(timer.tokens))
     return {"seconds": seconds, "samples_per_s": samples / seconds, "tokens_per_s": real / seconds if real else None, "largest": timer.largest,
             "gflops": useful_flops(root / shape, real, read, what) / seconds / 1e9 if real else None,
-            "estimate_mb": estimate_mb(root, shape, what, _largest_rollout(timer, rollouts) if on_policy else timer.largest,
-                                       bool(variant.get("gradient_checkpointing")))}
+            **_estimate(root, shape, what, _largest_rollout(timer, rollouts) if on_policy else timer.largest,
+                        bool(variant.get("gradient_checkpointing")))}
+
+
+def _estimate(*args) -> dict:
+    mb, parts = estimate_mb(*args)
+    return {"estimate_mb": mb, "estimate_parts": parts}
 
 
 def _on_policy_module(root: Path, shape: str, what: str, steps: int, variant: dict):
@@ -443,7 +448,7 @@ def measure_rollout(root: Path, shape: str, what: str, steps: int, variant: dict
     seconds, tokens = statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
     rows, length = BATCH["rollout"] * k, ids.shape[1] + MAX_NEW_TOKENS
     return {"seconds": seconds, "samples_per_s": BATCH["rollout"] * k / seconds, "tokens_per_s": tokens / seconds,
-            "gflops": None, "estimate_mb": estimate_mb(root, shape, what, (rows * length, rows, length, 0))}
+            "gflops": None, **_estimate(root, shape, what, (rows * length, rows, length, 0))}
 
 
 def useful_flops(model_dir: Path, real_tokens: float, read_tokens: float, what: str) -> float:
@@ -475,9 +480,10 @@ def matmul_peak(dtype, size: int = 1024, seconds: float = 1.0) -> float:
     return 2 * size**3 * n / (time.perf_counter() - start) / 1e9
 
 
-def estimate_mb(root: Path, shape: str, what: str, largest: tuple[int, int, int, int], checkpointing: bool = False) -> float:
+def estimate_mb(root: Path, shape: str, what: str, largest: tuple[int, int, int, int], checkpointing: bool = False) -> tuple[float, str]:
     """The pre-flight estimate (rlhf_lab.memory) of the stage's peak at the largest batch it ran:
-    weights, gradients and AdamW state, and the activations (or for rollouts the key/value cache)."""
+    weights, gradients and AdamW state, and the activations (or for rollouts the key/value cache);
+    in MB, and by part."""
     from rlhf_lab import memory
     from rlhf_lab.activation_memory import probe
 
@@ -486,7 +492,8 @@ def estimate_mb(root: Path, shape: str, what: str, largest: tuple[int, int, int,
     parameters, trainable = memory.count_parameters(model_dir)
     profile = probe(model_dir, value=what == "reward", share_prompt=what == "reward")  # the policy's, on-policy
     if what == "rollout":
-        return (parameters * 4 + profile.generation(rows, length)) / 2**20
+        cache = profile.generation(rows, length)
+        return (parameters * 4 + cache) / 2**20, f"weights {parameters * 4 / 2**20:.0f} MB, cache {cache / 2**20:.0f} MB"
     if what in ON_POLICY:
         ppo = what == "ppo"
         est = memory.estimate(parameters, trainable, "float32", reference=True, reward_model=ppo, critic=ppo)
@@ -494,10 +501,10 @@ def estimate_mb(root: Path, shape: str, what: str, largest: tuple[int, int, int,
         update_rows = min(rows, PPO_MINIBATCH) if ppo else rows  # an update trains one minibatch
         peak = memory.policy_stage_peak(est, profile, critic, rollout_rows=rows, rollout_length=length, update_rows=update_rows,
                                         update_length=length, read_tokens=read * update_rows // rows, checkpointing=checkpointing)
-        return peak.total / 2**20
-    peak = memory.training_peak(what, parameters, trainable, "float32", profile, rows=rows, length=length, read_tokens=read,
-                                checkpointing=checkpointing, frozen_copies=1 if what == "dpo" else 0)
-    return peak.total / 2**20
+    else:
+        peak = memory.training_peak(what, parameters, trainable, "float32", profile, rows=rows, length=length, read_tokens=read,
+                                    checkpointing=checkpointing, frozen_copies=1 if what == "dpo" else 0)
+    return peak.total / 2**20, peak.describe()
 
 
 # --- the table ------------------------------------------------------------------------------------------
@@ -525,7 +532,7 @@ def variants(what: str, all_variants: bool, trl: bool, ckpt: bool = False) -> li
     if all_variants and what in ("sft", "dpo", "grpo"):
         rows += [("group_by_length=false", {"group_by_length": False})]
         rows += [("disable_dropout=false", {"disable_dropout": False})] if what == "sft" else []
-    if ckpt and what in ("grpo", "rloo"):  # checkpointing on both sides: 64-row updates of 125m need it in 23 GB
+    if ckpt:  # checkpointing alone, on both sides: GRPO's and RLOO's 64-row updates of 125m need it in 23 GB
         return [("ckpt", {"gradient_checkpointing": True})] + ([("TRL ckpt", {"side": "trl"})] if trl else [])
     if trl == "fastest" and what != "rollout":  # TRL's fastest configuration alone
         return rows + [("TRL no ckpt", {"side": "trl", "gradient_checkpointing": False})]
@@ -557,7 +564,7 @@ def main() -> None:
     parser.add_argument("--trl-python", default=sys.executable,
                         help="Python of an environment with trl==1.12.0 (and rlhf_lab) for TRL's PPO side: later TRL has no PPOTrainer")
     parser.add_argument("--ckpt", action="store_true",
-                        help="GRPO and RLOO with activation checkpointing on both sides only (at 125m their 64-row update needs ~36 GB without it)")
+                        help="every trainer with activation checkpointing only, on both sides (GRPO's and RLOO's 64-row update at 125m needs ~36 GB without it)")
     parser.add_argument("--json", help="also write every row's figures to this file (for benchmarks/real_lengths_plot.py)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--root", help=argparse.SUPPRESS)
@@ -609,6 +616,8 @@ def main() -> None:
                         estimate = f"{r['estimate_mb']:11.0f}" if r["estimate_mb"] is not None else f"{'-':>11s}"
                         print(f"{shape:6s} {what:8s} {name:22s} {r['seconds']:8.2f} {r['samples_per_s']:10.2f} {tokens} "
                               f"{flops} {r['peak_mb']:8.0f} {estimate}", flush=True)
+                        if r.get("estimate_parts"):
+                            print(f"{'':6s} estimate: {r['estimate_parts']}", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps({"precision": args.precision, "peak_gflops": {"fp32": peak32, "bf16": peak16}, "rows": rows}, indent=1))
     if args.trl:

@@ -25,8 +25,13 @@ LOGIT_COPIES = 3
 """Vocabulary-sized rows alive at once per position a loss reads: the fp32 logits, their
 log-softmax (kept for the backward) and the gradient flowing back."""
 CHECKPOINTED_LAYER_COPIES = 3
-"""Layers' worth of activations alive at the peak of a checkpointed backward (see
-:meth:`ActivationProfile.training`): measured on the benchmark's ladder, not derived."""
+"""Layers' worth of activations alive at the peak of a checkpointed backward in the supervised stages
+(SFT, reward model, DPO; see :meth:`ActivationProfile.training`): measured on the benchmark's ladder,
+not derived. A bare forward and backward of the same batches holds about one layer's worth (0.5-1.1
+measured at the 25m shape); these stages' peaks sit 0.3-1.1 GB above that, which three layers cover."""
+ON_POLICY_CHECKPOINTED_LAYER_COPIES = 1
+"""The same for the on-policy update (GRPO, RLOO, PPO), whose peaks on the ladder are those of the bare
+step: three layers' worth overcounted its 64 rows of 600-700 positions 2.4 times at 25m and 125m."""
 
 
 @dataclass(frozen=True)
@@ -45,17 +50,19 @@ class ActivationProfile:
     def per_token_in_layer(self, length: int) -> float:
         return self.per_layer + self.per_layer_per_position * length
 
-    def training(self, rows: int, length: int, read_tokens: int = 0, checkpointing: bool = False) -> int:
+    def training(self, rows: int, length: int, read_tokens: int = 0, checkpointing: bool = False, on_policy: bool = False) -> int:
         """Peak bytes of a training step's activations on ``rows`` x ``length`` positions (padding costs
         as much as a real token) whose loss reads the logits at ``read_tokens`` positions: what the
         forward keeps, plus one layer's worth, because the backward of a layer holds the gradients of
         its activations beside them. With activation checkpointing a layer keeps only its input and one
         layer is rebuilt at a time; the rebuilt layer costs three layers' worth at the peak (its
         activations, their gradients, and what the recomputation leaves until the layer's backward
-        ends), a factor measured on the benchmark's ladder (benchmarks/real_lengths.py), not derived."""
+        ends), a factor measured on the benchmark's ladder (benchmarks/real_lengths.py), not derived;
+        ``on_policy``: an on-policy update's, with its own factor (:data:`ON_POLICY_CHECKPOINTED_LAYER_COPIES`)."""
         tokens = rows * length
         layer = self.per_token_in_layer(length)
-        blocks = self.layers * self.hidden_bytes + CHECKPOINTED_LAYER_COPIES * layer if checkpointing else (self.layers + 1) * layer
+        rebuilt = ON_POLICY_CHECKPOINTED_LAYER_COPIES if on_policy else CHECKPOINTED_LAYER_COPIES
+        blocks = self.layers * self.hidden_bytes + rebuilt * layer if checkpointing else (self.layers + 1) * layer
         return int(tokens * (blocks + self.outside) + LOGIT_COPIES * read_tokens * self.vocab * 4)
 
     def generation(self, rows: int, length: int) -> int:

@@ -177,3 +177,18 @@ def model_positions(config) -> Optional[int]:
         if isinstance(value, int) and value > 0:
             return value
     return None
+
+
+def cut_records(tokenizer, limits, records: list) -> list:
+    """Preference records cut to ``limits`` in place (``data.truncate``; the pre-flight counted the cuts):
+    prompts from the left, response ids to their limit; a record whose prompt cannot be kept is dropped."""
+    from rlhf_lab.data import record_response_ids
+
+    check, kept = LengthCheck(tokenizer, limits, truncate=True), []
+    for record in records:
+        prompt = check.prompt(record.prompt, "")
+        if prompt is not None:
+            record.response_ids = [check.response_ids(prompt, ids, "", "") for ids in record_response_ids(tokenizer, record)]
+            record.prompt = prompt
+            kept.append(record)
+    return kept

@@ -16,6 +16,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+TRAINING_LOOP_BYTES = 100 * 2**20
+"""What a training stage holds besides its models, their training state and the activations: the
+Trainer's loop, the data loader and the allocator's slack. Measured on the benchmark's ladder, where at
+the smallest shape (1m) it is a quarter of a stage's peak and above 25m it is lost in the rest."""
+
 BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 GIB = 1024**3
 
@@ -110,7 +115,8 @@ def training_peak(stage: str, parameters: int, trainable: int, dtype: str, profi
     same size (DPO's reference). ``profile`` None: activations left out (architecture not probed)."""
     size = BYTES[dtype]
     parts = {"weights": parameters * size * (1 + frozen_copies), "gradients and AdamW state": 3 * trainable * size,
-             "activations": profile.training(rows, length, read_tokens, checkpointing) if profile else 0}
+             "activations": profile.training(rows, length, read_tokens, checkpointing) if profile else 0,
+             "training loop": TRAINING_LOOP_BYTES}
     return StagePeak(stage, parts, f"{rows} x {length} positions")
 
 
@@ -119,11 +125,11 @@ def policy_stage_peak(est: MemoryEstimate, profile, critic_profile, *, rollout_r
     """Peak of the policy stage: every network it holds and their training state (``est``), plus the
     larger of the rollout's key/value cache and an update's activations (policy, and critic if any)."""
     cache = profile.generation(rollout_rows, rollout_length) if profile else 0
-    update = profile.training(update_rows, update_length, read_tokens, checkpointing) if profile else 0
+    update = profile.training(update_rows, update_length, read_tokens, checkpointing, on_policy=True) if profile else 0
     if critic_profile is not None:
-        update += critic_profile.training(update_rows, update_length, 0, checkpointing)
+        update += critic_profile.training(update_rows, update_length, 0, checkpointing, on_policy=True)
     parts = {"weights": est.weights, "gradients and AdamW state": est.training_state,
-             "rollout key/value cache" if cache >= update else "update activations": max(cache, update)}
+             "rollout key/value cache" if cache >= update else "update activations": max(cache, update), "training loop": TRAINING_LOOP_BYTES}
     return StagePeak("policy", parts, f"rollouts {rollout_rows} x {rollout_length}, updates {update_rows} x {update_length}")
 
 

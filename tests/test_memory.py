@@ -137,6 +137,7 @@ def test_activation_peak_and_cache_by_hand(llama_dir):
     assert p.training(2, 10, read_tokens=5) == 20 * (5 * 1020 + 100) + 3 * 5 * 50 * 4
     # checkpointing: each layer keeps its input; one layer rebuilt at a time, three layers' worth at the peak
     assert p.training(2, 10, checkpointing=True) == 20 * (4 * 64 + 3 * 1020 + 100)
+    assert p.training(2, 10, checkpointing=True, on_policy=True) == 20 * (4 * 64 + 1020 + 100)
     assert p.generation(3, 7) == 3 * 7 * 8
     # the Llama fixture: 2 layers, 2 key/value heads of 16 dims, fp32 -> 2 (k and v) x 2 x 2 x 16 x 4 bytes a token
     assert probe(str(llama_dir)).cache_per_token == 2 * 2 * 2 * 16 * 4
@@ -175,7 +176,12 @@ def test_stage_peaks_follow_the_batch_sizes_and_the_datas_longest_items(tmp_path
     # the policy stage: the larger of the rollout's cache (16 x 30) and an update's activations (policy and critic)
     update = profile.training(4, 30, read_tokens=4 * 10) + probe(str(llama_dir), value=True).training(4, 30)
     assert ppo["policy"].total == memory.estimate(total, total, "float32", reference=True, reward_model=True, critic=True).total + max(
-        update, profile.generation(16, 30))
+        update, profile.generation(16, 30)) + memory.TRAINING_LOOP_BYTES
+    # checkpointed, an update rebuilds one layer's worth at a time (the supervised stages' factor is three)
+    checkpointed = peaks("model.gradient_checkpointing=true", "algo.rollout_batch_size=16", "algo.minibatch_size=4", "algo.sampling.max_new_tokens=10")
+    assert checkpointed["policy"].parts["update activations"] == profile.training(4, 30, 4 * 10, True, on_policy=True) + probe(str(llama_dir), value=True).training(
+        4, 30, 0, True, on_policy=True) < update
+    assert checkpointed["sft"].parts["activations"] == profile.training(64, 30, 64 * 12, True)
     dpo = peaks("algo=dpo", "algo.batch_size=6")
     new = SamplingConfig().max_new_tokens  # DPO's candidates are sampled at the default settings
     assert dpo["dpo"].parts["weights"] == 2 * total * 4  # policy and reference

@@ -74,11 +74,23 @@ def test_the_plan_reads_each_components_traits(registry):
     (("loop.rounds=2", "algo=best_of_n"), "trains no policy"),
     (("loop.rounds=2", "feedback=dataset", "feedback.path=x.jsonl"), "reads fixed records"),
     (("stop_after=reward_model", "reward=rule", "reward.function=rlhf_lab.rewards.rules:word_count"), "has no model to train"),
+    # active selection needs an ensemble of Bradley-Terry reward models that the run trains, and a pool to choose from
+    (("feedback.selection=information",), "needs the disagreement of an ensemble: set reward.ensemble_size >= 2"),
+    (("feedback.selection=information", "feedback.pool=1", "reward.ensemble_size=2"), "chooses from a pool: set feedback.pool >= 2"),
+    (("feedback.selection=vote", "reward.ensemble_size=2"), "feedback.selection must be one of random, disagreement, information"),
+    (("feedback.selection=disagreement", "algo=dpo"), "algo=dpo with this reward trains none"),
+    (("feedback.selection=disagreement", "reward=pointwise", "reward.ensemble_size=2"), "trains on ratings (use reward=pairwise)"),
+    (("reward.ensemble_objective=worst_case",), "needs a spread: set reward.ensemble_size >= 2"),
 ])
 def test_refusals_the_config_decides_come_from_the_plan(registry, overrides, message):
     with pytest.raises(RlhfLabError) as info:
         plan_of(registry, *overrides)
     assert message in str(info.value)
+
+
+def test_a_selecting_run_is_planned_with_its_pool(registry):
+    plan = plan_of(registry, "feedback.selection=disagreement", "reward.ensemble_size=2")
+    assert (plan.settings["feedback"].selection, plan.settings["feedback"].pool, plan.reward_models_held) == ("disagreement", 4, 2)
 
 
 def test_a_sweeps_job_ignores_what_it_does_not_use_and_says_why(registry):

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from rlhf_lab.feedback.selection_config import SelectionConfig
 from rlhf_lab import hookimpl
 from rlhf_lab.errors import RlhfLabError
 from rlhf_lab.feedback.judges import CLIENT_SPEC, LocalJudge, load_client
@@ -59,7 +60,7 @@ TEMPLATE_FIELDS = {
 
 
 @dataclass
-class AIJudgeConfig:
+class AIJudgeConfig(SelectionConfig):
     """Schema of ``feedback=ai_judge``."""
 
     name: str = "ai_judge"
@@ -95,8 +96,11 @@ class AIJudgeConfig:
     """Dtype of a local judge model."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.mode not in ("compare", "critique_revise"):
             raise ValueError(f"mode must be 'compare' or 'critique_revise', got '{self.mode}'")
+        if self.mode == "critique_revise" and self.selection != "random":
+            raise ValueError("feedback.selection chooses among compared candidates: critique_revise mode revises every one (set mode=compare)")
         if (self.model is None) == (self.client is None):
             raise ValueError("give exactly one of model (a local causal LM or hub name) and client ('package.module:factory')")
         if self.responses_per_prompt < 2 or self.rounds < 1 or self.batch_size < 1 or self.max_new_tokens < 1:

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Optional
 
+from rlhf_lab.feedback.selection_config import SelectionConfig
 from rlhf_lab import hookimpl
 from rlhf_lab.errors import RlhfLabError
 from rlhf_lab.labelling.addresses import check_address, public_origin
@@ -35,7 +36,7 @@ REPEAT_GAP = 10
 
 
 @dataclass
-class HumanFeedbackConfig:
+class HumanFeedbackConfig(SelectionConfig):
     """Schema of ``feedback=human``."""
 
     # The label database is not an input of the preferences artifact but where its labels are kept: its
@@ -92,6 +93,7 @@ class HumanFeedbackConfig:
     """Give up waiting after this long (the labels so far stay in the database); null waits for ever."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.responses_per_prompt < 2 or self.rounds < 1 or self.redundancy < 1:
             raise ValueError("feedback=human needs responses_per_prompt >= 2, rounds >= 1, redundancy >= 1")
         if not 0 <= self.gold_fraction <= 1 or not 0 <= self.repeat_fraction <= 1 or not 0 < self.quota <= 1:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from rlhf_lab.feedback.selection_config import SelectionConfig
 from rlhf_lab import hookimpl
 from rlhf_lab.errors import RlhfLabError
 from rlhf_lab.noise import gaussian_ratings, plackett_luce_ranking
@@ -17,7 +18,7 @@ from rlhf_lab.records import PreferenceRecord
 
 
 @dataclass
-class SimulatedFeedbackConfig:
+class SimulatedFeedbackConfig(SelectionConfig):
     """Schema of ``feedback=simulated``."""
 
     name: str = "simulated"
@@ -31,6 +32,7 @@ class SimulatedFeedbackConfig:
     """Times each training prompt is sent for labelling (fresh candidates each time)."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.beta <= 0 or self.num_annotators < 1 or self.responses_per_prompt < 2 or self.rounds < 1:
             raise ValueError("feedback needs beta > 0, num_annotators >= 1, responses_per_prompt >= 2, rounds >= 1")
 

@@ -75,14 +75,14 @@ def run_rounds(run, stages, timings: dict) -> tuple[dict, list, object]:
 
     rounds = run.plan.settings["loop"].rounds
     sft, reference = stages.get("sft"), stages.get("reference")
-    start, preferences, rows = sft, None, []
+    start, preferences, reward_model, rows = sft, None, None, []
     figures, samples, trained = {}, [], None
     for round_ in range(1, rounds + 1):
         log.info("loop: round %d of %d", round_, rounds)
         if round_ == 1:
             preferences = stages.get("preferences")
         else:
-            preferences = preference_stage.collect(run, sft, sampler=start, round_=round_, previous=preferences)
+            preferences = preference_stage.collect(run, sft, sampler=start, round_=round_, previous=preferences, scorer=reward_model)
         reward_model, reward = _round_reward(run, stages, preferences, round_, timings)
         with timed(timings, run.trainer_stage("policy", round_)):
             trained = policy_stage.optimise(run, start, reference, reward, reward_model, preferences, round_)

@@ -144,6 +144,7 @@ def make_plan(cfg: DictConfig, registry: Registry, overrides: tuple[str, ...] = 
         raise RlhfLabError(f"'{unused[0][0]}': {unused[0][1]}. Drop this override.")
     plan = replace(plan, ignored=tuple(unused))
     _check_loop(plan)
+    _check_selection(plan)
     return plan
 
 
@@ -199,6 +200,22 @@ def _why_unused(plan: Plan, group: str) -> str:
         if getattr(reward, "path", None):
             why += " (reward.path is a trained model)"
     return why
+
+
+def _check_selection(plan: Plan) -> None:
+    """Refuse active selection (``feedback.selection``) where nothing can choose: it ranks candidates by
+    the disagreement of the run's reward-model ensemble, a Bradley-Terry one of two or more members."""
+    rule = getattr(plan.settings.get("feedback"), "selection", "random")
+    if rule == "random" or not plan.uses_preferences:
+        return
+    reward = plan.settings.get("reward")
+    if not (plan.learned_reward and "reward" in plan.consumes) or getattr(reward, "path", None):
+        raise RlhfLabError(f"feedback.selection={rule} chooses comparisons by a reward-model ensemble that this run trains; "
+                           f"algo={plan.algo_name} with this reward trains none (use a learned reward, or feedback.selection=random)")
+    if plan.preference_kind != "ranking":
+        raise RlhfLabError(f"feedback.selection={rule} scores Bradley-Terry comparisons; reward={reward.name} trains on ratings (use reward=pairwise)")
+    if getattr(reward, "ensemble_size", 1) < 2:
+        raise RlhfLabError(f"feedback.selection={rule} needs the disagreement of an ensemble: set reward.ensemble_size >= 2")
 
 
 def _check_loop(plan: Plan) -> None:

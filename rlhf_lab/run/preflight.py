@@ -38,6 +38,9 @@ def check_trainer(plan, worker: bool):
         rounds = plan.settings["loop"].rounds
         if rounds > 1:
             raise RlhfLabError(f"loop.rounds={rounds} runs in one process for now: drop trainer.devices/trainer.strategy or run one round")
+        rule = getattr(plan.settings.get("feedback"), "selection", "random")
+        if rule != "random" and plan.uses_preferences:
+            raise RlhfLabError(f"feedback.selection={rule} trains its ensembles in one process for now: drop trainer.devices/trainer.strategy")
         keys = ["algo.batch_size", "algo.rollout_batch_size", "algo.minibatch_size"]
         keys += ["sft.batch_size"] if "sft" in plan.route and plan.settings["sft"].enabled else []
         keys += ["reward.batch_size"] if "reward_model" in plan.route else []

@@ -89,6 +89,16 @@ class RewardModule(ShardedTraining, ResumableModule, pl.LightningModule):
         return adamw(self.model.parameters(), self.lr, weight_decay=self.weight_decay)
 
 
+class TrainOnlyRewardModule(RewardModule):
+    """A :class:`RewardModule` with no held-out set and so no validation loop (an ensemble that active
+    selection fits to the labels so far: the held-out records are collected after the training ones)."""
+
+    val_dataloader = pl.LightningModule.val_dataloader
+    validation_step = pl.LightningModule.validation_step
+    on_validation_epoch_start = pl.LightningModule.on_validation_epoch_start
+    on_validation_epoch_end = pl.LightningModule.on_validation_epoch_end
+
+
 @torch.no_grad()
 def score_records(model, tokenizer, records: list[PreferenceRecord], batch_size: int = 128) -> torch.Tensor:
     """Raw reward-model scores of every response of every record, on the token ids they were trained on."""

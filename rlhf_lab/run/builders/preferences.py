@@ -41,9 +41,12 @@ def build(run, sft: Artifact) -> Artifact:
     return collect(run, sft)
 
 
-def collect(run, sft: Artifact, sampler: Optional[Artifact] = None, round_: int = 1, previous: Optional[Artifact] = None) -> Artifact:
+def collect(run, sft: Artifact, sampler: Optional[Artifact] = None, round_: int = 1, previous: Optional[Artifact] = None,
+            scorer: Optional[Artifact] = None) -> Artifact:
     """The records of round ``round_``: candidates from ``sampler`` (default: the SFT policy), after the
-    records of ``previous`` (every earlier round); cached."""
+    records of ``previous`` (every earlier round); cached. With ``feedback.selection`` the training
+    records are chosen by ``scorer`` (the previous round's reward model) or by ensembles fitted as the
+    labels come in (:mod:`rlhf_lab.run.builders.active_selection`)."""
     plan = run.plan
     feedback_settings = plan.settings["feedback"]
     config = {
@@ -56,14 +59,20 @@ def collect(run, sft: Artifact, sampler: Optional[Artifact] = None, round_: int 
     if round_ > 1:
         config["round"] = round_
         upstream += [sampler.key, previous.key]
+    selecting = getattr(feedback_settings, "selection", "random") != "random"
+    if selecting:  # what is chosen depends on the ensemble that chooses
+        config["reward"] = plan.section("reward")
+        upstream += [scorer.key] if scorer is not None else []
     key = artifact_key("preferences", config, upstream)
-    artifact = run.store.cached("preferences", key, lambda out: _label(run, sampler or sft, round_, previous, out))
+    chooser = (sft, key, scorer) if selecting else None
+    artifact = run.store.cached("preferences", key, lambda out: _label(run, sampler or sft, round_, previous, out, chooser))
     log.info("feedback: %s", artifact.metrics)
     return artifact
 
 
-def _label(run, sampler: Artifact, round_: int, previous: Optional[Artifact], out: Path) -> dict:
-    """Sample candidates (if the source labels any), have the source label them, write both splits."""
+def _label(run, sampler: Artifact, round_: int, previous: Optional[Artifact], out: Path, chooser: Optional[tuple] = None) -> dict:
+    """Sample candidates (if the source labels any), have the source label them, write both splits.
+    ``chooser``: (SFT artifact, this build's key, scorer or None) when training records are selected."""
     from rlhf_lab.models.loading import load_policy
 
     source = run.feedback
@@ -74,13 +83,15 @@ def _label(run, sampler: Artifact, round_: int, previous: Optional[Artifact], ou
     for split, prompts in splits:
         # Independent draws for the two splits (held-out noise must not mirror training noise), and per round.
         seed = run.cfg.seed + ROUND_SEED_STRIDE * (round_ - 1) + (0 if split == "train" else 1)
-        counts.update(_split(run, policy, prompts, split, seed, previous, out))
+        counts.update(_split(run, policy, prompts, split, seed, previous, out, chooser if split == "train" else None))
     counts.update(feedback_member(source, "stats"))  # e.g. rows a dataset skipped
     return counts
 
 
-def _split(run, policy, prompts: list[str], split: str, seed: int, previous: Optional[Artifact], out: Path) -> dict:
-    """One split's records written to ``out/<split>.jsonl``; returns its counts."""
+def _split(run, policy, prompts: list[str], split: str, seed: int, previous: Optional[Artifact], out: Path,
+           chooser: Optional[tuple] = None) -> dict:
+    """One split's records written to ``out/<split>.jsonl`` (chosen by active selection when ``chooser``
+    is given); returns its counts."""
     from rlhf_lab.data import decode_response
     from rlhf_lab.records import read_jsonl, write_jsonl
     from rlhf_lab.rollout import sample_responses
@@ -88,18 +99,25 @@ def _split(run, policy, prompts: list[str], split: str, seed: int, previous: Opt
     source, tokenizer = run.feedback, run.tokenizer
     candidates: list[list[str]] = []
     ids: dict[tuple, list[list[int]]] = {}
-    if policy is not None:
-        sampling = run.plan.candidate_sampling
-        grouped = sample_responses(policy, tokenizer, prompts, sampling, samples_per_prompt=source.responses_per_prompt, seed=seed)
-        candidates = [[decode_response(tokenizer, r) for r in group] for group in grouped]
-        ids = {(p, tuple(texts)): group for p, texts, group in zip(prompts, candidates, grouped)}
-    records = source.collect(prompts if policy is not None else [], candidates, kind=run.plan.preference_kind, seed=seed, split=split)
-    for record in records:
-        if record.response_ids is None:
-            record.response_ids = ids.get((record.prompt, tuple(record.responses)))
+    selected: dict = {}
+    if policy is not None and chooser is not None:
+        from rlhf_lab.run.builders.active_selection import collect_selected
+
+        sft, key, scorer = chooser
+        records, selected = collect_selected(run, policy, prompts, seed, sft, key, scorer)
+    else:
+        if policy is not None:
+            sampling = run.plan.candidate_sampling
+            grouped = sample_responses(policy, tokenizer, prompts, sampling, samples_per_prompt=source.responses_per_prompt, seed=seed)
+            candidates = [[decode_response(tokenizer, r) for r in group] for group in grouped]
+            ids = {(p, tuple(texts)): group for p, texts, group in zip(prompts, candidates, grouped)}
+        records = source.collect(prompts if policy is not None else [], candidates, kind=run.plan.preference_kind, seed=seed, split=split)
+        for record in records:
+            if record.response_ids is None:
+                record.response_ids = ids.get((record.prompt, tuple(record.responses)))
     if run.limits is not None:
-        records = _cut(run, records)
-    counts = {f"feedback/{split}_records": len(records), f"feedback/{split}_pairs": sum(len(r.preference_pairs()) for r in records)}
+        records = cut_records(run.tokenizer, run.limits, records)
+    counts = {f"feedback/{split}_records": len(records), f"feedback/{split}_pairs": sum(len(r.preference_pairs()) for r in records), **selected}
     agreement = gold_agreement(records, run.task.utility) if run.task.utility is not None else None
     if agreement is not None:
         counts[f"feedback/{split}_gold_agreement"] = agreement
@@ -108,18 +126,3 @@ def _split(run, policy, prompts: list[str], split: str, seed: int, previous: Opt
         counts[f"feedback/{split}_records_total"] = len(records)
     write_jsonl(records, out / f"{split}.jsonl")
     return counts
-
-
-def _cut(run, records: list) -> list:
-    """Records cut to the length limits (``data.truncate``; the pre-flight counted the cuts)."""
-    from rlhf_lab.data import record_response_ids
-    from rlhf_lab.lengths import LengthCheck
-
-    check, kept = LengthCheck(run.tokenizer, run.limits, truncate=True), []
-    for record in records:
-        prompt = check.prompt(record.prompt, "")
-        if prompt is not None:
-            record.response_ids = [check.response_ids(prompt, ids, "", "") for ids in record_response_ids(run.tokenizer, record)]
-            record.prompt = prompt
-            kept.append(record)
-    return kept

@@ -88,32 +88,15 @@ def _ensemble(members: list[Artifact], out: Optional[Path]) -> dict:
 
 def _train(run, preferences: Artifact, init: Artifact, key: str, stage: str, out: Optional[Path], seed: int) -> dict:
     """Train, then (rank 0) fit the normaliser and save into ``out``; returns the ``reward/`` figures."""
-    from lightning.pytorch import seed_everything
-
     from rlhf_lab.records import read_jsonl
-    from rlhf_lab.models.loading import disable_dropout, load_value_model
-    from rlhf_lab.models.lora import add_value_adapters, merge_value_adapters
+    from rlhf_lab.models.lora import merge_value_adapters
     from rlhf_lab.models.value_model import RewardNormaliser
-    from rlhf_lab.run.fitting import figures, fit, gathered
-    from rlhf_lab.stages.reward import RewardModule, record_loader, score_records, shares_prompt
-    from rlhf_lab.training import checkpoint_dir
+    from rlhf_lab.run.fitting import figures
+    from rlhf_lab.stages.reward import score_records
 
-    settings, objective, tokenizer = run.plan.settings["reward"], run.reward, run.tokenizer
-    seed_everything(seed, verbose=False)
-    train_records, heldout = read_jsonl(preferences.path / "train.jsonl"), read_jsonl(preferences.path / "heldout.jsonl")
-    model = load_value_model(str(init.path), run.dtype)
-    if settings.disable_dropout:
-        disable_dropout(model)
-    if run.plan.lora is not None:
-        add_value_adapters(model, run.plan.lora)
-    share = shares_prompt(objective, model)
-    module = RewardModule(
-        model, objective, settings.lr, settings.weight_decay, checkpoint_dir(run.run_dir, stage),
-        record_loader(train_records, objective, tokenizer, settings.batch_size, True, seed, share),
-        record_loader(heldout, objective, tokenizer, 64, False, seed, share),
-    )
-    trainer = fit(run, module, stage, "reward_model", key, max_epochs=settings.epochs, max_steps=settings.max_steps)
-    model = gathered(run, model, lambda: load_value_model(str(init.path), run.dtype), stage)
+    tokenizer = run.tokenizer
+    train_records = read_jsonl(preferences.path / "train.jsonl")
+    model, module, trainer = fit_member(run, train_records, read_jsonl(preferences.path / "heldout.jsonl"), init, key, stage, seed)
     if model is None:
         return {}  # a worker rank: rank 0 checks, normalises and saves
     # Normalise on the SFT policy's samples: the training candidates are exactly those.
@@ -126,3 +109,33 @@ def _train(run, preferences: Artifact, init: Artifact, key: str, stage: str, out
     tokenizer.save_pretrained(out)
     normaliser.save(out)
     return {**figures(module, trainer, "reward"), "reward/normaliser_mean": normaliser.mean, "reward/normaliser_std": normaliser.std}
+
+
+def fit_member(run, train_records: list, heldout_records: list, init: Artifact, key: str, stage: str, seed: int):
+    """One reward model fitted from ``init`` on ``train_records`` with the run's reward settings and the
+    data order of ``seed`` (resumable as the build ``key``): (the model whole on rank 0, or None on the
+    other ranks; the module; the trainer)."""
+    from lightning.pytorch import seed_everything
+
+    from rlhf_lab.models.loading import disable_dropout, load_value_model
+    from rlhf_lab.models.lora import add_value_adapters
+    from rlhf_lab.run.fitting import fit, gathered
+    from rlhf_lab.stages.reward import RewardModule, TrainOnlyRewardModule, record_loader, shares_prompt
+    from rlhf_lab.training import checkpoint_dir
+
+    settings, objective, tokenizer = run.plan.settings["reward"], run.reward, run.tokenizer
+    seed_everything(seed, verbose=False)
+    model = load_value_model(str(init.path), run.dtype)
+    if settings.disable_dropout:
+        disable_dropout(model)
+    if run.plan.lora is not None:
+        add_value_adapters(model, run.plan.lora)
+    share = shares_prompt(objective, model)
+    loader = record_loader(train_records, objective, tokenizer, settings.batch_size, True, seed, share)
+    if heldout_records:
+        module = RewardModule(model, objective, settings.lr, settings.weight_decay, checkpoint_dir(run.run_dir, stage), loader,
+                              record_loader(heldout_records, objective, tokenizer, 64, False, seed, share))
+    else:
+        module = TrainOnlyRewardModule(model, objective, settings.lr, settings.weight_decay, checkpoint_dir(run.run_dir, stage), loader)
+    trainer = fit(run, module, stage, "reward_model", key, max_epochs=settings.epochs, max_steps=settings.max_steps)
+    return gathered(run, model, lambda: load_value_model(str(init.path), run.dtype), stage), module, trainer
