@@ -44,6 +44,9 @@ def test_estimate_by_hand():
     # trainer.strategy=fsdp over 4 devices: each holds a quarter of every part
     sharded = memory.estimate(1000, 1000, "float32", reference=True, reward_model=True, critic=True, shards=4)
     assert sharded.weights == 4000 and sharded.total == 10000
+    # a reward-model ensemble of three: three reward models' weights beside policy and reference
+    ensemble = memory.estimate(1000, 1000, "float32", reference=True, reward_model=3, critic=False)
+    assert ensemble.parts["reward model weights"] == 12000 and ensemble.weights == 20000
 
 
 def test_a_model_too_large_for_the_device_is_refused_before_any_work(tmp_path, monkeypatch, llama_dir):
@@ -171,6 +174,7 @@ def test_stage_peaks_follow_the_batch_sizes_and_the_datas_longest_items(tmp_path
     assert set(ppo) == {"sft", "reward model", "policy"}
     assert ppo["sft"].parts["activations"] == profile.training(8, 30, read_tokens=8 * 12)
     assert ppo["sft"].parts["weights"] == total * 4 and ppo["sft"].parts["gradients and AdamW state"] == 3 * total * 4
+    assert ppo["sft"].parts["training loop"] == memory.TRAINING_LOOP_BYTES == 100 * 2**20
     # reward records are sampled candidates: the prompt once, then 4 responses of up to max_new_tokens
     assert ppo["reward model"].parts["activations"] == value.training(4, 20 + 4 * 10)
     # the policy stage: the larger of the rollout's cache (16 x 30) and an update's activations (policy and critic)
