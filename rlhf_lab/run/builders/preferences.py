@@ -93,6 +93,7 @@ def _split(run, policy, prompts: list[str], split: str, seed: int, previous: Opt
     """One split's records written to ``out/<split>.jsonl`` (chosen by active selection when ``chooser``
     is given); returns its counts."""
     from rlhf_lab.data import decode_response
+    from rlhf_lab.lengths import cut_records
     from rlhf_lab.records import read_jsonl, write_jsonl
     from rlhf_lab.rollout import sample_responses
 
